@@ -1,0 +1,81 @@
+//! Which model a command talks to: the embedded engine (default) or
+//! OpenAI-compatible servers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use qstar_core::LanguageModel;
+use qstar_engine::{Engine, EngineOptions};
+
+use crate::UsageError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    Embedded,
+    Openai,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackendArgs {
+    /// GGUF model file (default: the fetched SmolLM2-135M-Instruct).
+    #[arg(long, global = true)]
+    pub model: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub backend: BackendKind,
+    /// Server base URL, e.g. http://127.0.0.1:8080 (repeat to spread load).
+    #[arg(long = "base-url")]
+    pub base_url: Vec<String>,
+    /// Model name sent to the server.
+    #[arg(long = "server-model", default_value = "default")]
+    pub server_model: String,
+    /// Environment variable that holds the server's API key.
+    #[arg(long = "api-key-env", default_value = "OPENAI_API_KEY")]
+    pub api_key_env: String,
+    /// Requests in flight at once against the servers.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Threads of the embedded engine (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl BackendArgs {
+    pub fn model_path(&self) -> PathBuf {
+        self.model
+            .clone()
+            .unwrap_or_else(qstar_engine::fetch::default_model_path)
+    }
+
+    pub fn engine(&self) -> Result<Engine> {
+        let path = self.model_path();
+        let options = EngineOptions {
+            threads: self.threads,
+            ..EngineOptions::default()
+        };
+        Ok(Engine::load(&path, options)?)
+    }
+
+    pub fn open(&self) -> Result<Arc<dyn LanguageModel>> {
+        match self.backend {
+            BackendKind::Embedded => Ok(Arc::new(self.engine()?)),
+            BackendKind::Openai => {
+                if self.base_url.is_empty() {
+                    return Err(UsageError(
+                        "--backend openai needs at least one --base-url".into(),
+                    )
+                    .into());
+                }
+                let config = qstar_openai::OpenAiConfig {
+                    base_urls: self.base_url.clone(),
+                    model: self.server_model.clone(),
+                    api_key: std::env::var(&self.api_key_env).ok(),
+                    concurrency: self.concurrency.max(1),
+                    ..Default::default()
+                };
+                Ok(Arc::new(qstar_openai::OpenAiBackend::new(config)?))
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! `qstar`: AI feedback and test-time reasoning from the command line.
+
+mod backend;
+mod bench;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::backend::BackendArgs;
+
+#[derive(Parser)]
+#[command(
+    name = "qstar",
+    version,
+    about = "AI feedback and test-time reasoning for LLMs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch or inspect model files.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Sample completions of a prompt.
+    Generate(commands::GenerateArgs),
+    /// Teacher-forced log-probabilities of a continuation after a prompt.
+    Score(commands::ScoreArgs),
+    /// Normalized probabilities of candidate continuations.
+    Choose(commands::ChooseArgs),
+    /// Measure the engine's speed, against llama.cpp when it is installed.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Download the default model into the cache (a no-op when it is there).
+    Fetch,
+    /// Describe a GGUF model: architecture, sizes, tokens, chat template.
+    Info {
+        #[command(flatten)]
+        backend: BackendArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// An error the user caused (bad flag value, missing or broken file, prompt
+/// too long): exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.downcast_ref::<UsageError>().is_some() {
+            return 2;
+        }
+        if let Some(e) = cause.downcast_ref::<qstar_engine::EngineError>() {
+            return if e.is_input_error() { 2 } else { 1 };
+        }
+        if let Some(e) = cause.downcast_ref::<qstar_core::ModelError>() {
+            return if e.is_input_error() { 2 } else { 1 };
+        }
+    }
+    1
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QSTAR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Model { command } => match command {
+                ModelCommand::Fetch => commands::model_fetch().await,
+                ModelCommand::Info { backend, json } => commands::model_info(&backend, json),
+            },
+            Command::Generate(args) => commands::generate(args).await,
+            Command::Score(args) => commands::score(args).await,
+            Command::Choose(args) => commands::choose(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}

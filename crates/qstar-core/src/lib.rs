@@ -1,0 +1,13 @@
+//! Shared vocabulary of qstar: requests and answers of language models, the
+//! [`LanguageModel`] trait every backend implements, and its error type.
+//!
+//! Pipelines depend on this crate only, so the same labeling or search code
+//! runs on the embedded engine, on one remote server or on a fleet of them.
+
+mod error;
+mod model;
+mod types;
+
+pub use error::ModelError;
+pub use model::{Capabilities, LanguageModel};
+pub use types::*;

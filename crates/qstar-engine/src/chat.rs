@@ -1,0 +1,93 @@
+//! The model's chat template, rendered as Hugging Face's `apply_chat_template`
+//! renders it: Jinja with `messages`, `add_generation_prompt`, `bos_token` and
+//! `eos_token`, plus Python-style string methods many templates use.
+
+use minijinja::{Environment, ErrorKind};
+use qstar_core::Message;
+use serde::Serialize;
+
+use crate::error::EngineError;
+
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    pub source: String,
+    bos_token: String,
+    eos_token: String,
+}
+
+#[derive(Serialize)]
+struct Context<'a> {
+    messages: &'a [Message],
+    add_generation_prompt: bool,
+    bos_token: &'a str,
+    eos_token: &'a str,
+}
+
+impl ChatTemplate {
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, EngineError> {
+        let mut env = Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // Templates call this to reject conversations they cannot render.
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        // HF renders with trim_blocks and lstrip_blocks on.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| EngineError::Template(e.to_string()))?;
+        Ok(ChatTemplate {
+            env,
+            source: source.to_string(),
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
+    }
+
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
+        let template = self
+            .env
+            .get_template("chat")
+            .map_err(|e| EngineError::Template(e.to_string()))?;
+        template
+            .render(Context {
+                messages,
+                add_generation_prompt,
+                bos_token: &self.bos_token,
+                eos_token: &self.eos_token,
+            })
+            .map_err(|e| EngineError::Template(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_messages_and_generation_prompt() {
+        let t = ChatTemplate::new(
+            "{% for m in messages %}<{{ m.role }}>{{ m.content | trim }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}",
+            "<s>",
+            "</s>",
+        )
+        .expect("template");
+        let out = t.render(&[Message::user(" hi ")], true).expect("render");
+        assert_eq!(out, "<user>hi\n<assistant>");
+    }
+
+    #[test]
+    fn raise_exception_is_an_error() {
+        let t = ChatTemplate::new("{{ raise_exception('no system role') }}", "", "").expect("t");
+        let err = t.render(&[], false).unwrap_err();
+        assert!(err.to_string().contains("no system role"));
+    }
+}

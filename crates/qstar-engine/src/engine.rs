@@ -1,0 +1,909 @@
+//! The engine actor: one thread owns the model and serves every caller.
+//!
+//! Callers send jobs over a channel and await their answers. Between forward
+//! passes the actor takes in new jobs, so concurrent callers share batches
+//! (continuous batching). Each job becomes one or more sequences; a step
+//! stacks every sequence's pending tokens (a prompt chunk, or one token when
+//! decoding) into one forward pass.
+//!
+//! Prefix reuse: when a sequence is admitted, the leading blocks of its tokens
+//! that the prefix cache holds are copied in instead of computed. A sequence
+//! whose next uncomputed block is being computed right now by another
+//! sequence waits for it, so N samples of one prompt, the options of one
+//! question, or prompts sharing an instruction compute the shared part once.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use qstar_core::{
+    choose_response, Capabilities, ChooseRequest, ChooseResponse, Completion, FinishReason,
+    GenerateRequest, GenerateResponse, LanguageModel, Message, ModelError, SamplingParams,
+    ScoreRequest, ScoreResponse, TokenLogprob, TopLogprob, Usage,
+};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::error::EngineError;
+use crate::llama::{KvCache, SeqStep};
+use crate::model::{LoadedModel, ModelInfo};
+use crate::prefix_cache::{block_hashes, PrefixCache, BLOCK_TOKENS};
+use crate::sampling::{log_softmax, sample, top_k_indices, Rng};
+
+/// How the engine runs. Defaults suit a laptop.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct EngineOptions {
+    /// Worker threads for the matrix products (0: one per core).
+    pub threads: usize,
+    pub prefix_cache: bool,
+    /// Memory bound of the prefix cache.
+    pub prefix_cache_mb: usize,
+    /// Tokens per forward pass; longer prompts are processed in chunks.
+    pub max_batch_tokens: usize,
+    /// Sequences decoded together.
+    pub max_sequences: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            threads: 0,
+            prefix_cache: true,
+            prefix_cache_mb: 512,
+            max_batch_tokens: 512,
+            max_sequences: 64,
+        }
+    }
+}
+
+/// Counters since the engine started.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct EngineStats {
+    pub prompt_tokens_computed: usize,
+    pub prompt_tokens_reused: usize,
+    pub tokens_generated: usize,
+    pub forward_passes: usize,
+    pub prefix_cache_bytes: usize,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ModelError>>;
+
+enum Job {
+    Generate(GenerateRequest, Reply<GenerateResponse>),
+    Score(ScoreRequest, Reply<ScoreResponse>),
+    Choose(ChooseRequest, Reply<ChooseResponse>),
+    Stats(oneshot::Sender<EngineStats>),
+    SetPrefixCache(bool, oneshot::Sender<()>),
+}
+
+/// Handle to the engine; cheap to clone, all clones feed the same actor.
+#[derive(Clone)]
+pub struct Engine {
+    model: Arc<LoadedModel>,
+    tx: mpsc::Sender<Job>,
+}
+
+impl Engine {
+    pub fn load(path: &Path, options: EngineOptions) -> Result<Self, EngineError> {
+        let model = Arc::new(LoadedModel::load(path)?);
+        Ok(Self::start(model, options))
+    }
+
+    pub fn start(model: Arc<LoadedModel>, options: EngineOptions) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let actor_model = model.clone();
+        std::thread::Builder::new()
+            .name("qstar-engine".into())
+            .spawn(move || {
+                let threads = if options.threads == 0 {
+                    std::thread::available_parallelism().map_or(1, |n| n.get())
+                } else {
+                    options.threads
+                };
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
+                let mut actor = Actor::new(actor_model, options);
+                match pool {
+                    Ok(pool) => pool.install(|| actor.run(rx)),
+                    Err(_) => actor.run(rx),
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!("cannot start the engine thread: {e}"));
+        Engine { model, tx }
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.model.info
+    }
+
+    pub fn tokenize(&self, text: &str, with_bos: bool) -> Vec<u32> {
+        self.model.tokenizer.encode(text, with_bos)
+    }
+
+    pub fn token_text(&self, id: u32) -> String {
+        self.model.tokenizer.token_text(id)
+    }
+
+    pub async fn stats(&self) -> EngineStats {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Job::Stats(tx)).is_err() {
+            return EngineStats::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Turns prefix reuse on or off, emptying the cache (for measurements).
+    pub async fn set_prefix_cache(&self, on: bool) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Job::SetPrefixCache(on, tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    fn stopped() -> ModelError {
+        ModelError::Backend {
+            backend: "embedded".into(),
+            message: "the engine thread stopped".into(),
+        }
+    }
+
+    async fn submit<R, T>(
+        &self,
+        requests: Vec<R>,
+        wrap: impl Fn(R, Reply<T>) -> Job,
+    ) -> Result<Vec<T>, ModelError> {
+        let mut pending = Vec::with_capacity(requests.len());
+        for r in requests {
+            let (tx, rx) = oneshot::channel();
+            self.tx.send(wrap(r, tx)).map_err(|_| Self::stopped())?;
+            pending.push(rx);
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for rx in pending {
+            out.push(rx.await.map_err(|_| Self::stopped())??);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl LanguageModel for Engine {
+    fn backend_name(&self) -> String {
+        format!("embedded ({})", self.model.info.path)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            generate: true,
+            score: true,
+            choose: true,
+            max_top_logprobs: 20,
+            chat_template: self.model.chat.is_some(),
+        }
+    }
+
+    async fn generate(
+        &self,
+        requests: Vec<GenerateRequest>,
+    ) -> Result<Vec<GenerateResponse>, ModelError> {
+        self.submit(requests, Job::Generate).await
+    }
+
+    async fn score(&self, requests: Vec<ScoreRequest>) -> Result<Vec<ScoreResponse>, ModelError> {
+        self.submit(requests, Job::Score).await
+    }
+
+    async fn choose(
+        &self,
+        requests: Vec<ChooseRequest>,
+    ) -> Result<Vec<ChooseResponse>, ModelError> {
+        self.submit(requests, Job::Choose).await
+    }
+
+    fn render_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, ModelError> {
+        let chat = self
+            .model
+            .chat
+            .as_ref()
+            .ok_or_else(|| ModelError::Unsupported {
+                backend: self.backend_name(),
+                capability: "chat templates (the GGUF has no tokenizer.chat_template)".into(),
+            })?;
+        chat.render(messages, add_generation_prompt)
+            .map_err(|e| ModelError::InvalidRequest(e.to_string()))
+    }
+}
+
+/// What a finished sequence reports to its job.
+enum SeqOutput {
+    Completion(Completion),
+    /// Log-probs of the wanted ids, per wanted row, in order.
+    Logprobs(Vec<Vec<f32>>),
+}
+
+struct Generation {
+    params: SamplingParams,
+    rng: Rng,
+    top_logprobs: Option<usize>,
+    generated: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
+    finish: Option<FinishReason>,
+    /// Length of the text cut before a stop string, when one appeared.
+    stop_at: Option<usize>,
+}
+
+struct Seq {
+    job: u64,
+    /// Which part of the job this is (sample index, option index).
+    tag: usize,
+    tokens: Vec<u32>,
+    /// Tokens that were given (the rest were generated).
+    prompt_len: usize,
+    hashes: Vec<u64>,
+    kv: KvCache,
+    /// Rows whose next-token log-probs are wanted, with the ids wanted.
+    wants: Vec<(usize, Vec<u32>)>,
+    results: Vec<Vec<f32>>,
+    generation: Option<Generation>,
+    reused: usize,
+    /// Block hashes this sequence is computing that others may wait for.
+    claimed: Vec<u64>,
+}
+
+impl Seq {
+    /// First row whose logits this sequence needs.
+    fn first_logit_row(&self) -> usize {
+        match &self.generation {
+            Some(_) => self.tokens.len() - 1,
+            None => self.wants.first().map_or(self.tokens.len() - 1, |w| w.0),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match &self.generation {
+            Some(g) => g.finish.is_some(),
+            None => self.kv.len >= self.tokens.len(),
+        }
+    }
+}
+
+enum JobState {
+    Generate {
+        reply: Reply<GenerateResponse>,
+        completions: Vec<Option<Completion>>,
+    },
+    Score {
+        reply: Reply<ScoreResponse>,
+        ids: Vec<u32>,
+        /// Whether the first continuation token has nothing before it.
+        first_unconditioned: bool,
+    },
+    Choose {
+        reply: Reply<ChooseResponse>,
+        options: Vec<String>,
+        totals: Vec<f64>,
+    },
+}
+
+struct PendingJob {
+    state: JobState,
+    remaining: usize,
+    usage: Usage,
+}
+
+/// Tag of a choose job's prompt-only sequence (options use their index).
+const PROMPT_TAG: usize = usize::MAX;
+
+struct Actor {
+    model: Arc<LoadedModel>,
+    options: EngineOptions,
+    cache: PrefixCache,
+    jobs: HashMap<u64, PendingJob>,
+    waiting: VecDeque<Seq>,
+    active: Vec<Seq>,
+    /// Blocks being computed by active sequences, not yet in the cache.
+    in_flight: HashSet<u64>,
+    next_job: u64,
+    stats: EngineStats,
+}
+
+impl Actor {
+    fn new(model: Arc<LoadedModel>, options: EngineOptions) -> Self {
+        let kv_dim = model.llama.config.kv_dim();
+        Actor {
+            cache: PrefixCache::new(kv_dim, options.prefix_cache_mb << 20),
+            model,
+            options,
+            jobs: HashMap::new(),
+            waiting: VecDeque::new(),
+            active: Vec::new(),
+            in_flight: HashSet::new(),
+            next_job: 0,
+            stats: EngineStats::default(),
+        }
+    }
+
+    fn run(&mut self, rx: mpsc::Receiver<Job>) {
+        loop {
+            if self.active.is_empty() && self.waiting.is_empty() {
+                match rx.recv() {
+                    Ok(job) => self.intake(job),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(job) = rx.try_recv() {
+                self.intake(job);
+            }
+            self.admit();
+            self.step();
+        }
+    }
+
+    fn new_seq(&self, job: u64, tag: usize, tokens: Vec<u32>) -> Seq {
+        let hashes = if self.options.prefix_cache {
+            block_hashes(&tokens)
+        } else {
+            Vec::new()
+        };
+        Seq {
+            job,
+            tag,
+            prompt_len: tokens.len(),
+            tokens,
+            hashes,
+            kv: KvCache::new(self.model.llama.config.n_layer),
+            wants: Vec::new(),
+            results: Vec::new(),
+            generation: None,
+            reused: 0,
+            claimed: Vec::new(),
+        }
+    }
+
+    fn check_length(&self, tokens: usize, room: usize) -> Result<(), ModelError> {
+        let context = self.model.llama.config.context_length;
+        if tokens + room > context {
+            return Err(ModelError::InvalidRequest(
+                EngineError::PromptTooLong { tokens, context }.to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn intake(&mut self, job: Job) {
+        let id = self.next_job;
+        self.next_job += 1;
+        match job {
+            Job::Stats(tx) => {
+                let mut s = self.stats;
+                s.prefix_cache_bytes = self.cache.bytes();
+                let _ = tx.send(s);
+            }
+            Job::SetPrefixCache(on, tx) => {
+                self.options.prefix_cache = on;
+                self.cache = PrefixCache::new(
+                    self.model.llama.config.kv_dim(),
+                    self.options.prefix_cache_mb << 20,
+                );
+                let _ = tx.send(());
+            }
+            Job::Generate(req, reply) => {
+                if let Err(e) = self.intake_generate(id, req, &reply) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let n = self.waiting.iter().filter(|s| s.job == id).count();
+                self.jobs.insert(
+                    id,
+                    PendingJob {
+                        state: JobState::Generate {
+                            reply,
+                            completions: vec![None; n],
+                        },
+                        remaining: n,
+                        usage: Usage::default(),
+                    },
+                );
+                self.finish_if_done(id);
+            }
+            Job::Score(req, reply) => match self.intake_score(id, &req) {
+                Ok(state) => {
+                    let state = JobState::Score {
+                        reply,
+                        ids: state.0,
+                        first_unconditioned: state.1,
+                    };
+                    self.jobs.insert(
+                        id,
+                        PendingJob {
+                            state,
+                            remaining: 1,
+                            usage: Usage::default(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Job::Choose(req, reply) => match self.intake_choose(id, &req) {
+                Ok(seqs) => {
+                    let totals = vec![0.0; req.options.len()];
+                    self.jobs.insert(
+                        id,
+                        PendingJob {
+                            state: JobState::Choose {
+                                reply,
+                                options: req.options,
+                                totals,
+                            },
+                            remaining: seqs,
+                            usage: Usage::default(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+        }
+    }
+
+    fn intake_generate(
+        &mut self,
+        id: u64,
+        req: GenerateRequest,
+        _reply: &Reply<GenerateResponse>,
+    ) -> Result<(), ModelError> {
+        let prompt = match &req.messages {
+            Some(messages) => {
+                let chat = self
+                    .model
+                    .chat
+                    .as_ref()
+                    .ok_or_else(|| ModelError::Unsupported {
+                        backend: "embedded".into(),
+                        capability: "chat templates (the GGUF has none)".into(),
+                    })?;
+                chat.render(messages, true)
+                    .map_err(|e| ModelError::InvalidRequest(e.to_string()))?
+            }
+            None => req.prompt.clone(),
+        };
+        let tokens = self.model.tokenizer.encode(&prompt, true);
+        if tokens.is_empty() {
+            return Err(ModelError::InvalidRequest(
+                "the prompt is empty and the model adds no BOS token, so there is nothing to continue".into(),
+            ));
+        }
+        self.check_length(tokens.len(), 1)?;
+        if req.params.max_tokens == 0 {
+            // Nothing to generate: answer without touching the model.
+            for i in 0..req.n {
+                let mut seq = self.new_seq(id, i, tokens.clone());
+                seq.kv.len = tokens.len();
+                seq.generation = Some(Generation {
+                    params: req.params.clone(),
+                    rng: Rng::new(0),
+                    top_logprobs: req.top_logprobs,
+                    generated: Vec::new(),
+                    logprobs: Vec::new(),
+                    finish: Some(FinishReason::Length),
+                    stop_at: None,
+                });
+                self.waiting.push_back(seq);
+            }
+            return Ok(());
+        }
+        for i in 0..req.n {
+            let mut seq = self.new_seq(id, i, tokens.clone());
+            seq.generation = Some(Generation {
+                params: req.params.clone(),
+                rng: Rng::new(req.params.seed.wrapping_add(i as u64)),
+                top_logprobs: req.top_logprobs.map(|k| k.min(20)),
+                generated: Vec::new(),
+                logprobs: Vec::new(),
+                finish: None,
+                stop_at: None,
+            });
+            self.waiting.push_back(seq);
+        }
+        Ok(())
+    }
+
+    fn intake_score(
+        &mut self,
+        id: u64,
+        req: &ScoreRequest,
+    ) -> Result<(Vec<u32>, bool), ModelError> {
+        let tok = &self.model.tokenizer;
+        let prompt = tok.encode(&req.prompt, true);
+        // BOS goes first even when the prompt is empty.
+        let continuation = if prompt.is_empty() {
+            tok.encode(&req.continuation, true)
+        } else {
+            tok.encode(&req.continuation, false)
+        };
+        let (prompt, continuation) = match (prompt.is_empty(), continuation.first()) {
+            (true, Some(&first)) if tok.add_bos && Some(first) == tok.bos => {
+                (vec![first], continuation[1..].to_vec())
+            }
+            _ => (prompt, continuation),
+        };
+        if continuation.is_empty() {
+            return Err(ModelError::InvalidRequest(
+                "the continuation is empty".into(),
+            ));
+        }
+        let mut tokens = prompt.clone();
+        tokens.extend_from_slice(&continuation);
+        self.check_length(tokens.len(), 0)?;
+        let mut seq = self.new_seq(id, 0, tokens);
+        let p = prompt.len();
+        for (i, &t) in continuation.iter().enumerate() {
+            if p + i > 0 {
+                seq.wants.push((p + i - 1, vec![t]));
+            }
+        }
+        if seq.wants.is_empty() {
+            // A single unconditioned token: nothing to compute, but the job
+            // still goes through the queue to keep one code path.
+            seq.kv.len = seq.tokens.len();
+        }
+        self.waiting.push_back(seq);
+        Ok((continuation, p == 0))
+    }
+
+    fn intake_choose(&mut self, id: u64, req: &ChooseRequest) -> Result<usize, ModelError> {
+        req.validate()?;
+        let tok = &self.model.tokenizer;
+        let prompt = tok.encode(&req.prompt, true);
+        if prompt.is_empty() {
+            return Err(ModelError::InvalidRequest(
+                "choose needs a prompt: the model adds no BOS token to condition the options on"
+                    .into(),
+            ));
+        }
+        let option_ids: Vec<Vec<u32>> = req.options.iter().map(|o| tok.encode(o, false)).collect();
+        let longest = option_ids.iter().map(|o| o.len()).max().unwrap_or(0);
+        self.check_length(prompt.len() + longest, 0)?;
+        let p = prompt.len();
+        let mut first = self.new_seq(id, PROMPT_TAG, prompt.clone());
+        first
+            .wants
+            .push((p - 1, option_ids.iter().map(|o| o[0]).collect()));
+        self.waiting.push_back(first);
+        let mut count = 1;
+        for (j, o) in option_ids.iter().enumerate() {
+            if o.len() < 2 {
+                continue;
+            }
+            let mut tokens = prompt.clone();
+            tokens.extend_from_slice(&o[..o.len() - 1]);
+            let mut seq = self.new_seq(id, j, tokens);
+            for i in 1..o.len() {
+                seq.wants.push((p + i - 1, vec![o[i]]));
+            }
+            self.waiting.push_back(seq);
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Moves waiting sequences into the active set, reusing cached prefixes.
+    fn admit(&mut self) {
+        let mut deferred = VecDeque::new();
+        while self.active.len() < self.options.max_sequences {
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
+            if seq.done() {
+                self.active.push(seq);
+                continue;
+            }
+            if self.options.prefix_cache && seq.kv.len == 0 {
+                let cached = self.cache.cached_blocks(&seq.tokens, &seq.hashes);
+                if let Some(next) = seq.hashes.get(cached) {
+                    if self.in_flight.contains(next) {
+                        // Someone is computing this block: wait and reuse it.
+                        deferred.push_back(seq);
+                        continue;
+                    }
+                }
+                let reuse = (cached * BLOCK_TOKENS).min(seq.first_logit_row());
+                if reuse > 0 {
+                    self.cache.restore(&seq.hashes, reuse, &mut seq.kv);
+                    seq.reused = reuse;
+                }
+                seq.claimed = seq.hashes[cached..].to_vec();
+                self.in_flight.extend(seq.claimed.iter().copied());
+            }
+            self.active.push(seq);
+        }
+        // Deferred sequences keep their place at the front of the queue.
+        while let Some(seq) = deferred.pop_back() {
+            self.waiting.push_front(seq);
+        }
+    }
+
+    fn step(&mut self) {
+        // Decoding sequences first (one token each), then prompt chunks.
+        let mut order: Vec<usize> = (0..self.active.len())
+            .filter(|&i| !self.active[i].done())
+            .collect();
+        order.sort_by_key(|&i| self.active[i].tokens.len() - self.active[i].kv.len > 1);
+        let mut budget = self.options.max_batch_tokens.max(1);
+        let mut chunks: Vec<(usize, usize)> = Vec::new(); // (seq index, tokens)
+        for i in order {
+            if budget == 0 {
+                break;
+            }
+            let s = &self.active[i];
+            let take = (s.tokens.len() - s.kv.len).min(budget);
+            chunks.push((i, take));
+            budget -= take;
+        }
+        if !chunks.is_empty() {
+            let mut plan: HashMap<usize, usize> = chunks.iter().copied().collect();
+            let mut steps: Vec<SeqStep<'_>> = Vec::with_capacity(chunks.len());
+            let mut starts = Vec::with_capacity(chunks.len());
+            let mut which = Vec::with_capacity(chunks.len());
+            for (i, s) in self.active.iter_mut().enumerate() {
+                let Some(take) = plan.remove(&i) else {
+                    continue;
+                };
+                let start = s.kv.len;
+                let first_row = s.first_logit_row();
+                let logits_from = first_row.saturating_sub(start);
+                starts.push(start);
+                which.push(i);
+                steps.push(SeqStep {
+                    kv: &mut s.kv,
+                    tokens: &s.tokens[start..start + take],
+                    logits_from,
+                });
+            }
+            let mut logits = self.model.llama.forward(&mut steps);
+            drop(steps);
+            self.stats.forward_passes += 1;
+            for ((i, start), rows) in which.into_iter().zip(starts).zip(logits.drain(..)) {
+                self.absorb(i, start, rows);
+            }
+        }
+        self.retire();
+    }
+
+    /// Uses the logits a sequence got from a forward pass.
+    fn absorb(&mut self, i: usize, start: usize, rows: Vec<f32>) {
+        let n_vocab = self.model.llama.config.n_vocab;
+        let tokenizer = &self.model.tokenizer;
+        let context = self.model.llama.config.context_length;
+        let seq = &mut self.active[i];
+        let end = seq.kv.len;
+        let n_rows = rows.len() / n_vocab;
+        let first_row = end - n_rows;
+        let was_prefill = start < seq.prompt_len;
+        if was_prefill {
+            let computed = end.min(seq.prompt_len) - start;
+            self.stats.prompt_tokens_computed += computed;
+        }
+        if seq.generation.is_none() {
+            for (r, row) in rows.chunks_exact(n_vocab).enumerate() {
+                let abs = first_row + r;
+                let wanted: Vec<&Vec<u32>> = seq
+                    .wants
+                    .iter()
+                    .filter(|w| w.0 == abs)
+                    .map(|w| &w.1)
+                    .collect();
+                if wanted.is_empty() {
+                    continue;
+                }
+                let lsm = log_softmax(row);
+                for ids in wanted {
+                    seq.results
+                        .push(ids.iter().map(|&id| lsm[id as usize]).collect());
+                }
+            }
+        } else if end == seq.tokens.len() && n_rows > 0 {
+            let row = &rows[(n_rows - 1) * n_vocab..];
+            let Some(g) = seq.generation.as_mut() else {
+                return;
+            };
+            let token = sample(row, &g.params, &mut g.rng);
+            if tokenizer.is_end_of_generation(token) && !g.params.ignore_eos {
+                g.finish = Some(FinishReason::Eos);
+            } else {
+                if let Some(k) = g.top_logprobs {
+                    let lsm = log_softmax(row);
+                    let top = top_k_indices(&lsm, k)
+                        .into_iter()
+                        .map(|id| TopLogprob {
+                            id: id as u32,
+                            text: tokenizer.token_text(id as u32),
+                            logprob: lsm[id],
+                        })
+                        .collect();
+                    g.logprobs.push(TokenLogprob {
+                        id: token,
+                        text: tokenizer.token_text(token),
+                        logprob: Some(lsm[token as usize]),
+                        top,
+                    });
+                }
+                g.generated.push(token);
+                seq.tokens.push(token);
+                self.stats.tokens_generated += 1;
+                if !g.params.stop.is_empty() {
+                    let text = tokenizer.decode(&g.generated);
+                    if let Some(at) = g
+                        .params
+                        .stop
+                        .iter()
+                        .filter_map(|s| text.find(s.as_str()))
+                        .min()
+                    {
+                        g.stop_at = Some(at);
+                        g.finish = Some(FinishReason::Stop);
+                    }
+                }
+                if g.finish.is_none()
+                    && (g.generated.len() >= g.params.max_tokens || seq.tokens.len() >= context)
+                {
+                    g.finish = Some(FinishReason::Length);
+                }
+            }
+        }
+        // The prompt is complete: share its blocks with later sequences.
+        if was_prefill && end >= seq.prompt_len && self.options.prefix_cache {
+            let prompt_hashes = &seq.hashes;
+            self.cache
+                .insert(&seq.tokens[..seq.prompt_len], prompt_hashes, &seq.kv);
+            for h in seq.claimed.drain(..) {
+                self.in_flight.remove(&h);
+            }
+        }
+    }
+
+    /// Hands finished sequences to their jobs.
+    fn retire(&mut self) {
+        let mut i = 0;
+        while i < self.active.len() {
+            if !self.active[i].done() {
+                i += 1;
+                continue;
+            }
+            let seq = self.active.swap_remove(i);
+            for h in &seq.claimed {
+                self.in_flight.remove(h);
+            }
+            let job = seq.job;
+            let tokenizer = &self.model.tokenizer;
+            let Some(pending) = self.jobs.get_mut(&job) else {
+                continue;
+            };
+            pending.usage.prompt_tokens += seq.prompt_len;
+            pending.usage.prompt_tokens_reused += seq.reused;
+            self.stats.prompt_tokens_reused += seq.reused;
+            let output = match seq.generation {
+                Some(g) => {
+                    pending.usage.completion_tokens += g.generated.len();
+                    let mut text = tokenizer.decode(&g.generated);
+                    if let Some(at) = g.stop_at {
+                        text.truncate(at);
+                    }
+                    SeqOutput::Completion(Completion {
+                        text,
+                        token_ids: g.generated,
+                        finish_reason: g.finish.unwrap_or(FinishReason::Length),
+                        logprobs: g.top_logprobs.map(|_| g.logprobs),
+                    })
+                }
+                None => SeqOutput::Logprobs(seq.results),
+            };
+            match (&mut pending.state, output) {
+                (JobState::Generate { completions, .. }, SeqOutput::Completion(c)) => {
+                    if let Some(slot) = completions.get_mut(seq.tag) {
+                        *slot = Some(c);
+                    }
+                }
+                (JobState::Choose { totals, .. }, SeqOutput::Logprobs(rows)) => {
+                    if seq.tag == PROMPT_TAG {
+                        if let Some(first) = rows.first() {
+                            for (t, lp) in totals.iter_mut().zip(first) {
+                                *t += *lp as f64;
+                            }
+                        }
+                    } else if let Some(t) = totals.get_mut(seq.tag) {
+                        *t += rows.iter().map(|r| r[0] as f64).sum::<f64>();
+                    }
+                }
+                (JobState::Score { .. }, SeqOutput::Logprobs(rows)) => {
+                    // Stash the rows in `totals`-like form via the reply below.
+                    pending.remaining -= 1;
+                    self.finish_score(job, rows);
+                    continue;
+                }
+                _ => {}
+            }
+            pending.remaining -= 1;
+            self.finish_if_done(job);
+        }
+    }
+
+    fn finish_score(&mut self, job: u64, rows: Vec<Vec<f32>>) {
+        let Some(pending) = self.jobs.remove(&job) else {
+            return;
+        };
+        let JobState::Score {
+            reply,
+            ids,
+            first_unconditioned,
+        } = pending.state
+        else {
+            return;
+        };
+        let tokenizer = &self.model.tokenizer;
+        let mut values = rows.into_iter().map(|r| r[0]);
+        let mut tokens = Vec::with_capacity(ids.len());
+        let mut total = 0f64;
+        for (i, &id) in ids.iter().enumerate() {
+            let logprob = if i == 0 && first_unconditioned {
+                None
+            } else {
+                values.next()
+            };
+            total += logprob.unwrap_or(0.0) as f64;
+            tokens.push(TokenLogprob {
+                id,
+                text: tokenizer.token_text(id),
+                logprob,
+                top: Vec::new(),
+            });
+        }
+        let _ = reply.send(Ok(ScoreResponse {
+            tokens,
+            total_logprob: total,
+            usage: pending.usage,
+        }));
+    }
+
+    fn finish_if_done(&mut self, job: u64) {
+        if self.jobs.get(&job).is_none_or(|p| p.remaining > 0) {
+            return;
+        }
+        let Some(pending) = self.jobs.remove(&job) else {
+            return;
+        };
+        match pending.state {
+            JobState::Generate { reply, completions } => {
+                let completions = completions.into_iter().flatten().collect();
+                let _ = reply.send(Ok(GenerateResponse {
+                    completions,
+                    usage: pending.usage,
+                }));
+            }
+            JobState::Choose {
+                reply,
+                options,
+                totals,
+                ..
+            } => {
+                let _ = reply.send(Ok(choose_response(&options, totals, pending.usage)));
+            }
+            JobState::Score { reply, .. } => {
+                let _ = reply.send(Err(ModelError::Backend {
+                    backend: "embedded".into(),
+                    message: "score job finished without results".into(),
+                }));
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! qstar's embedded inference engine: GGUF models on the CPU, with batching
+//! across callers and reuse of shared prompt prefixes.
+
+pub mod chat;
+mod engine;
+pub mod error;
+pub mod fetch;
+pub mod gguf;
+pub mod kernels;
+pub mod llama;
+pub mod model;
+pub mod numerics;
+pub mod prefix_cache;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use engine::{Engine, EngineOptions, EngineStats};
+pub use error::EngineError;
+pub use model::{LoadedModel, ModelInfo};

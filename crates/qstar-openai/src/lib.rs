@@ -1,0 +1,435 @@
+//! The [`LanguageModel`] interface over OpenAI-compatible servers (vLLM,
+//! SGLang, llama.cpp's llama-server, …): `/v1/completions` and
+//! `/v1/chat/completions` with log-probs, spread over several base URLs,
+//! with retries, backoff and a concurrency limit.
+//!
+//! What a server cannot do is reported, never emulated: scoring needs prompt
+//! log-probs (`echo` with `logprobs`); without them `choose` still works when
+//! every option is a single token among the first position's top log-probs.
+
+mod wire;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::try_join_all;
+use qstar_core::{
+    choose_response, Capabilities, ChooseRequest, ChooseResponse, Completion, FinishReason,
+    GenerateRequest, GenerateResponse, LanguageModel, Message, ModelError, ScoreRequest,
+    ScoreResponse, TokenLogprob, Usage,
+};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::wire::{parse_logprobs, WireToken};
+
+/// How to reach the servers.
+#[derive(Debug, Clone)]
+pub struct OpenAiConfig {
+    pub base_urls: Vec<String>,
+    /// Model name sent in every request.
+    pub model: String,
+    pub api_key: Option<String>,
+    /// Requests in flight at once, over all servers.
+    pub concurrency: usize,
+    /// Retries after a 429, a 5xx, a timeout or a refused connection.
+    pub max_retries: u32,
+    pub initial_backoff: Duration,
+    pub timeout: Duration,
+    /// Top log-probs asked for when choosing among single-token options.
+    pub choose_top_logprobs: usize,
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        OpenAiConfig {
+            base_urls: Vec::new(),
+            model: "default".into(),
+            api_key: None,
+            concurrency: 8,
+            max_retries: 4,
+            initial_backoff: Duration::from_millis(250),
+            timeout: Duration::from_secs(300),
+            choose_top_logprobs: 20,
+        }
+    }
+}
+
+pub struct OpenAiBackend {
+    client: reqwest::Client,
+    config: OpenAiConfig,
+    next_url: AtomicUsize,
+    permits: Arc<Semaphore>,
+}
+
+impl OpenAiBackend {
+    pub fn new(config: OpenAiConfig) -> Result<Self, ModelError> {
+        if config.base_urls.is_empty() {
+            return Err(ModelError::InvalidRequest(
+                "the OpenAI backend needs at least one base URL".into(),
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .build()
+            .map_err(|e| ModelError::Backend {
+                backend: "openai".into(),
+                message: e.to_string(),
+            })?;
+        Ok(OpenAiBackend {
+            client,
+            permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            config,
+            next_url: AtomicUsize::new(0),
+        })
+    }
+
+    fn name(&self) -> String {
+        format!("openai ({})", self.config.base_urls.join(", "))
+    }
+
+    fn error(&self, message: impl Into<String>) -> ModelError {
+        ModelError::Backend {
+            backend: self.name(),
+            message: message.into(),
+        }
+    }
+
+    fn unsupported(&self, capability: &str) -> ModelError {
+        ModelError::Unsupported {
+            backend: self.name(),
+            capability: capability.into(),
+        }
+    }
+
+    /// POSTs a JSON body, retrying transient failures with exponential
+    /// backoff and moving to the next server on each attempt.
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, ModelError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| self.error("the request limiter closed"))?;
+        let mut backoff = self.config.initial_backoff;
+        let mut last_error = String::new();
+        for attempt in 0..=self.config.max_retries {
+            if attempt > 0 {
+                tracing::warn!("retrying after: {last_error}");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            let i = self.next_url.fetch_add(1, Ordering::Relaxed) % self.config.base_urls.len();
+            let url = format!("{}{path}", self.config.base_urls[i].trim_end_matches('/'));
+            let mut request = self.client.post(&url).json(body);
+            if let Some(key) = &self.config.api_key {
+                request = request.bearer_auth(key);
+            }
+            match request.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let text = resp.text().await.unwrap_or_default();
+                    if status.is_success() {
+                        return serde_json::from_str(&text)
+                            .map_err(|e| self.error(format!("{url} sent invalid JSON: {e}")));
+                    }
+                    last_error = format!("{url} answered {status}: {}", truncate(&text, 300));
+                    if !(status.as_u16() == 429 || status.is_server_error()) {
+                        return Err(self.error(last_error));
+                    }
+                }
+                Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
+                    last_error = format!("{url}: {e}");
+                }
+                Err(e) => return Err(self.error(format!("{url}: {e}"))),
+            }
+        }
+        Err(self.error(format!(
+            "gave up after {} retries; last error: {last_error}",
+            self.config.max_retries
+        )))
+    }
+
+    async fn generate_one(
+        &self,
+        req: &GenerateRequest,
+        index: usize,
+    ) -> Result<(Completion, Usage), ModelError> {
+        let p = &req.params;
+        let mut body = json!({
+            "model": self.config.model,
+            "max_tokens": p.max_tokens,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "seed": p.seed.wrapping_add(index as u64),
+            "n": 1,
+        });
+        if p.top_k > 0 {
+            body["top_k"] = json!(p.top_k);
+        }
+        if !p.stop.is_empty() {
+            body["stop"] = json!(p.stop);
+        }
+        let chat = req.messages.is_some();
+        let path = match &req.messages {
+            Some(messages) => {
+                body["messages"] = json!(messages);
+                if let Some(k) = req.top_logprobs {
+                    body["logprobs"] = json!(true);
+                    body["top_logprobs"] = json!(k);
+                }
+                "/v1/chat/completions"
+            }
+            None => {
+                body["prompt"] = json!(req.prompt);
+                body["return_tokens"] = json!(true);
+                if let Some(k) = req.top_logprobs {
+                    body["logprobs"] = json!(k);
+                }
+                "/v1/completions"
+            }
+        };
+        let v = self.post(path, &body).await?;
+        let choice = &v["choices"][0];
+        let text = if chat {
+            choice["message"]["content"].as_str()
+        } else {
+            choice["text"].as_str()
+        }
+        .ok_or_else(|| self.error("the answer has no text"))?
+        .to_string();
+        let finish_reason = match choice["finish_reason"].as_str() {
+            Some("length") => FinishReason::Length,
+            Some("stop") if !p.stop.is_empty() && choice["stop_reason"].is_string() => {
+                FinishReason::Stop
+            }
+            Some("stop") => FinishReason::Eos,
+            _ => FinishReason::Length,
+        };
+        let token_ids: Vec<u32> = choice["tokens"]
+            .as_array()
+            .or_else(|| v["tokens"].as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_u64().map(|x| x as u32))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let logprobs = match req.top_logprobs {
+            Some(_) => {
+                let parsed = parse_logprobs(&choice["logprobs"])
+                    .ok_or_else(|| self.unsupported("log-probs of generated tokens"))?;
+                Some(
+                    parsed
+                        .into_iter()
+                        .map(WireToken::into_token_logprob)
+                        .collect(),
+                )
+            }
+            None => None,
+        };
+        let usage = Usage {
+            prompt_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize,
+            prompt_tokens_reused: v["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap_or(0) as usize,
+            completion_tokens: v["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize,
+        };
+        Ok((
+            Completion {
+                text,
+                token_ids,
+                finish_reason,
+                logprobs,
+            },
+            usage,
+        ))
+    }
+
+    async fn generate_request(
+        &self,
+        req: &GenerateRequest,
+    ) -> Result<GenerateResponse, ModelError> {
+        // One request per sample with its own seed: portable across servers
+        // (not all honour `n`) and reproducible sample by sample.
+        let samples = try_join_all((0..req.n).map(|i| self.generate_one(req, i))).await?;
+        let mut usage = Usage::default();
+        let completions = samples
+            .into_iter()
+            .map(|(c, u)| {
+                usage.add(&u);
+                c
+            })
+            .collect();
+        Ok(GenerateResponse { completions, usage })
+    }
+
+    /// Prompt log-probs through `echo`: the tokens of `prompt + continuation`
+    /// with their offsets in the text.
+    async fn echo_logprobs(&self, text: &str) -> Result<Vec<WireToken>, ModelError> {
+        let body = json!({
+            "model": self.config.model,
+            "prompt": text,
+            "max_tokens": 0,
+            "echo": true,
+            "logprobs": 1,
+            "temperature": 0.0,
+        });
+        let v = self.post("/v1/completions", &body).await?;
+        let tokens = parse_logprobs(&v["choices"][0]["logprobs"]).unwrap_or_default();
+        let covers_prompt = tokens.iter().any(|t| t.offset.is_some())
+            && tokens.iter().map(|t| t.text.len()).sum::<usize>() >= text.len();
+        if !covers_prompt {
+            return Err(
+                self.unsupported("prompt log-probs (`echo` with `logprobs` on /v1/completions)")
+            );
+        }
+        Ok(tokens)
+    }
+
+    async fn score_one(&self, req: &ScoreRequest) -> Result<ScoreResponse, ModelError> {
+        let full = format!("{}{}", req.prompt, req.continuation);
+        let tokens = self.echo_logprobs(&full).await?;
+        let start = req.prompt.len();
+        let mut out = Vec::new();
+        let mut total = 0.0;
+        for t in tokens {
+            if t.offset.is_some_and(|o| o >= start) {
+                total += t.logprob.unwrap_or(0.0) as f64;
+                out.push(t.into_token_logprob());
+            }
+        }
+        Ok(ScoreResponse {
+            tokens: out,
+            total_logprob: total,
+            usage: Usage::default(),
+        })
+    }
+
+    async fn choose_one(&self, req: &ChooseRequest) -> Result<ChooseResponse, ModelError> {
+        req.validate()?;
+        // First try: the next-token distribution, exact for single tokens.
+        let body = json!({
+            "model": self.config.model,
+            "prompt": req.prompt,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": self.config.choose_top_logprobs,
+        });
+        let v = self.post("/v1/completions", &body).await?;
+        let first = parse_logprobs(&v["choices"][0]["logprobs"])
+            .and_then(|t| t.into_iter().next())
+            .ok_or_else(|| self.unsupported("log-probs on /v1/completions"))?;
+        let from_top: Option<Vec<f64>> = req
+            .options
+            .iter()
+            .map(|o| {
+                first
+                    .top
+                    .iter()
+                    .find(|(t, _)| t == o)
+                    .map(|(_, lp)| *lp as f64)
+            })
+            .collect();
+        if let Some(logprobs) = from_top {
+            return Ok(choose_response(&req.options, logprobs, Usage::default()));
+        }
+        // Otherwise every option is scored in full, which needs echo.
+        let requests: Vec<ScoreRequest> = req
+            .options
+            .iter()
+            .map(|o| ScoreRequest {
+                prompt: req.prompt.clone(),
+                continuation: o.clone(),
+            })
+            .collect();
+        let scored = try_join_all(requests.iter().map(|r| self.score_one(r)))
+            .await
+            .map_err(|e| match e {
+                ModelError::Unsupported { backend, .. } => ModelError::Unsupported {
+                    backend,
+                    capability: format!(
+                        "exact choice among options that are not all single tokens in the top {} \
+                     (it needs prompt log-probs, `echo` with `logprobs`)",
+                        self.config.choose_top_logprobs
+                    ),
+                },
+                other => other,
+            })?;
+        let logprobs = scored.iter().map(|s| s.total_logprob).collect();
+        Ok(choose_response(&req.options, logprobs, Usage::default()))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[async_trait]
+impl LanguageModel for OpenAiBackend {
+    fn backend_name(&self) -> String {
+        self.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            generate: true,
+            // Known only when a server is asked; calls report it if missing.
+            score: true,
+            choose: true,
+            max_top_logprobs: self.config.choose_top_logprobs,
+            chat_template: false,
+        }
+    }
+
+    async fn generate(
+        &self,
+        requests: Vec<GenerateRequest>,
+    ) -> Result<Vec<GenerateResponse>, ModelError> {
+        try_join_all(requests.iter().map(|r| self.generate_request(r))).await
+    }
+
+    async fn score(&self, requests: Vec<ScoreRequest>) -> Result<Vec<ScoreResponse>, ModelError> {
+        try_join_all(requests.iter().map(|r| self.score_one(r))).await
+    }
+
+    async fn choose(
+        &self,
+        requests: Vec<ChooseRequest>,
+    ) -> Result<Vec<ChooseResponse>, ModelError> {
+        try_join_all(requests.iter().map(|r| self.choose_one(r))).await
+    }
+
+    fn render_chat(
+        &self,
+        _messages: &[Message],
+        _add_generation_prompt: bool,
+    ) -> Result<String, ModelError> {
+        Err(self.unsupported(
+            "rendering the chat template locally (send messages with GenerateRequest::chat)",
+        ))
+    }
+}
+
+impl WireToken {
+    fn into_token_logprob(self) -> TokenLogprob {
+        TokenLogprob {
+            id: 0,
+            text: self.text,
+            logprob: self.logprob,
+            top: self
+                .top
+                .into_iter()
+                .map(|(text, logprob)| qstar_core::TopLogprob {
+                    id: 0,
+                    text,
+                    logprob,
+                })
+                .collect(),
+        }
+    }
+}

@@ -600,7 +600,17 @@ impl Actor {
     /// Moves waiting sequences into the active set, reusing cached prefixes.
     fn admit(&mut self) {
         let mut deferred = VecDeque::new();
-        while self.active.len() < self.options.max_sequences {
+        // Prompt tokens already waiting in admitted sequences: admitting more
+        // than a step can take would only hold their KV memory early.
+        let mut pending_prefill: usize = self
+            .active
+            .iter()
+            .map(|s| s.tokens.len() - s.kv.len)
+            .filter(|&n| n > 1)
+            .sum();
+        while self.active.len() < self.options.max_sequences
+            && pending_prefill < self.options.max_batch_tokens
+        {
             let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
@@ -625,6 +635,7 @@ impl Actor {
                 seq.claimed = seq.hashes[cached..].to_vec();
                 self.in_flight.extend(seq.claimed.iter().copied());
             }
+            pending_prefill += seq.tokens.len() - seq.kv.len;
             self.active.push(seq);
         }
         // Deferred sequences keep their place at the front of the queue.

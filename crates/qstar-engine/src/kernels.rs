@@ -421,9 +421,31 @@ mod x86 {
         _mm_cvtss_f32(r)
     }
 
-    /// Q4_1 weight rows × 8-bit activation rows, llama.cpp's order: per
-    /// block, lane sums of 4 products, times d_w·d_x, fused into the lane
-    /// accumulators; the offset m_w·s_x summed separately.
+    /// Dispatches a runtime tile shape to a kernel compiled for it, so the
+    /// accumulators of the tile live in registers.
+    macro_rules! dispatch {
+        ($kernel:ident, $rows:expr, $cols:expr, ($($arg:expr),*)) => {
+            match ($rows, $cols) {
+                (4, 4) => $kernel::<4, 4>($($arg),*),
+                (4, 3) => $kernel::<4, 3>($($arg),*),
+                (4, 2) => $kernel::<4, 2>($($arg),*),
+                (4, 1) => $kernel::<4, 1>($($arg),*),
+                (3, 4) => $kernel::<3, 4>($($arg),*),
+                (3, 3) => $kernel::<3, 3>($($arg),*),
+                (3, 2) => $kernel::<3, 2>($($arg),*),
+                (3, 1) => $kernel::<3, 1>($($arg),*),
+                (2, 4) => $kernel::<2, 4>($($arg),*),
+                (2, 3) => $kernel::<2, 3>($($arg),*),
+                (2, 2) => $kernel::<2, 2>($($arg),*),
+                (2, 1) => $kernel::<2, 1>($($arg),*),
+                (1, 4) => $kernel::<1, 4>($($arg),*),
+                (1, 3) => $kernel::<1, 3>($($arg),*),
+                (1, 2) => $kernel::<1, 2>($($arg),*),
+                _ => $kernel::<1, 1>($($arg),*),
+            }
+        };
+    }
+
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn q4_1_tile(
@@ -438,23 +460,42 @@ mod x86 {
         nb: usize,
         out: &mut [[f32; 4]; 4],
     ) {
-        let mut acc = [[_mm256_setzero_ps(); 4]; 4];
-        let mut offset = [[0f32; 4]; 4];
+        dispatch!(q4_1_fixed, rows, cols, (wd, wm, wq, xd, xs, xq, nb, out))
+    }
+
+    /// Q4_1 weight rows × 8-bit activation rows, llama.cpp's order: per
+    /// block, lane sums of 4 products, times d_w·d_x, fused into the lane
+    /// accumulators; the offset m_w·s_x summed separately.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q4_1_fixed<const R: usize, const C: usize>(
+        wd: &[f32],
+        wm: &[f32],
+        wq: &[u8],
+        xd: &[f32],
+        xs: &[f32],
+        xq: &[i8],
+        nb: usize,
+        out: &mut [[f32; 4]; 4],
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut offset = [[0f32; C]; R];
         let mask = _mm_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
         for b in 0..nb {
-            let mut w = [_mm256_setzero_si256(); 4];
-            for (r, wr) in w.iter_mut().enumerate().take(rows) {
+            let mut w = [_mm256_setzero_si256(); R];
+            for r in 0..R {
                 let raw = _mm_loadu_si128(wq.as_ptr().add((r * nb + b) * 16) as *const __m128i);
                 let lo = _mm_and_si128(raw, mask);
                 let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-                *wr = _mm256_set_m128i(hi, lo);
+                w[r] = _mm256_set_m128i(hi, lo);
             }
-            for c in 0..cols {
+            for c in 0..C {
                 let x = _mm256_loadu_si256(xq.as_ptr().add((c * nb + b) * BLOCK) as *const __m256i);
                 let dx = *xd.get_unchecked(c * nb + b);
                 let sx = *xs.get_unchecked(c * nb + b);
-                for r in 0..rows {
+                for r in 0..R {
                     offset[r][c] = (*wm.get_unchecked(r * nb + b)).mul_add(sx, offset[r][c]);
                     let scale = _mm256_set1_ps(*wd.get_unchecked(r * nb + b) * dx);
                     let lanes = _mm256_madd_epi16(ones, _mm256_maddubs_epi16(w[r], x));
@@ -462,15 +503,13 @@ mod x86 {
                 }
             }
         }
-        for r in 0..rows {
-            for c in 0..cols {
+        for r in 0..R {
+            for c in 0..C {
                 out[r][c] = hsum(acc[r][c]) + offset[r][c];
             }
         }
     }
 
-    /// Q8_0 weight rows × 8-bit activation rows (signs moved onto the
-    /// activations so the unsigned×signed byte product applies).
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn q8_0_tile(
@@ -483,19 +522,35 @@ mod x86 {
         nb: usize,
         out: &mut [[f32; 4]; 4],
     ) {
-        let mut acc = [[_mm256_setzero_ps(); 4]; 4];
+        dispatch!(q8_0_fixed, rows, cols, (wd, wq, xd, xq, nb, out))
+    }
+
+    /// Q8_0 weight rows × 8-bit activation rows (signs moved onto the
+    /// activations so the unsigned×signed byte product applies).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q8_0_fixed<const R: usize, const C: usize>(
+        wd: &[f32],
+        wq: &[i8],
+        xd: &[f32],
+        xq: &[i8],
+        nb: usize,
+        out: &mut [[f32; 4]; 4],
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
         let ones = _mm256_set1_epi16(1);
         for b in 0..nb {
-            let mut w = [_mm256_setzero_si256(); 4];
-            let mut wabs = [_mm256_setzero_si256(); 4];
-            for r in 0..rows {
+            let mut w = [_mm256_setzero_si256(); R];
+            let mut wabs = [_mm256_setzero_si256(); R];
+            for r in 0..R {
                 w[r] = _mm256_loadu_si256(wq.as_ptr().add((r * nb + b) * BLOCK) as *const __m256i);
                 wabs[r] = _mm256_sign_epi8(w[r], w[r]);
             }
-            for c in 0..cols {
+            for c in 0..C {
                 let x = _mm256_loadu_si256(xq.as_ptr().add((c * nb + b) * BLOCK) as *const __m256i);
                 let dx = *xd.get_unchecked(c * nb + b);
-                for r in 0..rows {
+                for r in 0..R {
                     let scale = _mm256_set1_ps(*wd.get_unchecked(r * nb + b) * dx);
                     let signed = _mm256_sign_epi8(x, w[r]);
                     let lanes = _mm256_madd_epi16(ones, _mm256_maddubs_epi16(wabs[r], signed));
@@ -503,8 +558,8 @@ mod x86 {
                 }
             }
         }
-        for r in 0..rows {
-            for c in 0..cols {
+        for r in 0..R {
+            for c in 0..C {
                 out[r][c] = hsum(acc[r][c]);
             }
         }

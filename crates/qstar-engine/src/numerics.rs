@@ -48,8 +48,14 @@ pub fn expf(x: f32) -> f32 {
     if n.abs() > 192.0 {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };
     }
-    // j · 2^n with a single rounding, as `scalef` does.
-    ((j as f64) * (n as f64).exp2()) as f32
+    // j · 2^n with a single rounding, as `scalef` does; 2^n is exact in f32
+    // for normal exponents, otherwise the product goes through f64.
+    let e = n as i32;
+    if (-126..=127).contains(&e) {
+        j * f32::from_bits(((e + 127) as u32) << 23)
+    } else {
+        ((j as f64) * (e as f64).exp2()) as f32
+    }
 }
 
 /// x / (1 + exp(-x)) with ggml's exp.
@@ -61,7 +67,17 @@ pub fn silu(x: f32) -> f32 {
 /// Dot product as `ggml_vec_dot_f32` computes it: four 16-lane fused
 /// accumulators over 64-element steps, folded pairwise, then reduced; the
 /// tail beyond the last whole step is added in f64.
+#[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() == 64 && b.len() == 64 {
+        // One step: each accumulator holds a single rounded product.
+        let mut folded = [0f32; LANES];
+        for l in 0..LANES {
+            folded[l] = (a[l] * b[l] + a[32 + l] * b[32 + l])
+                + (a[16 + l] * b[16 + l] + a[48 + l] * b[48 + l]);
+        }
+        return reduce16(&folded);
+    }
     let n = a.len().min(b.len());
     let steps = n / 64;
     let mut sum = [[0f32; LANES]; 4];
@@ -111,25 +127,49 @@ pub fn softmax_scaled(scores: &mut [f32], scale: f32) {
 }
 
 /// out[d] = Σ_j w[j] · v(j)[d], each output summed like [`dot`] over the
-/// positions j (the order of llama.cpp's attention · V product).
+/// positions j (the order of llama.cpp's attention · V product). Position j
+/// feeds accumulator slot (j / 16 mod 4, j mod 16); a slot is a whole
+/// vector of `out.len()` values, so the update is one contiguous FMA.
 pub fn weighted_sum<'v>(w: &[f32], mut v_row: impl FnMut(usize) -> &'v [f32], out: &mut [f32]) {
     let hd = out.len();
-    // acc[d][j / 16 % 4][j % 16]
-    let mut acc = vec![[[0f32; LANES]; 4]; hd];
-    for (j, &wj) in w.iter().enumerate() {
-        let (group, lane) = ((j / LANES) % 4, j % LANES);
-        let vj = v_row(j);
-        for d in 0..hd {
-            acc[d][group][lane] = vj[d].mul_add(wj, acc[d][group][lane]);
-        }
+    thread_local! {
+        static SLOTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    for (o, a) in out.iter_mut().zip(&acc) {
-        let mut folded = [0f32; LANES];
-        for l in 0..LANES {
-            folded[l] = (a[0][l] + a[2][l]) + (a[1][l] + a[3][l]);
+    SLOTS.with(|slots| {
+        let mut slots = slots.borrow_mut();
+        slots.resize(4 * LANES * hd, 0.0);
+        // A slot's first product is stored (an FMA into zero rounds the same),
+        // so only slots in use are ever touched.
+        for (j, &wj) in w.iter().enumerate() {
+            let slot = ((j / LANES) % 4) * LANES + j % LANES;
+            let acc = &mut slots[slot * hd..(slot + 1) * hd];
+            if j < 4 * LANES {
+                for (a, v) in acc.iter_mut().zip(v_row(j)) {
+                    *a = v * wj;
+                }
+            } else {
+                for (a, v) in acc.iter_mut().zip(v_row(j)) {
+                    *a = v.mul_add(wj, *a);
+                }
+            }
         }
-        *o = reduce16(&folded);
-    }
+        let used = w.len().min(4 * LANES);
+        let at = |group: usize, lane: usize, d: usize| {
+            let slot = group * LANES + lane;
+            if slot < used {
+                slots[slot * hd + d]
+            } else {
+                0.0
+            }
+        };
+        for (d, o) in out.iter_mut().enumerate() {
+            let mut folded = [0f32; LANES];
+            for l in 0..LANES {
+                folded[l] = (at(0, l, d) + at(2, l, d)) + (at(1, l, d) + at(3, l, d));
+            }
+            *o = reduce16(&folded);
+        }
+    });
 }
 
 #[cfg(test)]

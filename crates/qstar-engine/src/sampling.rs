@@ -68,6 +68,9 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
     if params.temperature <= 0.0 {
         return argmax(logits) as u32;
     }
+    if params.top_k == 0 && params.top_p >= 1.0 {
+        return sample_full(logits, params.temperature as f64, rng);
+    }
     let k = if params.top_k == 0 {
         logits.len()
     } else {
@@ -103,6 +106,22 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
         }
     }
     candidates[keep - 1] as u32
+}
+
+/// Sampling from the whole vocabulary needs no sorting: one pass for the
+/// normalizer, one to find where the draw falls.
+fn sample_full(logits: &[f32], temperature: f64, rng: &mut Rng) -> u32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weight = |l: f32| (((l - max) as f64) / temperature).exp();
+    let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+    let mut u = rng.next_f64() * total;
+    for (i, &l) in logits.iter().enumerate() {
+        u -= weight(l);
+        if u < 0.0 {
+            return i as u32;
+        }
+    }
+    argmax(logits) as u32
 }
 
 #[cfg(test)]

@@ -48,8 +48,18 @@ impl BackendArgs {
             .unwrap_or_else(qstar_engine::fetch::default_model_path)
     }
 
-    pub fn engine(&self) -> Result<Engine> {
+    /// The model file, fetching the default model on first use.
+    pub async fn ensure_model(&self) -> Result<PathBuf> {
         let path = self.model_path();
+        if self.model.is_none() && !path.exists() {
+            eprintln!("the default model is not in the cache yet; fetching it");
+            qstar_engine::fetch::fetch_default(&|_, _| {}).await?;
+        }
+        Ok(path)
+    }
+
+    pub async fn engine(&self) -> Result<Engine> {
+        let path = self.ensure_model().await?;
         let options = EngineOptions {
             threads: self.threads,
             ..EngineOptions::default()
@@ -57,9 +67,9 @@ impl BackendArgs {
         Ok(Engine::load(&path, options)?)
     }
 
-    pub fn open(&self) -> Result<Arc<dyn LanguageModel>> {
+    pub async fn open(&self) -> Result<Arc<dyn LanguageModel>> {
         match self.backend {
-            BackendKind::Embedded => Ok(Arc::new(self.engine()?)),
+            BackendKind::Embedded => Ok(Arc::new(self.engine().await?)),
             BackendKind::Openai => {
                 if self.base_url.is_empty() {
                     return Err(UsageError(

@@ -70,7 +70,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         threads,
         ..args.backend.clone()
     };
-    let engine = backend.engine()?;
+    let engine = backend.engine().await?;
     let model_path = backend.model_path();
     engine.set_prefix_cache(false).await;
 

@@ -34,8 +34,8 @@ pub async fn model_fetch() -> Result<()> {
     Ok(())
 }
 
-pub fn model_info(backend: &BackendArgs, json: bool) -> Result<()> {
-    let path = backend.model_path();
+pub async fn model_info(backend: &BackendArgs, json: bool) -> Result<()> {
+    let path = backend.ensure_model().await?;
     let model = qstar_engine::LoadedModel::load(&path)?;
     let info = &model.info;
     if json {
@@ -118,7 +118,7 @@ pub async fn generate(args: GenerateArgs) -> Result<()> {
     if !valid {
         return Err(UsageError("--temperature must be ≥ 0 and --top-p in (0, 1]".into()).into());
     }
-    let model = args.backend.open()?;
+    let model = args.backend.open().await?;
     let messages = args.chat.then(|| vec![Message::user(args.prompt.clone())]);
     let request = GenerateRequest {
         prompt: args.prompt.clone(),
@@ -174,7 +174,7 @@ pub struct ScoreArgs {
 }
 
 pub async fn score(args: ScoreArgs) -> Result<()> {
-    let model = args.backend.open()?;
+    let model = args.backend.open().await?;
     let response = model
         .score(vec![ScoreRequest {
             prompt: args.prompt,
@@ -224,7 +224,7 @@ pub async fn choose(args: ChooseArgs) -> Result<()> {
         options: args.options,
     };
     request.validate()?;
-    let model = args.backend.open()?;
+    let model = args.backend.open().await?;
     let response = model
         .choose(vec![request])
         .await?

@@ -103,7 +103,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Model { command } => match command {
                 ModelCommand::Fetch => commands::model_fetch().await,
-                ModelCommand::Info { backend, json } => commands::model_info(&backend, json),
+                ModelCommand::Info { backend, json } => commands::model_info(&backend, json).await,
             },
             Command::Generate(args) => commands::generate(args).await,
             Command::Score(args) => commands::score(args).await,

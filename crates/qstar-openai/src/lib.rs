@@ -183,10 +183,8 @@ impl OpenAiBackend {
             }
             None => {
                 body["prompt"] = json!(req.prompt);
-                body["return_tokens"] = json!(true);
-                if let Some(k) = req.top_logprobs {
-                    body["logprobs"] = json!(k);
-                }
+                // Log-probs carry the token ids on servers that report them.
+                body["logprobs"] = json!(req.top_logprobs.unwrap_or(1).max(1));
                 "/v1/completions"
             }
         };
@@ -207,27 +205,20 @@ impl OpenAiBackend {
             Some("stop") => FinishReason::Eos,
             _ => FinishReason::Length,
         };
-        let token_ids: Vec<u32> = choice["tokens"]
-            .as_array()
-            .or_else(|| v["tokens"].as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|t| t.as_u64().map(|x| x as u32))
-                    .collect()
-            })
+        let parsed = parse_logprobs(&choice["logprobs"]);
+        let token_ids: Vec<u32> = parsed
+            .as_ref()
+            .map(|tokens| tokens.iter().filter_map(|t| t.id).collect())
             .unwrap_or_default();
-        let logprobs = match req.top_logprobs {
-            Some(_) => {
-                let parsed = parse_logprobs(&choice["logprobs"])
-                    .ok_or_else(|| self.unsupported("log-probs of generated tokens"))?;
-                Some(
-                    parsed
-                        .into_iter()
-                        .map(WireToken::into_token_logprob)
-                        .collect(),
-                )
-            }
-            None => None,
+        let logprobs = match (req.top_logprobs, parsed) {
+            (None, _) => None,
+            (Some(_), Some(tokens)) => Some(
+                tokens
+                    .into_iter()
+                    .map(WireToken::into_token_logprob)
+                    .collect(),
+            ),
+            (Some(_), None) => return Err(self.unsupported("log-probs of generated tokens")),
         };
         let usage = Usage {
             prompt_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize,
@@ -418,7 +409,7 @@ impl LanguageModel for OpenAiBackend {
 impl WireToken {
     fn into_token_logprob(self) -> TokenLogprob {
         TokenLogprob {
-            id: 0,
+            id: self.id.unwrap_or(0),
             text: self.text,
             logprob: self.logprob,
             top: self

@@ -5,6 +5,8 @@
 use serde_json::Value;
 
 pub struct WireToken {
+    /// Token id, when the server reports it (llama-server does).
+    pub id: Option<u32>,
     pub text: String,
     pub logprob: Option<f32>,
     /// Byte offset of the token in the prompt+completion text, when given.
@@ -21,6 +23,7 @@ pub fn parse_logprobs(v: &Value) -> Option<Vec<WireToken>> {
                 .map(|t| {
                     let text = t["token"].as_str().unwrap_or_default().to_string();
                     let token = WireToken {
+                        id: t["id"].as_u64().map(|i| i as u32),
                         offset: None,
                         logprob: t["logprob"].as_f64().map(|x| x as f32),
                         top: t["top_logprobs"]
@@ -53,6 +56,7 @@ pub fn parse_logprobs(v: &Value) -> Option<Vec<WireToken>> {
             .iter()
             .enumerate()
             .map(|(i, t)| WireToken {
+                id: None,
                 text: t.as_str().unwrap_or_default().to_string(),
                 logprob: logprobs
                     .and_then(|l| l.get(i))
@@ -92,10 +96,11 @@ mod tests {
         assert_eq!(t[0].logprob, None);
         assert_eq!(t[1].top[0].0, "B");
         assert_eq!(t[1].offset, Some(1));
-        let chat = json!({"content": [{"token": " A", "logprob": -0.1,
+        let chat = json!({"content": [{"id": 7, "token": " A", "logprob": -0.1,
             "top_logprobs": [{"token": " A", "logprob": -0.1}]}]});
         let t = parse_logprobs(&chat).expect("chat");
         assert_eq!(t[0].text, " A");
+        assert_eq!(t[0].id, Some(7));
         assert_eq!(t[0].top.len(), 1);
     }
 }

@@ -1,0 +1,227 @@
+//! End-to-end behaviour of the embedded engine on the real default model:
+//! batching never changes results, the prefix cache never changes results
+//! (only the work done), and every request kind honours its contract.
+
+mod common;
+
+use qstar_core::{
+    ChooseRequest, FinishReason, GenerateRequest, LanguageModel, Message, SamplingParams,
+    ScoreRequest,
+};
+use qstar_engine::EngineOptions;
+
+fn sampled(seed: u64, max_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        temperature: 0.9,
+        top_k: 40,
+        top_p: 0.95,
+        seed,
+        max_tokens,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn samples_do_not_depend_on_batching() {
+    let engine = common::engine();
+    let rt = common::runtime();
+    let prompt = engine
+        .render_chat(&[Message::user("Name a colour.")], true)
+        .expect("chat");
+    let mut together = GenerateRequest::new(prompt.clone(), sampled(7, 12));
+    together.n = 4;
+    let batched = rt
+        .block_on(engine.generate(vec![together]))
+        .expect("batched")
+        .remove(0);
+    assert_eq!(batched.completions.len(), 4);
+    for i in 0..4 {
+        let alone = rt
+            .block_on(engine.generate(vec![GenerateRequest::new(
+                prompt.clone(),
+                sampled(7 + i, 12),
+            )]))
+            .expect("alone")
+            .remove(0);
+        assert_eq!(
+            alone.completions[0].token_ids,
+            batched.completions[i as usize].token_ids
+        );
+    }
+    // Different seeds give different samples somewhere among the four.
+    let distinct: std::collections::HashSet<_> = batched
+        .completions
+        .iter()
+        .map(|c| c.token_ids.clone())
+        .collect();
+    assert!(distinct.len() > 1, "four seeds gave one sample");
+}
+
+#[test]
+fn prefix_cache_changes_work_not_results() {
+    let rt = common::runtime();
+    let shared = "Here is a long shared instruction that every question repeats. ".repeat(8);
+    let requests: Vec<ChooseRequest> = (0..6)
+        .map(|i| ChooseRequest {
+            prompt: format!("{shared}Question {i}: is {i} even? Answer:"),
+            options: vec![" yes".into(), " no".into(), " maybe not".into()],
+        })
+        .collect();
+    let cold = common::engine_with(EngineOptions {
+        prefix_cache: false,
+        ..Default::default()
+    });
+    let warm = common::engine();
+    let a = rt.block_on(cold.choose(requests.clone())).expect("cold");
+    let b = rt.block_on(warm.choose(requests)).expect("warm");
+    for (x, y) in a.iter().zip(&b) {
+        for (o, p) in x.options.iter().zip(&y.options) {
+            assert_eq!(o.logprob, p.logprob, "cache changed a log-prob");
+        }
+    }
+    let cold_stats = rt.block_on(cold.stats());
+    let warm_stats = rt.block_on(warm.stats());
+    assert_eq!(cold_stats.prompt_tokens_reused, 0);
+    assert!(warm_stats.prompt_tokens_reused > 0);
+    assert!(
+        warm_stats.prompt_tokens_computed * 2 < cold_stats.prompt_tokens_computed,
+        "reuse should at least halve the work: {warm_stats:?} vs {cold_stats:?}"
+    );
+}
+
+#[test]
+fn multi_token_options_are_scored_exactly() {
+    let engine = common::engine();
+    let rt = common::runtime();
+    let prompt = "On a scale from 1 to 10, I would rate this answer a";
+    let options: Vec<String> = (1..=10).map(|i| format!(" {i}")).collect();
+    assert!(
+        engine.tokenize(" 10", false).len() > 1,
+        "\" 10\" should span several tokens"
+    );
+    let chosen = rt
+        .block_on(engine.choose(vec![ChooseRequest {
+            prompt: prompt.into(),
+            options: options.clone(),
+        }]))
+        .expect("choose")
+        .remove(0);
+    let total: f64 = chosen.options.iter().map(|o| o.prob).sum();
+    assert!((total - 1.0).abs() < 1e-9);
+    for o in &chosen.options {
+        let scored = rt
+            .block_on(engine.score(vec![ScoreRequest {
+                prompt: prompt.into(),
+                continuation: o.text.clone(),
+            }]))
+            .expect("score")
+            .remove(0);
+        assert!(
+            (scored.total_logprob - o.logprob).abs() < 1e-4,
+            "{}: choose {} vs score {}",
+            o.text,
+            o.logprob,
+            scored.total_logprob
+        );
+    }
+}
+
+#[test]
+fn generation_stops_where_asked() {
+    let engine = common::engine();
+    let rt = common::runtime();
+    let prompt = "1, 2, 3, 4, 5, 6,";
+    let params = SamplingParams {
+        max_tokens: 40,
+        stop: vec![" 9".into()],
+        ..Default::default()
+    };
+    let out = rt
+        .block_on(engine.generate(vec![GenerateRequest::new(prompt, params)]))
+        .expect("generate")
+        .remove(0);
+    let c = &out.completions[0];
+    assert_eq!(c.finish_reason, FinishReason::Stop, "{:?}", c.text);
+    assert!(
+        !c.text.contains(" 9") && c.text.contains('8'),
+        "{:?}",
+        c.text
+    );
+
+    let short = SamplingParams {
+        max_tokens: 3,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let out = rt
+        .block_on(engine.generate(vec![GenerateRequest::new(prompt, short)]))
+        .expect("generate")
+        .remove(0);
+    assert_eq!(out.completions[0].token_ids.len(), 3);
+    assert_eq!(out.completions[0].finish_reason, FinishReason::Length);
+    assert_eq!(out.usage.completion_tokens, 3);
+
+    let chat = rt
+        .block_on(engine.generate(vec![GenerateRequest::chat(
+            vec![Message::user("Say hello.")],
+            SamplingParams {
+                max_tokens: 60,
+                ..Default::default()
+            },
+        )]))
+        .expect("chat")
+        .remove(0);
+    assert_eq!(chat.completions[0].finish_reason, FinishReason::Eos);
+    assert!(!chat.completions[0].text.contains("<|im_end|>"));
+}
+
+#[test]
+fn top_logprobs_are_reported_and_consistent() {
+    let engine = common::engine();
+    let rt = common::runtime();
+    let mut req = GenerateRequest::new(
+        "The capital of France is",
+        SamplingParams {
+            max_tokens: 4,
+            ..Default::default()
+        },
+    );
+    req.top_logprobs = Some(5);
+    let out = rt
+        .block_on(engine.generate(vec![req]))
+        .expect("generate")
+        .remove(0);
+    let lps = out.completions[0].logprobs.as_ref().expect("logprobs");
+    assert_eq!(lps.len(), out.completions[0].token_ids.len());
+    for t in lps {
+        assert_eq!(t.top.len(), 5);
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(t.top[0].id, t.id);
+        assert!(t.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+    }
+}
+
+#[test]
+fn bad_requests_are_clear_errors() {
+    let engine = common::engine();
+    let rt = common::runtime();
+    let empty = rt.block_on(engine.choose(vec![ChooseRequest {
+        prompt: "x".into(),
+        options: vec![],
+    }]));
+    assert!(empty.is_err_and(|e| e.is_input_error()));
+    let long = "word ".repeat(9000);
+    let too_long =
+        rt.block_on(engine.generate(vec![GenerateRequest::new(long, SamplingParams::default())]));
+    let err = too_long.expect_err("prompt longer than the context");
+    assert!(
+        err.is_input_error() && err.to_string().contains("context"),
+        "{err}"
+    );
+    // The engine keeps serving after errors.
+    let ok = rt.block_on(engine.score(vec![ScoreRequest {
+        prompt: "Hello".into(),
+        continuation: " world".into(),
+    }]));
+    assert!(ok.is_ok());
+}

@@ -1,0 +1,212 @@
+//! The OpenAI backend end to end against a real llama.cpp `llama-server`
+//! serving the default model (built by `scripts/build-llama-cpp`; found on
+//! PATH, in LLAMA_SERVER, or in qstar's cache).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use qstar_core::{
+    ChooseRequest, GenerateRequest, LanguageModel, Message, ModelError, SamplingParams,
+    ScoreRequest,
+};
+use qstar_openai::{OpenAiBackend, OpenAiConfig};
+
+fn llama_server() -> PathBuf {
+    if let Ok(p) = std::env::var("LLAMA_SERVER") {
+        return PathBuf::from(p);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("llama-server"))
+            .find(|p| p.is_file())
+    });
+    let cached = qstar_engine::fetch::home_dir().join("llama.cpp-11434.0.0/bin/llama-server");
+    on_path
+        .or(cached.is_file().then_some(cached))
+        .expect("llama-server not found: run scripts/build-llama-cpp (the test script does)")
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start() -> Server {
+    let model = qstar_engine::fetch::default_model_path();
+    assert!(model.exists(), "run `qstar model fetch` first");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let child = Command::new(llama_server())
+        .args([
+            "-m",
+            model.to_str().expect("path"),
+            "--port",
+            &port.to_string(),
+            "-t",
+            "2",
+            "-c",
+            "2048",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start llama-server");
+    let server = Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = reqwest_free_health(&server.url);
+    while Instant::now() < deadline {
+        if client() {
+            return server;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("llama-server did not become healthy");
+}
+
+/// A /health probe over a plain TCP socket (no HTTP client needed here).
+fn reqwest_free_health(url: &str) -> impl Fn() -> bool {
+    let addr = url.trim_start_matches("http://").to_string();
+    move || {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200")
+    }
+}
+
+fn backend(urls: Vec<String>) -> OpenAiBackend {
+    OpenAiBackend::new(OpenAiConfig {
+        base_urls: urls,
+        ..Default::default()
+    })
+    .expect("backend")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llama_server_backend_end_to_end() {
+    let server = start().await;
+    // The same server under two names: requests are spread over both.
+    let alias = server.url.replace("127.0.0.1", "localhost");
+    let remote = backend(vec![server.url.clone(), alias]);
+    let embedded = qstar_engine::Engine::load(
+        &qstar_engine::fetch::default_model_path(),
+        qstar_engine::EngineOptions::default(),
+    )
+    .expect("engine");
+
+    // Greedy generation agrees with the embedded engine on the first tokens
+    // (llama-server keeps its KV cache in f16, so later tokens may differ).
+    let params = SamplingParams {
+        max_tokens: 5,
+        ..Default::default()
+    };
+    let req = GenerateRequest::new("The capital of France is", params);
+    let r = remote
+        .generate(vec![req.clone()])
+        .await
+        .expect("remote")
+        .remove(0);
+    let e = embedded
+        .generate(vec![req])
+        .await
+        .expect("embedded")
+        .remove(0);
+    assert_eq!(r.completions[0].token_ids, e.completions[0].token_ids);
+    assert!(
+        r.completions[0].text.starts_with(" Paris"),
+        "{:?}",
+        r.completions[0].text
+    );
+
+    // Seeded samples, several per request.
+    let mut sampled = GenerateRequest::new(
+        "Once upon a time",
+        SamplingParams {
+            temperature: 0.8,
+            seed: 11,
+            max_tokens: 6,
+            ..Default::default()
+        },
+    );
+    sampled.n = 3;
+    let s = remote
+        .generate(vec![sampled])
+        .await
+        .expect("samples")
+        .remove(0);
+    assert_eq!(s.completions.len(), 3);
+    assert!(s.completions.iter().all(|c| !c.text.is_empty()));
+
+    // Chat through the server's own template.
+    let chat = remote
+        .generate(vec![GenerateRequest::chat(
+            vec![Message::user("Say hello.")],
+            SamplingParams {
+                max_tokens: 16,
+                ..Default::default()
+            },
+        )])
+        .await
+        .expect("chat")
+        .remove(0);
+    assert!(!chat.completions[0].text.trim().is_empty());
+
+    // Single-token options: exact distribution from the top log-probs,
+    // close to the embedded engine's (f16 vs f32 KV cache).
+    let prompt = embedded
+        .render_chat(&[Message::user("Which is better, (A) or (B)?")], true)
+        .expect("render")
+        + "The answer is (";
+    let choose = ChooseRequest {
+        prompt,
+        options: vec!["A".into(), "B".into()],
+    };
+    let rc = remote
+        .choose(vec![choose.clone()])
+        .await
+        .expect("remote choose")
+        .remove(0);
+    let ec = embedded
+        .choose(vec![choose])
+        .await
+        .expect("embedded choose")
+        .remove(0);
+    let gap = (rc.options[0].prob - ec.options[0].prob).abs();
+    assert!(
+        gap < 0.05,
+        "P(A) remote {} vs embedded {}",
+        rc.options[0].prob,
+        ec.options[0].prob
+    );
+
+    // llama-server has no prompt log-probs: scoring says so.
+    let err = remote
+        .score(vec![ScoreRequest {
+            prompt: "Hello".into(),
+            continuation: " world".into(),
+        }])
+        .await
+        .expect_err("llama-server cannot echo prompt log-probs");
+    assert!(matches!(err, ModelError::Unsupported { .. }), "{err}");
+}

@@ -2,15 +2,17 @@
 //!
 //! Quantized weights (Q4_1, Q8_0) are multiplied the way llama.cpp does it:
 //! each row of activations is first rounded to 8-bit blocks (one f16 scale
-//! per 32 values), then every 32-value block contributes an exact integer dot
-//! product, scaled and accumulated in f32 in a fixed order. Following that
-//! arithmetic to the bit matters: this small model is sensitive enough that
-//! exact f32 activations move its log-probs by about 0.1 from llama.cpp's.
+//! per 32 values), then every 32-value block contributes exact integer sums
+//! over eight lanes of four products, which are scaled and accumulated in f32
+//! block after block and reduced at the end. Following that arithmetic to the
+//! bit matters: this small model is sensitive enough that exact f32
+//! activations move its log-probs by about 0.1 from llama.cpp's.
 //!
-//! The integer products are computed in tiles (up to 4 weight rows × 4
-//! activation rows per pass), so a weight block is unpacked once for several
-//! tokens; each output still sees exactly the same operations in the same
-//! order, so a sequence's numbers never depend on how it was batched.
+//! Weights and activations are stored in groups of four rows, block by block,
+//! and multiplied in 4 × 4 tiles, so a weight block is unpacked once for
+//! several tokens. Every output still sees exactly the same operations in the
+//! same order, whatever the tile, the kernel (AVX-512 VNNI, AVX2 or portable)
+//! or the batch, so a sequence's numbers never depend on how it was served.
 //!
 //! Other weight types are dequantized to f32 at load and use an f32 GEMM.
 
@@ -22,10 +24,16 @@ use rayon::prelude::*;
 /// Values per quantization block (Q4_1, Q8_0 and the activations' Q8 form).
 pub const BLOCK: usize = 32;
 
-/// Weight storage, in the layout the kernels read.
+/// Weight rows, and activation rows, are stored in groups of this many,
+/// block by block, so a kernel reads a group's block with one load.
+pub const GROUP: usize = 4;
+
+/// Weight storage, in the layout the kernels read. Quantized rows are padded
+/// to a whole group with zero rows; (row r of group g, block b) sits at slot
+/// `(g · nb + b) · GROUP + r`.
 pub enum Weights {
-    /// value = d · q + m, q a 4-bit nibble: byte j holds elements j (low
-    /// nibble) and j + 16 (high nibble) of its block.
+    /// value = d · q + m, q a 4-bit nibble: byte j of a row's block holds
+    /// elements j (low nibble) and j + 16 (high nibble).
     Q4_1 {
         d: Vec<f32>,
         m: Vec<f32>,
@@ -41,30 +49,45 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
     half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
+/// Slot of (row, block) in the grouped layout.
+#[inline]
+fn slot(row: usize, block: usize, nb: usize) -> usize {
+    ((row / GROUP) * nb + block) * GROUP + row % GROUP
+}
+
 impl Weights {
-    /// Reads GGUF Q4_1 blocks (f16 d, f16 m, 16 bytes of nibbles).
-    pub fn from_q4_1(bytes: &[u8]) -> Self {
-        let nb = bytes.len() / 20;
-        let (mut d, mut m, mut qs) = (
-            Vec::with_capacity(nb),
-            Vec::with_capacity(nb),
-            Vec::with_capacity(nb * 16),
-        );
-        for b in bytes.chunks_exact(20) {
-            d.push(f16_at(b, 0));
-            m.push(f16_at(b, 2));
-            qs.extend_from_slice(&b[4..20]);
+    /// Reads the GGUF Q4_1 blocks (f16 d, f16 m, 16 bytes of nibbles) of an
+    /// n × k matrix.
+    pub fn from_q4_1(bytes: &[u8], n: usize, k: usize) -> Self {
+        let nb = k / BLOCK;
+        let slots = n.div_ceil(GROUP) * GROUP * nb;
+        let (mut d, mut m, mut qs) = (vec![0f32; slots], vec![0f32; slots], vec![0u8; slots * 16]);
+        for row in 0..n {
+            for b in 0..nb {
+                let src = &bytes[(row * nb + b) * 20..(row * nb + b + 1) * 20];
+                let at = slot(row, b, nb);
+                d[at] = f16_at(src, 0);
+                m[at] = f16_at(src, 2);
+                qs[at * 16..(at + 1) * 16].copy_from_slice(&src[4..20]);
+            }
         }
         Weights::Q4_1 { d, m, qs }
     }
 
-    /// Reads GGUF Q8_0 blocks (f16 d, 32 signed bytes).
-    pub fn from_q8_0(bytes: &[u8]) -> Self {
-        let nb = bytes.len() / 34;
-        let (mut d, mut qs) = (Vec::with_capacity(nb), Vec::with_capacity(nb * 32));
-        for b in bytes.chunks_exact(34) {
-            d.push(f16_at(b, 0));
-            qs.extend(b[2..34].iter().map(|&x| x as i8));
+    /// Reads the GGUF Q8_0 blocks (f16 d, 32 signed bytes) of an n × k matrix.
+    pub fn from_q8_0(bytes: &[u8], n: usize, k: usize) -> Self {
+        let nb = k / BLOCK;
+        let slots = n.div_ceil(GROUP) * GROUP * nb;
+        let (mut d, mut qs) = (vec![0f32; slots], vec![0i8; slots * BLOCK]);
+        for row in 0..n {
+            for b in 0..nb {
+                let src = &bytes[(row * nb + b) * 34..(row * nb + b + 1) * 34];
+                let at = slot(row, b, nb);
+                d[at] = f16_at(src, 0);
+                for (q, &v) in qs[at * BLOCK..(at + 1) * BLOCK].iter_mut().zip(&src[2..34]) {
+                    *q = v as i8;
+                }
+            }
         }
         Weights::Q8_0 { d, qs }
     }
@@ -72,32 +95,38 @@ impl Weights {
 
 /// Activations rounded to 8-bit blocks as llama.cpp's `quantize_row_q8_1`
 /// does: d = max|x| / 127 kept as f16, q = round-half-even(x · 127 / max|x|),
-/// and s = f16(d · Σq) for Q4_1's offset term.
+/// and s = f16(d · Σq) for Q4_1's offset term. Rows are grouped like the
+/// weights (padded with zero rows).
 pub struct QuantizedRows {
     pub d: Vec<f32>,
     pub s: Vec<f32>,
     pub qs: Vec<i8>,
 }
 
-pub fn quantize_rows(x: &[f32]) -> QuantizedRows {
-    let nb = x.len() / BLOCK;
+pub fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
+    let t = x.len() / k;
+    let nb = k / BLOCK;
+    let slots = t.div_ceil(GROUP) * GROUP * nb;
     let mut out = QuantizedRows {
-        d: Vec::with_capacity(nb),
-        s: Vec::with_capacity(nb),
-        qs: Vec::with_capacity(x.len()),
+        d: vec![0f32; slots],
+        s: vec![0f32; slots],
+        qs: vec![0i8; slots * BLOCK],
     };
-    for block in x.chunks_exact(BLOCK) {
-        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let inv = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        let mut sum = 0i32;
-        for v in block {
-            let q = (v * inv).round_ties_even() as i32;
-            sum += q;
-            out.qs.push(q as i8);
+    for (row, xr) in x.chunks_exact(k).enumerate() {
+        for (b, block) in xr.chunks_exact(BLOCK).enumerate() {
+            let at = slot(row, b, nb);
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, v) in out.qs[at * BLOCK..(at + 1) * BLOCK].iter_mut().zip(block) {
+                let r = (v * inv).round_ties_even() as i32;
+                sum += r;
+                *q = r as i8;
+            }
+            out.d[at] = half::f16::from_f32(d).to_f32();
+            out.s[at] = half::f16::from_f32(d * sum as f32).to_f32();
         }
-        out.d.push(half::f16::from_f32(d).to_f32());
-        out.s.push(half::f16::from_f32(d * sum as f32).to_f32());
     }
     out
 }
@@ -119,8 +148,55 @@ impl<'a> Activations<'a> {
         }
     }
 
-    fn quantized(&self) -> &QuantizedRows {
-        self.quantized.get_or_init(|| quantize_rows(self.x))
+    fn quantized(&self, k: usize) -> &QuantizedRows {
+        self.quantized.get_or_init(|| quantize_rows(self.x, k))
+    }
+}
+
+/// Which implementation of the tile products runs on this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
+}
+
+impl Kernel {
+    /// The fastest kernel the CPU supports (checked once, then cached).
+    pub fn detect() -> Kernel {
+        use std::sync::OnceLock;
+        static BEST: OnceLock<Kernel> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") && has!("fma") {
+                    return Kernel::Avx512Vnni;
+                }
+                if has!("avx2") && has!("fma") {
+                    return Kernel::Avx2;
+                }
+            }
+            Kernel::Portable
+        })
+    }
+
+    /// Every kernel this CPU can run (for tests that compare them).
+    pub fn available() -> Vec<Kernel> {
+        let mut all = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                all.push(Kernel::Avx2);
+            }
+            if Kernel::detect() == Kernel::Avx512Vnni {
+                all.push(Kernel::Avx512Vnni);
+            }
+        }
+        all
     }
 }
 
@@ -136,10 +212,6 @@ impl Linear {
         Linear { n, k, weights }
     }
 
-    pub fn is_quantized(&self) -> bool {
-        !matches!(self.weights, Weights::Dense(_))
-    }
-
     /// Row `i` as f32 (an embedding lookup when W is the embedding).
     pub fn row(&self, i: usize, out: &mut Vec<f32>) {
         let (k, nb) = (self.k, self.k / BLOCK);
@@ -147,17 +219,17 @@ impl Linear {
             Weights::Dense(w) => out.extend_from_slice(&w[i * k..(i + 1) * k]),
             Weights::Q8_0 { d, qs } => {
                 for b in 0..nb {
-                    let scale = d[i * nb + b];
-                    let q = &qs[(i * nb + b) * BLOCK..(i * nb + b + 1) * BLOCK];
-                    out.extend(q.iter().map(|&v| v as f32 * scale));
+                    let at = slot(i, b, nb);
+                    let q = &qs[at * BLOCK..(at + 1) * BLOCK];
+                    out.extend(q.iter().map(|&v| v as f32 * d[at]));
                 }
             }
             Weights::Q4_1 { d, m, qs } => {
                 for b in 0..nb {
-                    let (scale, min) = (d[i * nb + b], m[i * nb + b]);
-                    let q = &qs[(i * nb + b) * 16..(i * nb + b + 1) * 16];
-                    out.extend(q.iter().map(|&v| (v & 0x0f) as f32 * scale + min));
-                    out.extend(q.iter().map(|&v| (v >> 4) as f32 * scale + min));
+                    let at = slot(i, b, nb);
+                    let q = &qs[at * 16..(at + 1) * 16];
+                    out.extend(q.iter().map(|&v| (v & 0x0f) as f32 * d[at] + m[at]));
+                    out.extend(q.iter().map(|&v| (v >> 4) as f32 * d[at] + m[at]));
                 }
             }
         }
@@ -173,59 +245,80 @@ impl Linear {
 
     /// y (t × n) = x (t × k) · Wᵀ, or y += … when `accumulate`.
     pub fn forward(&self, x: &Activations<'_>, y: &mut [f32], accumulate: bool) {
+        self.forward_with(Kernel::detect(), x, y, accumulate)
+    }
+
+    pub fn forward_with(
+        &self,
+        kernel: Kernel,
+        x: &Activations<'_>,
+        y: &mut [f32],
+        accumulate: bool,
+    ) {
         let t = x.t;
-        debug_assert_eq!(x.x.len(), t * self.k);
-        debug_assert_eq!(y.len(), t * self.n);
+        assert_eq!(x.x.len(), t * self.k);
+        assert_eq!(y.len(), t * self.n);
         if let Weights::Dense(w) = &self.weights {
             return dense_forward(w, self.n, self.k, x.x, t, y, accumulate);
         }
-        let q = x.quantized();
-        let n = self.n;
-        // Threads split the weight rows; each computes them for every input
-        // row into an n-major buffer, which is then transposed into y.
+        let q = x.quantized(self.k);
+        // Threads split the weight row groups; each writes its own columns.
+        let groups = self.n.div_ceil(GROUP);
         let threads = rayon::current_num_threads();
-        let rows_per_task = (n.div_ceil(threads * 8)).next_multiple_of(4).clamp(4, 128);
-        let mut yt = vec![0f32; n * t];
-        yt.par_chunks_mut(rows_per_task * t)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let first = task * rows_per_task;
-                let rows = out.len() / t;
-                self.rows_product(q, t, first, rows, out);
-            });
-        for (row, vals) in yt.chunks_exact(t).enumerate() {
-            for (i, v) in vals.iter().enumerate() {
-                let slot = &mut y[i * n + row];
-                *slot = if accumulate { *slot + v } else { *v };
+        let per_task = groups.div_ceil(threads * 8).clamp(1, 32);
+        let tasks = groups.div_ceil(per_task);
+        let out = OutputColumns(y.as_mut_ptr(), y.len());
+        (0..tasks).into_par_iter().for_each(|task| {
+            let first = task * per_task;
+            for g in first..(first + per_task).min(groups) {
+                self.group_product(kernel, q, t, g, &out, accumulate);
+            }
+        });
+    }
+
+    /// Weight row group `g` against all `t` input rows, written (or added)
+    /// into those columns of y.
+    fn group_product(
+        &self,
+        kernel: Kernel,
+        q: &QuantizedRows,
+        t: usize,
+        g: usize,
+        y: &OutputColumns,
+        accumulate: bool,
+    ) {
+        let nb = self.k / BLOCK;
+        let n = self.n;
+        let rows = GROUP.min(n - g * GROUP);
+        for h in 0..t.div_ceil(GROUP) {
+            let cols = GROUP.min(t - h * GROUP);
+            let mut tile = [[0f32; GROUP]; GROUP];
+            tile_product(kernel, &self.weights, g, q, h, cols, nb, &mut tile);
+            for i in 0..rows {
+                for j in 0..cols {
+                    y.put((h * GROUP + j) * n + g * GROUP + i, tile[i][j], accumulate);
+                }
             }
         }
     }
+}
 
-    /// Weight rows `first..first + rows` against all `t` input rows; `out`
-    /// is rows × t.
-    fn rows_product(
-        &self,
-        q: &QuantizedRows,
-        t: usize,
-        first: usize,
-        rows: usize,
-        out: &mut [f32],
-    ) {
-        let nb = self.k / BLOCK;
-        let mut r = 0;
-        while r < rows {
-            let rr = (rows - r).min(4);
-            let mut c = 0;
-            while c < t {
-                let cc = (t - c).min(4);
-                let mut tile = [[0f32; 4]; 4];
-                tile_product(&self.weights, first + r, rr, q, c, cc, nb, &mut tile);
-                for i in 0..rr {
-                    out[(r + i) * t + c..(r + i) * t + c + cc].copy_from_slice(&tile[i][..cc]);
-                }
-                c += cc;
-            }
-            r += rr;
+/// y shared by the threads of one product; each writes only the columns of
+/// its own weight rows, so no element is touched by two threads.
+struct OutputColumns(*mut f32, usize);
+
+// SAFETY: see the type's comment: writes from different threads go to
+// disjoint elements, and the product returns only after every task ends.
+unsafe impl Sync for OutputColumns {}
+
+impl OutputColumns {
+    #[inline]
+    fn put(&self, at: usize, value: f32, accumulate: bool) {
+        assert!(at < self.1);
+        // SAFETY: in bounds (checked above) and written by one thread only.
+        unsafe {
+            let slot = self.0.add(at);
+            *slot = if accumulate { *slot + value } else { value };
         }
     }
 }
@@ -272,83 +365,120 @@ fn dense_forward(
     }
 }
 
-/// out[i][j] = W row (row0 + i) · activation row (col0 + j).
+/// out[i][j] = row i of weight group g · row j of activation group h, for
+/// the first `cols` rows of the activation group.
 #[allow(clippy::too_many_arguments)]
 fn tile_product(
+    kernel: Kernel,
     w: &Weights,
-    row0: usize,
-    rows: usize,
+    g: usize,
     q: &QuantizedRows,
-    col0: usize,
+    h: usize,
     cols: usize,
     nb: usize,
-    out: &mut [[f32; 4]; 4],
+    out: &mut [[f32; GROUP]; GROUP],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 and FMA are present (checked at run time); all block
-        // indices stay below rows/cols × nb of the slices passed.
-        unsafe {
-            match w {
-                Weights::Q4_1 { d, m, qs } => x86::q4_1_tile(
-                    &d[row0 * nb..(row0 + rows) * nb],
-                    &m[row0 * nb..(row0 + rows) * nb],
-                    &qs[row0 * nb * 16..(row0 + rows) * nb * 16],
-                    &q.d[col0 * nb..(col0 + cols) * nb],
-                    &q.s[col0 * nb..(col0 + cols) * nb],
-                    &q.qs[col0 * nb * BLOCK..(col0 + cols) * nb * BLOCK],
-                    rows,
-                    cols,
-                    nb,
-                    out,
-                ),
-                Weights::Q8_0 { d, qs } => x86::q8_0_tile(
-                    &d[row0 * nb..(row0 + rows) * nb],
-                    &qs[row0 * nb * BLOCK..(row0 + rows) * nb * BLOCK],
-                    &q.d[col0 * nb..(col0 + cols) * nb],
-                    &q.qs[col0 * nb * BLOCK..(col0 + cols) * nb * BLOCK],
-                    rows,
-                    cols,
-                    nb,
-                    out,
-                ),
-                Weights::Dense(_) => {}
+    let span = |group: usize| group * nb * GROUP..(group + 1) * nb * GROUP;
+    let (ws, xs) = (span(g), span(h));
+    let bytes = |r: std::ops::Range<usize>, per: usize| r.start * per..r.end * per;
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => {
+            // SAFETY: `detect` found AVX-512 F/BW/VNNI; every slice holds the
+            // whole group (nb blocks × 4 rows), as the kernels read.
+            unsafe {
+                match w {
+                    Weights::Q4_1 { d, m, qs } => avx512::q4_1_tile(
+                        &d[ws.clone()],
+                        &m[ws.clone()],
+                        &qs[bytes(ws, 16)],
+                        &q.d[xs.clone()],
+                        &q.s[xs.clone()],
+                        &q.qs[bytes(xs, BLOCK)],
+                        cols,
+                        nb,
+                        out,
+                    ),
+                    Weights::Q8_0 { d, qs } => avx512::q8_0_tile(
+                        &d[ws.clone()],
+                        &qs[bytes(ws, BLOCK)],
+                        &q.d[xs.clone()],
+                        &q.qs[bytes(xs, BLOCK)],
+                        cols,
+                        nb,
+                        out,
+                    ),
+                    Weights::Dense(_) => {}
+                }
             }
-            return;
         }
-    }
-    for i in 0..rows {
-        for j in 0..cols {
-            out[i][j] = scalar_dot(w, row0 + i, q, col0 + j, nb);
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => {
+            // SAFETY: AVX2 and FMA are present; slices hold whole groups.
+            unsafe {
+                match w {
+                    Weights::Q4_1 { d, m, qs } => avx2::q4_1_tile(
+                        &d[ws.clone()],
+                        &m[ws.clone()],
+                        &qs[bytes(ws, 16)],
+                        &q.d[xs.clone()],
+                        &q.s[xs.clone()],
+                        &q.qs[bytes(xs, BLOCK)],
+                        cols,
+                        nb,
+                        out,
+                    ),
+                    Weights::Q8_0 { d, qs } => avx2::q8_0_tile(
+                        &d[ws.clone()],
+                        &qs[bytes(ws, BLOCK)],
+                        &q.d[xs.clone()],
+                        &q.qs[bytes(xs, BLOCK)],
+                        cols,
+                        nb,
+                        out,
+                    ),
+                    Weights::Dense(_) => {}
+                }
+            }
+        }
+        Kernel::Portable => {
+            for i in 0..GROUP {
+                for j in 0..cols {
+                    out[i][j] = portable_dot(w, g * GROUP + i, q, h * GROUP + j, nb);
+                }
+            }
         }
     }
 }
 
-/// The same arithmetic as the SIMD kernels without SIMD: eight lanes of
-/// four-element integer sums per block, accumulated in f32, then reduced.
-fn scalar_dot(w: &Weights, row: usize, q: &QuantizedRows, col: usize, nb: usize) -> f32 {
+/// The kernels' arithmetic without SIMD: eight lanes of four-element integer
+/// sums per block, scaled and fused into f32 lane accumulators, then reduced.
+fn portable_dot(w: &Weights, row: usize, q: &QuantizedRows, col: usize, nb: usize) -> f32 {
     let mut acc = [0f32; 8];
     let mut offset = 0f32;
     for b in 0..nb {
-        let (wb, xb) = (row * nb + b, col * nb + b);
+        let (wb, xb) = (slot(row, b, nb), slot(col, b, nb));
         let x = &q.qs[xb * BLOCK..(xb + 1) * BLOCK];
-        let (scale, lanes): (f32, [i32; 8]) = match w {
+        let mut lanes = [0i32; 8];
+        let scale = match w {
             Weights::Q4_1 { d, m, qs } => {
                 offset = m[wb].mul_add(q.s[xb], offset);
                 let nib = &qs[wb * 16..(wb + 1) * 16];
-                let wv: Vec<i32> = nib
-                    .iter()
-                    .map(|v| (v & 0x0f) as i32)
-                    .chain(nib.iter().map(|v| (v >> 4) as i32))
-                    .collect();
-                (d[wb] * q.d[xb], lane_sums(&wv, x))
+                for e in 0..BLOCK {
+                    let v = if e < 16 {
+                        nib[e] & 0x0f
+                    } else {
+                        nib[e - 16] >> 4
+                    };
+                    lanes[e / 4] += v as i32 * x[e] as i32;
+                }
+                d[wb] * q.d[xb]
             }
             Weights::Q8_0 { d, qs } => {
-                let wv: Vec<i32> = qs[wb * BLOCK..(wb + 1) * BLOCK]
-                    .iter()
-                    .map(|&v| v as i32)
-                    .collect();
-                (d[wb] * q.d[xb], lane_sums(&wv, x))
+                for e in 0..BLOCK {
+                    lanes[e / 4] += qs[wb * BLOCK + e] as i32 * x[e] as i32;
+                }
+                d[wb] * q.d[xb]
             }
             Weights::Dense(_) => return 0.0,
         };
@@ -359,91 +489,40 @@ fn scalar_dot(w: &Weights, row: usize, q: &QuantizedRows, col: usize, nb: usize)
     reduce8(&acc) + offset
 }
 
-fn lane_sums(w: &[i32], x: &[i8]) -> [i32; 8] {
-    let mut lanes = [0i32; 8];
-    for (e, (wi, xi)) in w.iter().zip(x).enumerate() {
-        lanes[e / 4] += wi * *xi as i32;
-    }
-    lanes
-}
-
-/// Horizontal sum in the order of `hsum_float_8`: halves, then pairs.
+/// Horizontal sum in the order of ggml's `hsum_float_8`: halves, then pairs.
 fn reduce8(a: &[f32; 8]) -> f32 {
-    let q = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
-    let p0 = q[0] + q[2];
-    let p1 = q[1] + q[3];
-    p0 + p1
+    let q = [a[4] + a[0], a[5] + a[1], a[6] + a[2], a[7] + a[3]];
+    let p = [q[0] + q[2], q[1] + q[3]];
+    p[0] + p[1]
 }
 
+/// Dispatches a runtime column count to a kernel compiled for it, so the
+/// accumulators of the tile live in registers.
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-}
-
-/// Dot product with independent partial sums, so it vectorizes.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let ca = a.chunks_exact(16);
-    let cb = b.chunks_exact(16);
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
+macro_rules! by_cols {
+    ($kernel:ident, $cols:expr, ($($arg:expr),*)) => {
+        match $cols {
+            4 => $kernel::<4>($($arg),*),
+            3 => $kernel::<3>($($arg),*),
+            2 => $kernel::<2>($($arg),*),
+            _ => $kernel::<1>($($arg),*),
         }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// y += a · x
-pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::BLOCK;
+    use super::{BLOCK, GROUP};
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
+    pub fn hsum(v: __m256) -> f32 {
         let mut r = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
         r = _mm_add_ps(r, _mm_movehl_ps(r, r));
         r = _mm_add_ss(r, _mm_movehdup_ps(r));
         _mm_cvtss_f32(r)
-    }
-
-    /// Dispatches a runtime tile shape to a kernel compiled for it, so the
-    /// accumulators of the tile live in registers.
-    macro_rules! dispatch {
-        ($kernel:ident, $rows:expr, $cols:expr, ($($arg:expr),*)) => {
-            match ($rows, $cols) {
-                (4, 4) => $kernel::<4, 4>($($arg),*),
-                (4, 3) => $kernel::<4, 3>($($arg),*),
-                (4, 2) => $kernel::<4, 2>($($arg),*),
-                (4, 1) => $kernel::<4, 1>($($arg),*),
-                (3, 4) => $kernel::<3, 4>($($arg),*),
-                (3, 3) => $kernel::<3, 3>($($arg),*),
-                (3, 2) => $kernel::<3, 2>($($arg),*),
-                (3, 1) => $kernel::<3, 1>($($arg),*),
-                (2, 4) => $kernel::<2, 4>($($arg),*),
-                (2, 3) => $kernel::<2, 3>($($arg),*),
-                (2, 2) => $kernel::<2, 2>($($arg),*),
-                (2, 1) => $kernel::<2, 1>($($arg),*),
-                (1, 4) => $kernel::<1, 4>($($arg),*),
-                (1, 3) => $kernel::<1, 3>($($arg),*),
-                (1, 2) => $kernel::<1, 2>($($arg),*),
-                _ => $kernel::<1, 1>($($arg),*),
-            }
-        };
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -455,21 +534,19 @@ mod x86 {
         xd: &[f32],
         xs: &[f32],
         xq: &[i8],
-        rows: usize,
         cols: usize,
         nb: usize,
-        out: &mut [[f32; 4]; 4],
+        out: &mut [[f32; GROUP]; GROUP],
     ) {
-        dispatch!(q4_1_fixed, rows, cols, (wd, wm, wq, xd, xs, xq, nb, out))
+        by_cols!(q4_1_fixed, cols, (wd, wm, wq, xd, xs, xq, nb, out))
     }
 
-    /// Q4_1 weight rows × 8-bit activation rows, llama.cpp's order: per
-    /// block, lane sums of 4 products, times d_w·d_x, fused into the lane
-    /// accumulators; the offset m_w·s_x summed separately.
+    /// Per block: lane sums of 4 products (unsigned nibble × signed byte),
+    /// times d_w·d_x, fused into the lane accumulators; m_w·s_x summed apart.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn q4_1_fixed<const R: usize, const C: usize>(
+    unsafe fn q4_1_fixed<const C: usize>(
         wd: &[f32],
         wm: &[f32],
         wq: &[u8],
@@ -477,33 +554,33 @@ mod x86 {
         xs: &[f32],
         xq: &[i8],
         nb: usize,
-        out: &mut [[f32; 4]; 4],
+        out: &mut [[f32; GROUP]; GROUP],
     ) {
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
-        let mut offset = [[0f32; C]; R];
+        let mut acc = [[_mm256_setzero_ps(); C]; GROUP];
+        let mut offset = [[0f32; C]; GROUP];
         let mask = _mm_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
         for b in 0..nb {
-            let mut w = [_mm256_setzero_si256(); R];
-            for r in 0..R {
-                let raw = _mm_loadu_si128(wq.as_ptr().add((r * nb + b) * 16) as *const __m128i);
+            let at = b * GROUP;
+            let mut w = [_mm256_setzero_si256(); GROUP];
+            for r in 0..GROUP {
+                let raw = _mm_loadu_si128(wq.as_ptr().add((at + r) * 16) as *const __m128i);
                 let lo = _mm_and_si128(raw, mask);
                 let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
                 w[r] = _mm256_set_m128i(hi, lo);
             }
             for c in 0..C {
-                let x = _mm256_loadu_si256(xq.as_ptr().add((c * nb + b) * BLOCK) as *const __m256i);
-                let dx = *xd.get_unchecked(c * nb + b);
-                let sx = *xs.get_unchecked(c * nb + b);
-                for r in 0..R {
-                    offset[r][c] = (*wm.get_unchecked(r * nb + b)).mul_add(sx, offset[r][c]);
-                    let scale = _mm256_set1_ps(*wd.get_unchecked(r * nb + b) * dx);
+                let x = _mm256_loadu_si256(xq.as_ptr().add((at + c) * BLOCK) as *const __m256i);
+                let (dx, sx) = (*xd.get_unchecked(at + c), *xs.get_unchecked(at + c));
+                for r in 0..GROUP {
+                    offset[r][c] = (*wm.get_unchecked(at + r)).mul_add(sx, offset[r][c]);
+                    let scale = _mm256_set1_ps(*wd.get_unchecked(at + r) * dx);
                     let lanes = _mm256_madd_epi16(ones, _mm256_maddubs_epi16(w[r], x));
                     acc[r][c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(lanes), acc[r][c]);
                 }
             }
         }
-        for r in 0..R {
+        for r in 0..GROUP {
             for c in 0..C {
                 out[r][c] = hsum(acc[r][c]) + offset[r][c];
             }
@@ -517,50 +594,323 @@ mod x86 {
         wq: &[i8],
         xd: &[f32],
         xq: &[i8],
-        rows: usize,
         cols: usize,
         nb: usize,
-        out: &mut [[f32; 4]; 4],
+        out: &mut [[f32; GROUP]; GROUP],
     ) {
-        dispatch!(q8_0_fixed, rows, cols, (wd, wq, xd, xq, nb, out))
+        by_cols!(q8_0_fixed, cols, (wd, wq, xd, xq, nb, out))
     }
 
-    /// Q8_0 weight rows × 8-bit activation rows (signs moved onto the
-    /// activations so the unsigned×signed byte product applies).
-    #[allow(clippy::too_many_arguments)]
+    /// Signed × signed bytes: |w| times x carrying w's sign.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn q8_0_fixed<const R: usize, const C: usize>(
+    unsafe fn q8_0_fixed<const C: usize>(
         wd: &[f32],
         wq: &[i8],
         xd: &[f32],
         xq: &[i8],
         nb: usize,
-        out: &mut [[f32; 4]; 4],
+        out: &mut [[f32; GROUP]; GROUP],
     ) {
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut acc = [[_mm256_setzero_ps(); C]; GROUP];
         let ones = _mm256_set1_epi16(1);
         for b in 0..nb {
-            let mut w = [_mm256_setzero_si256(); R];
-            let mut wabs = [_mm256_setzero_si256(); R];
-            for r in 0..R {
-                w[r] = _mm256_loadu_si256(wq.as_ptr().add((r * nb + b) * BLOCK) as *const __m256i);
+            let at = b * GROUP;
+            let mut w = [_mm256_setzero_si256(); GROUP];
+            let mut wabs = [_mm256_setzero_si256(); GROUP];
+            for r in 0..GROUP {
+                w[r] = _mm256_loadu_si256(wq.as_ptr().add((at + r) * BLOCK) as *const __m256i);
                 wabs[r] = _mm256_sign_epi8(w[r], w[r]);
             }
             for c in 0..C {
-                let x = _mm256_loadu_si256(xq.as_ptr().add((c * nb + b) * BLOCK) as *const __m256i);
-                let dx = *xd.get_unchecked(c * nb + b);
-                for r in 0..R {
-                    let scale = _mm256_set1_ps(*wd.get_unchecked(r * nb + b) * dx);
+                let x = _mm256_loadu_si256(xq.as_ptr().add((at + c) * BLOCK) as *const __m256i);
+                let dx = *xd.get_unchecked(at + c);
+                for r in 0..GROUP {
+                    let scale = _mm256_set1_ps(*wd.get_unchecked(at + r) * dx);
                     let signed = _mm256_sign_epi8(x, w[r]);
                     let lanes = _mm256_madd_epi16(ones, _mm256_maddubs_epi16(wabs[r], signed));
                     acc[r][c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(lanes), acc[r][c]);
                 }
             }
         }
-        for r in 0..R {
+        for r in 0..GROUP {
             for c in 0..C {
                 out[r][c] = hsum(acc[r][c]);
+            }
+        }
+    }
+}
+
+/// The same arithmetic on 512-bit registers: each register carries two
+/// 8-lane accumulators (two columns of one row, or two rows of one column),
+/// and VNNI's byte dot product gives the lane sums in one instruction.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, GROUP};
+
+    /// ggml's 8-lane sum of each half of a 512-bit register.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    fn hsum_halves(v: __m512) -> (f32, f32) {
+        let lo = _mm512_castps512_ps256(v);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+        (super::avx2::hsum(lo), super::avx2::hsum(hi))
+    }
+
+    /// 64-bit lanes of (lo, hi) that make row r's 32 unpacked nibbles, twice.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn row_twice(r: i64) -> __m512i {
+        let (a, b) = (2 * r, 2 * r + 1);
+        _mm512_setr_epi64(a, b, 8 + a, 8 + b, a, b, 8 + a, 8 + b)
+    }
+
+    /// 64-bit lanes of (lo, hi) that make rows 2k and 2k+1, side by side.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn row_pair(k: i64) -> __m512i {
+        let (a, b) = (4 * k, 4 * k + 2);
+        _mm512_setr_epi64(a, a + 1, 8 + a, 9 + a, b, b + 1, 8 + b, 9 + b)
+    }
+
+    /// Lane i of a 4-float vector in the low half, lane j in the high half.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn spread(v: __m128, i: i32, j: i32) -> __m512 {
+        let idx = _mm512_setr_epi32(i, i, i, i, i, i, i, i, j, j, j, j, j, j, j, j);
+        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    pub unsafe fn q4_1_tile(
+        wd: &[f32],
+        wm: &[f32],
+        wq: &[u8],
+        xd: &[f32],
+        xs: &[f32],
+        xq: &[i8],
+        cols: usize,
+        nb: usize,
+        out: &mut [[f32; GROUP]; GROUP],
+    ) {
+        match cols {
+            1 => q4_1_one_col(wd, wm, wq, xd, xs, xq, nb, out),
+            2 => q4_1_col_pairs::<1>(wd, wm, wq, xd, xs, xq, nb, out),
+            // Three columns run as four: the fourth is a zero row.
+            _ => q4_1_col_pairs::<2>(wd, wm, wq, xd, xs, xq, nb, out),
+        }
+    }
+
+    /// One activation row: registers hold rows (0, 1) and (2, 3).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    unsafe fn q4_1_one_col(
+        wd: &[f32],
+        wm: &[f32],
+        wq: &[u8],
+        xd: &[f32],
+        xs: &[f32],
+        xq: &[i8],
+        nb: usize,
+        out: &mut [[f32; GROUP]; GROUP],
+    ) {
+        let mask = _mm512_set1_epi8(0x0f);
+        let (pair0, pair1) = (row_pair(0), row_pair(1));
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut offset = _mm_setzero_ps();
+        for b in 0..nb {
+            let at = b * GROUP;
+            let v = _mm512_loadu_si512(wq.as_ptr().add(at * 16) as *const __m512i);
+            let lo = _mm512_and_si512(v, mask);
+            let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+            let w = [
+                _mm512_permutex2var_epi64(lo, pair0, hi),
+                _mm512_permutex2var_epi64(lo, pair1, hi),
+            ];
+            let x = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                xq.as_ptr().add(at * BLOCK) as *const __m256i
+            ));
+            let (dx, sx) = (*xd.get_unchecked(at), *xs.get_unchecked(at));
+            let wd4 = _mm_loadu_ps(wd.as_ptr().add(at));
+            let wm4 = _mm_loadu_ps(wm.as_ptr().add(at));
+            offset = _mm_fmadd_ps(wm4, _mm_set1_ps(sx), offset);
+            let scales = _mm_mul_ps(wd4, _mm_set1_ps(dx));
+            for k in 0..2 {
+                let lanes = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[k], x);
+                let scale = spread(scales, 2 * k as i32, 2 * k as i32 + 1);
+                acc[k] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(lanes), acc[k]);
+            }
+        }
+        let mut off = [0f32; 4];
+        _mm_storeu_ps(off.as_mut_ptr(), offset);
+        for k in 0..2 {
+            let (a, b) = hsum_halves(acc[k]);
+            out[2 * k][0] = a + off[2 * k];
+            out[2 * k + 1][0] = b + off[2 * k + 1];
+        }
+    }
+
+    /// Column pairs: each register holds one weight row against two
+    /// activation rows.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    unsafe fn q4_1_col_pairs<const P: usize>(
+        wd: &[f32],
+        wm: &[f32],
+        wq: &[u8],
+        xd: &[f32],
+        xs: &[f32],
+        xq: &[i8],
+        nb: usize,
+        out: &mut [[f32; GROUP]; GROUP],
+    ) {
+        let mask = _mm512_set1_epi8(0x0f);
+        let twice = [row_twice(0), row_twice(1), row_twice(2), row_twice(3)];
+        let mut acc = [[_mm512_setzero_ps(); P]; GROUP];
+        let mut offset = [_mm_setzero_ps(); GROUP];
+        for b in 0..nb {
+            let at = b * GROUP;
+            let v = _mm512_loadu_si512(wq.as_ptr().add(at * 16) as *const __m512i);
+            let lo = _mm512_and_si512(v, mask);
+            let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+            let xd4 = _mm_loadu_ps(xd.as_ptr().add(at));
+            let xs4 = _mm_loadu_ps(xs.as_ptr().add(at));
+            let mut x = [_mm512_setzero_si512(); P];
+            let mut dx = [_mm512_setzero_ps(); P];
+            for p in 0..P {
+                x[p] = _mm512_loadu_si512(xq.as_ptr().add((at + 2 * p) * BLOCK) as *const __m512i);
+                dx[p] = spread(xd4, 2 * p as i32, 2 * p as i32 + 1);
+            }
+            for r in 0..GROUP {
+                offset[r] = _mm_fmadd_ps(_mm_set1_ps(*wm.get_unchecked(at + r)), xs4, offset[r]);
+                let w = _mm512_permutex2var_epi64(lo, twice[r], hi);
+                let wdr = _mm512_set1_ps(*wd.get_unchecked(at + r));
+                for p in 0..P {
+                    let lanes = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x[p]);
+                    let scale = _mm512_mul_ps(wdr, dx[p]);
+                    acc[r][p] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(lanes), acc[r][p]);
+                }
+            }
+        }
+        for r in 0..GROUP {
+            let mut off = [0f32; 4];
+            _mm_storeu_ps(off.as_mut_ptr(), offset[r]);
+            for p in 0..P {
+                let (a, b) = hsum_halves(acc[r][p]);
+                out[r][2 * p] = a + off[2 * p];
+                out[r][2 * p + 1] = b + off[2 * p + 1];
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    pub unsafe fn q8_0_tile(
+        wd: &[f32],
+        wq: &[i8],
+        xd: &[f32],
+        xq: &[i8],
+        cols: usize,
+        nb: usize,
+        out: &mut [[f32; GROUP]; GROUP],
+    ) {
+        match cols {
+            1 => q8_0_one_col(wd, wq, xd, xq, nb, out),
+            2 => q8_0_col_pairs::<1>(wd, wq, xd, xq, nb, out),
+            _ => q8_0_col_pairs::<2>(wd, wq, xd, xq, nb, out),
+        }
+    }
+
+    /// x with the sign of w (zero where w is zero does not matter: |w| = 0).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn signed_like(x: __m512i, w: __m512i) -> __m512i {
+        let negative = _mm512_movepi8_mask(w);
+        _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    unsafe fn q8_0_one_col(
+        wd: &[f32],
+        wq: &[i8],
+        xd: &[f32],
+        xq: &[i8],
+        nb: usize,
+        out: &mut [[f32; GROUP]; GROUP],
+    ) {
+        let mut acc = [_mm512_setzero_ps(); 2];
+        for b in 0..nb {
+            let at = b * GROUP;
+            let x = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                xq.as_ptr().add(at * BLOCK) as *const __m256i
+            ));
+            let scales = _mm_mul_ps(
+                _mm_loadu_ps(wd.as_ptr().add(at)),
+                _mm_set1_ps(*xd.get_unchecked(at)),
+            );
+            for k in 0..2 {
+                let w = _mm512_loadu_si512(wq.as_ptr().add((at + 2 * k) * BLOCK) as *const __m512i);
+                let lanes = _mm512_dpbusd_epi32(
+                    _mm512_setzero_si512(),
+                    _mm512_abs_epi8(w),
+                    signed_like(x, w),
+                );
+                let scale = spread(scales, 2 * k as i32, 2 * k as i32 + 1);
+                acc[k] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(lanes), acc[k]);
+            }
+        }
+        for k in 0..2 {
+            let (a, b) = hsum_halves(acc[k]);
+            out[2 * k][0] = a;
+            out[2 * k + 1][0] = b;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
+    unsafe fn q8_0_col_pairs<const P: usize>(
+        wd: &[f32],
+        wq: &[i8],
+        xd: &[f32],
+        xq: &[i8],
+        nb: usize,
+        out: &mut [[f32; GROUP]; GROUP],
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); P]; GROUP];
+        for b in 0..nb {
+            let at = b * GROUP;
+            let xd4 = _mm_loadu_ps(xd.as_ptr().add(at));
+            let mut x = [_mm512_setzero_si512(); P];
+            let mut dx = [_mm512_setzero_ps(); P];
+            for p in 0..P {
+                x[p] = _mm512_loadu_si512(xq.as_ptr().add((at + 2 * p) * BLOCK) as *const __m512i);
+                dx[p] = spread(xd4, 2 * p as i32, 2 * p as i32 + 1);
+            }
+            for r in 0..GROUP {
+                let w = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                    wq.as_ptr().add((at + r) * BLOCK) as *const __m256i,
+                ));
+                let wabs = _mm512_abs_epi8(w);
+                let wdr = _mm512_set1_ps(*wd.get_unchecked(at + r));
+                for p in 0..P {
+                    let lanes =
+                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), wabs, signed_like(x[p], w));
+                    let scale = _mm512_mul_ps(wdr, dx[p]);
+                    acc[r][p] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(lanes), acc[r][p]);
+                }
+            }
+        }
+        for r in 0..GROUP {
+            for p in 0..P {
+                let (a, b) = hsum_halves(acc[r][p]);
+                out[r][2 * p] = a;
+                out[r][2 * p + 1] = b;
             }
         }
     }
@@ -573,10 +923,13 @@ mod tests {
     fn q4_1_bytes(rows: usize, k: usize) -> Vec<u8> {
         let mut out = Vec::new();
         let mut seed = 7u32;
-        for _ in 0..rows * k / BLOCK {
+        for b in 0..rows * k / BLOCK {
             seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            out.extend_from_slice(&[0x00, 0x3c]); // d = 1.0
-            out.extend_from_slice(&[0x00, 0xb8]); // m = -0.5
+            // d and m vary per block: 2^-(b%5) and -(b%3)/4 in f16.
+            let d = half::f16::from_f32(1.0 / (1 << (b % 5)) as f32).to_le_bytes();
+            let m = half::f16::from_f32(-((b % 3) as f32) / 4.0).to_le_bytes();
+            out.extend_from_slice(&d);
+            out.extend_from_slice(&m);
             for i in 0..16 {
                 out.push(((seed >> (i % 24)) & 0xff) as u8);
             }
@@ -587,68 +940,78 @@ mod tests {
     fn q8_0_bytes(rows: usize, k: usize) -> Vec<u8> {
         let mut out = Vec::new();
         for b in 0..rows * k / BLOCK {
-            out.extend_from_slice(&[0x66, 0x2e]); // d ≈ 0.1
+            out.extend_from_slice(&half::f16::from_f32(0.1 + (b % 7) as f32 / 50.0).to_le_bytes());
             for i in 0..32 {
-                out.push(((b * 31 + i * 17) % 255) as u8);
+                out.push(((b * 31 + i * 17) % 256) as u8);
             }
         }
         out
     }
 
     fn check(lin: &Linear, n: usize, k: usize) {
-        let mut rows = Vec::new();
-        for r in 0..n {
-            let mut v = Vec::new();
-            lin.row(r, &mut v);
-            rows.push(v);
-        }
-        for t in [1, 3, 5, 9] {
+        let rows: Vec<Vec<f32>> = (0..n)
+            .map(|r| {
+                let mut v = Vec::new();
+                lin.row(r, &mut v);
+                v
+            })
+            .collect();
+        for t in [1, 2, 3, 4, 5, 7, 9] {
             let x: Vec<f32> = (0..t * k)
                 .map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0)
                 .collect();
-            let acts = Activations::new(&x, t);
-            let mut y = vec![0f32; t * n];
-            lin.forward(&acts, &mut y, false);
-            let q = quantize_rows(&x);
-            for r in 0..t {
-                for c in 0..n {
-                    // Exact f32 maths on the rounded activations.
-                    let want: f32 = (0..k)
-                        .map(|i| q.qs[r * k + i] as f32 * q.d[(r * k + i) / BLOCK] * rows[c][i])
-                        .sum();
-                    let got = y[r * n + c];
-                    assert!(
-                        (got - want).abs() < 2e-2 * want.abs().max(1.0),
-                        "t={t} r={r} c={c}: {got} vs {want}"
-                    );
-                    // And exactly the portable kernel's result.
-                    assert_eq!(got, scalar_dot(&lin.weights, c, &q, r, k / BLOCK));
+            let q = quantize_rows(&x, k);
+            let mut results = Vec::new();
+            for kernel in Kernel::available() {
+                let acts = Activations::new(&x, t);
+                let mut y = vec![0f32; t * n];
+                lin.forward_with(kernel, &acts, &mut y, false);
+                for r in 0..t {
+                    for c in 0..n {
+                        // Close to exact f32 maths on the rounded activations…
+                        let want: f32 = (0..k)
+                            .map(|i| {
+                                let at = slot(r, i / BLOCK, k / BLOCK);
+                                q.qs[at * BLOCK + i % BLOCK] as f32 * q.d[at] * rows[c][i]
+                            })
+                            .sum();
+                        let got = y[r * n + c];
+                        assert!(
+                            (got - want).abs() < 1e-3 * want.abs().max(1.0),
+                            "{kernel:?} t={t}: {got} vs {want}"
+                        );
+                    }
                 }
+                let before = y.clone();
+                lin.forward_with(kernel, &acts, &mut y, true);
+                assert!(y.iter().zip(&before).all(|(a, b)| *a == b + b));
+                results.push((kernel, before));
             }
-            let before = y.clone();
-            lin.forward(&acts, &mut y, true);
-            assert!(y
-                .iter()
-                .zip(&before)
-                .all(|(a, b)| (a - 2.0 * b).abs() < 1e-3 * b.abs().max(1.0)));
+            // …and bit for bit the same whatever the kernel.
+            for (kernel, y) in &results[1..] {
+                assert_eq!(
+                    y, &results[0].1,
+                    "{kernel:?} differs from the portable kernel, t={t}"
+                );
+            }
         }
     }
 
     #[test]
-    fn q4_1_products_match_exact_maths_and_the_portable_kernel() {
-        let (n, k) = (10, 64);
+    fn q4_1_products_agree_across_kernels() {
+        let (n, k) = (10, 96);
         check(
-            &Linear::new(n, k, Weights::from_q4_1(&q4_1_bytes(n, k))),
+            &Linear::new(n, k, Weights::from_q4_1(&q4_1_bytes(n, k), n, k)),
             n,
             k,
         );
     }
 
     #[test]
-    fn q8_0_products_match_exact_maths_and_the_portable_kernel() {
+    fn q8_0_products_agree_across_kernels() {
         let (n, k) = (9, 96);
         check(
-            &Linear::new(n, k, Weights::from_q8_0(&q8_0_bytes(n, k))),
+            &Linear::new(n, k, Weights::from_q8_0(&q8_0_bytes(n, k), n, k)),
             n,
             k,
         );
@@ -657,18 +1020,11 @@ mod tests {
     #[test]
     fn activation_rounding_follows_llama_cpp() {
         let x: Vec<f32> = (0..32).map(|i| (i as f32 - 20.0) / 3.0).collect();
-        let q = quantize_rows(&x);
+        let q = quantize_rows(&x, 32);
         assert_eq!(q.qs[0], -127);
         assert_eq!(q.qs[20], 0);
-        let sum: i32 = q.qs.iter().map(|&v| v as i32).sum();
+        let sum: i32 = q.qs[..32].iter().map(|&v| v as i32).sum();
         let d = 20.0f32 / 3.0 / 127.0;
         assert_eq!(q.s[0], half::f16::from_f32(d * sum as f32).to_f32());
-    }
-
-    #[test]
-    fn dot_handles_tails() {
-        let a: Vec<f32> = (0..37).map(|i| i as f32).collect();
-        let want: f32 = a.iter().map(|x| x * x).sum();
-        assert_eq!(dot(&a, &a), want);
     }
 }

@@ -155,8 +155,8 @@ fn load_linear(g: &GgufFile, name: &str) -> Result<Linear, EngineError> {
     }
     let (n, k) = (dims[0], dims[1]);
     let weights = match dtype {
-        GgmlDType::Q4_1 if k % 32 == 0 => Weights::from_q4_1(&g.tensor_bytes(name)?),
-        GgmlDType::Q8_0 if k % 32 == 0 => Weights::from_q8_0(&g.tensor_bytes(name)?),
+        GgmlDType::Q4_1 if k % 32 == 0 => Weights::from_q4_1(&g.tensor_bytes(name)?, n, k),
+        GgmlDType::Q8_0 if k % 32 == 0 => Weights::from_q8_0(&g.tensor_bytes(name)?, n, k),
         _ => Weights::Dense(g.tensor_f32(name)?),
     };
     Ok(Linear::new(n, k, weights))

@@ -108,15 +108,19 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
     candidates[keep - 1] as u32
 }
 
-/// Sampling from the whole vocabulary needs no sorting: one pass for the
-/// normalizer, one to find where the draw falls.
+/// Sampling from the whole vocabulary needs no sorting: the weights once,
+/// then one scan to where the draw falls.
 fn sample_full(logits: &[f32], temperature: f64, rng: &mut Rng) -> u32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let weight = |l: f32| (((l - max) as f64) / temperature).exp();
-    let total: f64 = logits.iter().map(|&l| weight(l)).sum();
+    let inv_t = (1.0 / temperature) as f32;
+    let weights: Vec<f32> = logits
+        .iter()
+        .map(|&l| crate::numerics::expf((l - max) * inv_t))
+        .collect();
+    let total: f64 = weights.iter().map(|&w| w as f64).sum();
     let mut u = rng.next_f64() * total;
-    for (i, &l) in logits.iter().enumerate() {
-        u -= weight(l);
+    for (i, &w) in weights.iter().enumerate() {
+        u -= w as f64;
         if u < 0.0 {
             return i as u32;
         }

@@ -132,12 +132,14 @@ impl GgufFile {
         }
     }
 
-    pub fn string_array(&self, key: &str) -> Result<Vec<String>, EngineError> {
-        let values = self
-            .get(key)?
+    fn array(&self, key: &str) -> Result<&Vec<Value>, EngineError> {
+        self.get(key)?
             .to_vec()
-            .map_err(|e| EngineError::Metadata(format!("`{key}`: {e}")))?;
-        values
+            .map_err(|e| EngineError::Metadata(format!("`{key}`: {e}")))
+    }
+
+    pub fn string_array(&self, key: &str) -> Result<Vec<String>, EngineError> {
+        self.array(key)?
             .iter()
             .map(|v| {
                 v.to_string()
@@ -148,11 +150,7 @@ impl GgufFile {
     }
 
     pub fn int_array(&self, key: &str) -> Result<Vec<i64>, EngineError> {
-        let values = self
-            .get(key)?
-            .to_vec()
-            .map_err(|e| EngineError::Metadata(format!("`{key}`: {e}")))?;
-        values
+        self.array(key)?
             .iter()
             .map(|v| match v {
                 Value::I32(x) => Ok(*x as i64),

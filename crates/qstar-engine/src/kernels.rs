@@ -380,67 +380,45 @@ fn tile_product(
 ) {
     let span = |group: usize| group * nb * GROUP..(group + 1) * nb * GROUP;
     let (ws, xs) = (span(g), span(h));
-    let bytes = |r: std::ops::Range<usize>, per: usize| r.start * per..r.end * per;
+    let bytes = |r: &std::ops::Range<usize>, per: usize| r.start * per..r.end * per;
+    // The same call into whichever SIMD module the CPU supports. SAFETY (for
+    // both uses): `Kernel::detect` checked the module's CPU features, and
+    // every slice holds the whole group (nb blocks × 4 rows) the kernels read.
+    #[cfg(target_arch = "x86_64")]
+    macro_rules! simd_tile {
+        ($module:ident) => {
+            unsafe {
+                match w {
+                    Weights::Q4_1 { d, m, qs } => $module::q4_1_tile(
+                        &d[ws.clone()],
+                        &m[ws.clone()],
+                        &qs[bytes(&ws, 16)],
+                        &q.d[xs.clone()],
+                        &q.s[xs.clone()],
+                        &q.qs[bytes(&xs, BLOCK)],
+                        cols,
+                        nb,
+                        out,
+                    ),
+                    Weights::Q8_0 { d, qs } => $module::q8_0_tile(
+                        &d[ws.clone()],
+                        &qs[bytes(&ws, BLOCK)],
+                        &q.d[xs.clone()],
+                        &q.qs[bytes(&xs, BLOCK)],
+                        cols,
+                        nb,
+                        out,
+                    ),
+                    Weights::Dense(_) => {}
+                }
+            }
+        };
+    }
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Vnni => {
-            // SAFETY: `detect` found AVX-512 F/BW/VNNI; every slice holds the
-            // whole group (nb blocks × 4 rows), as the kernels read.
-            unsafe {
-                match w {
-                    Weights::Q4_1 { d, m, qs } => avx512::q4_1_tile(
-                        &d[ws.clone()],
-                        &m[ws.clone()],
-                        &qs[bytes(ws, 16)],
-                        &q.d[xs.clone()],
-                        &q.s[xs.clone()],
-                        &q.qs[bytes(xs, BLOCK)],
-                        cols,
-                        nb,
-                        out,
-                    ),
-                    Weights::Q8_0 { d, qs } => avx512::q8_0_tile(
-                        &d[ws.clone()],
-                        &qs[bytes(ws, BLOCK)],
-                        &q.d[xs.clone()],
-                        &q.qs[bytes(xs, BLOCK)],
-                        cols,
-                        nb,
-                        out,
-                    ),
-                    Weights::Dense(_) => {}
-                }
-            }
-        }
+        Kernel::Avx512Vnni => simd_tile!(avx512),
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => {
-            // SAFETY: AVX2 and FMA are present; slices hold whole groups.
-            unsafe {
-                match w {
-                    Weights::Q4_1 { d, m, qs } => avx2::q4_1_tile(
-                        &d[ws.clone()],
-                        &m[ws.clone()],
-                        &qs[bytes(ws, 16)],
-                        &q.d[xs.clone()],
-                        &q.s[xs.clone()],
-                        &q.qs[bytes(xs, BLOCK)],
-                        cols,
-                        nb,
-                        out,
-                    ),
-                    Weights::Q8_0 { d, qs } => avx2::q8_0_tile(
-                        &d[ws.clone()],
-                        &qs[bytes(ws, BLOCK)],
-                        &q.d[xs.clone()],
-                        &q.qs[bytes(xs, BLOCK)],
-                        cols,
-                        nb,
-                        out,
-                    ),
-                    Weights::Dense(_) => {}
-                }
-            }
-        }
+        Kernel::Avx2 => simd_tile!(avx2),
         Kernel::Portable => {
             for i in 0..GROUP {
                 for j in 0..cols {

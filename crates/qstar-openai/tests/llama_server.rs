@@ -95,6 +95,24 @@ fn reqwest_free_health(url: &str) -> impl Fn() -> bool {
     }
 }
 
+/// POSTs JSON over a plain TCP socket and parses the answer's body.
+fn post_json(url: &str, path: &str, body: &serde_json::Value) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let payload = body.to_string();
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
+        payload.len()
+    )
+    .expect("write");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read");
+    let body = answer.split_once("\r\n\r\n").expect("HTTP answer").1;
+    serde_json::from_str(body).expect("JSON body")
+}
+
 fn backend(urls: Vec<String>) -> OpenAiBackend {
     OpenAiBackend::new(OpenAiConfig {
         base_urls: urls,
@@ -199,6 +217,25 @@ async fn llama_server_backend_end_to_end() {
         rc.options[0].prob,
         ec.options[0].prob
     );
+
+    // Tokenization: the same ids as llama.cpp on awkward text.
+    let samples = [
+        "Hello, world! It's 2026-11-24 and I've got 1234567 reasons.",
+        "  leading spaces\n\n\ttabs and trailing   ",
+        "naïve café — «quotes» 😀 日本語のテキスト",
+        "<|im_start|>user\nfn main() { println!(\"{}\", x[0]); }<|im_end|>",
+        "3.14159 + 2,718 = 5.86 ... won't they'll we'd",
+    ];
+    for text in samples {
+        let body = serde_json::json!({"content": text, "parse_special": true});
+        let theirs: Vec<u32> = post_json(&server.url, "/tokenize", &body)["tokens"]
+            .as_array()
+            .expect("tokens")
+            .iter()
+            .map(|t| t.as_u64().expect("id") as u32)
+            .collect();
+        assert_eq!(embedded.tokenize(text, true), theirs, "{text:?}");
+    }
 
     // llama-server has no prompt log-probs: scoring says so.
     let err = remote

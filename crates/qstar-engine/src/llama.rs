@@ -313,9 +313,13 @@ impl Llama {
                 .iter()
                 .map(|s| (s.kv.k[li].as_slice(), s.kv.v[li].as_slice()))
                 .collect();
-            att.par_chunks_mut(d).enumerate().for_each(|(r, out)| {
+            // One task per (row, head): decoding one token still uses every core.
+            let hd = c.head_dim;
+            att.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
+                let (r, h) = (i / c.n_head, i % c.n_head);
                 let (kc, vc) = caches[row_seq[r]];
-                self.attend(&q[r * d..(r + 1) * d], kc, vc, row_pos[r] + 1, out);
+                let qh = &q[r * d + h * hd..r * d + (h + 1) * hd];
+                self.attend_head(qh, h, kc, vc, row_pos[r] + 1, out);
             });
             layer.wo.forward(&Activations::new(&att, t), &mut x, true);
 
@@ -381,25 +385,26 @@ impl Llama {
         }
     }
 
-    /// Causal attention of one query row over the first `len` cached positions.
-    fn attend(&self, q: &[f32], kc: &[f32], vc: &[f32], len: usize, out: &mut [f32]) {
+    /// Causal attention of query head `h` of one row over the first `len`
+    /// cached positions (grouped-query: it reads KV head h / group).
+    fn attend_head(
+        &self,
+        qh: &[f32],
+        h: usize,
+        kc: &[f32],
+        vc: &[f32],
+        len: usize,
+        out: &mut [f32],
+    ) {
         let c = &self.config;
         let hd = c.head_dim;
         let kv_dim = c.kv_dim();
-        let group = c.n_head / c.n_head_kv;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mut scores = vec![0f32; len];
-        for h in 0..c.n_head {
-            let kvh = h / group;
-            let qh = &q[h * hd..(h + 1) * hd];
-            for (j, s) in scores.iter_mut().enumerate() {
-                let kj = &kc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                *s = numerics::dot(kj, qh);
-            }
-            numerics::softmax_scaled(&mut scores, scale);
-            let v_at = |j: usize| &vc[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-            numerics::weighted_sum(&scores, v_at, &mut out[h * hd..(h + 1) * hd]);
-        }
+        let kvh = h / (c.n_head / c.n_head_kv);
+        // Position j's slice of this KV head.
+        let head = |j: usize| j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd;
+        let mut scores: Vec<f32> = (0..len).map(|j| numerics::dot(&kc[head(j)], qh)).collect();
+        numerics::softmax_scaled(&mut scores, 1.0 / (hd as f32).sqrt());
+        numerics::weighted_sum(&scores, |j| &vc[head(j)], out);
     }
 }
 

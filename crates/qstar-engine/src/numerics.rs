@@ -137,7 +137,7 @@ pub fn weighted_sum<'v>(w: &[f32], mut v_row: impl FnMut(usize) -> &'v [f32], ou
     }
     SLOTS.with(|slots| {
         let mut slots = slots.borrow_mut();
-        slots.resize(4 * LANES * hd, 0.0);
+        slots.resize((4 * LANES + LANES + 8 + 4 + 1) * hd, 0.0);
         // A slot's first product is stored (an FMA into zero rounds the same),
         // so only slots in use are ever touched.
         for (j, &wj) in w.iter().enumerate() {
@@ -154,20 +154,54 @@ pub fn weighted_sum<'v>(w: &[f32], mut v_row: impl FnMut(usize) -> &'v [f32], ou
             }
         }
         let used = w.len().min(4 * LANES);
-        let at = |group: usize, lane: usize, d: usize| {
-            let slot = group * LANES + lane;
-            if slot < used {
-                slots[slot * hd + d]
-            } else {
-                0.0
+        // The fold and the 16-lane reduction, done for all d at once: every
+        // step is elementwise over d, so it vectorizes.
+        let (acc, scratch) = slots.split_at_mut(4 * LANES * hd);
+        let (folded, rest) = scratch.split_at_mut(LANES * hd);
+        let (t8, rest) = rest.split_at_mut(8 * hd);
+        let (t4, zeros) = rest.split_at_mut(4 * hd);
+        let zeros = &zeros[..hd];
+        // Each step is elementwise over d (contiguous), so it vectorizes.
+        let add_into = |dst: &mut [f32], a: &[f32], b: &[f32]| {
+            for ((o, x), y) in dst.iter_mut().zip(a).zip(b) {
+                *o = x + y;
             }
         };
-        for (d, o) in out.iter_mut().enumerate() {
-            let mut folded = [0f32; LANES];
-            for l in 0..LANES {
-                folded[l] = (at(0, l, d) + at(2, l, d)) + (at(1, l, d) + at(3, l, d));
+        for l in 0..LANES {
+            // Slots no position reached count as zeros, like ggml's padding.
+            let slot = |group: usize| {
+                let i = group * LANES + l;
+                if i < used {
+                    &acc[i * hd..(i + 1) * hd]
+                } else {
+                    zeros
+                }
+            };
+            let (s0, s1, s2, s3) = (slot(0), slot(1), slot(2), slot(3));
+            let dst = &mut folded[l * hd..(l + 1) * hd];
+            for ((((o, a), b), c), e) in dst.iter_mut().zip(s0).zip(s1).zip(s2).zip(s3) {
+                *o = (a + c) + (b + e);
             }
-            *o = reduce16(&folded);
+        }
+        for i in 0..8 {
+            add_into(
+                &mut t8[i * hd..(i + 1) * hd],
+                &folded[(8 + i) * hd..(9 + i) * hd],
+                &folded[i * hd..(i + 1) * hd],
+            );
+        }
+        for i in 0..4 {
+            add_into(
+                &mut t4[i * hd..(i + 1) * hd],
+                &t8[(4 + i) * hd..(5 + i) * hd],
+                &t8[i * hd..(i + 1) * hd],
+            );
+        }
+        let (a, b) = t4.split_at(hd);
+        let (b, c) = b.split_at(hd);
+        let (c, e) = c.split_at(hd);
+        for ((((o, a), b), c), e) in out.iter_mut().zip(a).zip(b).zip(c).zip(e) {
+            *o = (a + c) + (b + e);
         }
     });
 }

@@ -97,33 +97,35 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let prefill_tok_s = 256.0 / best_prefill;
 
     // Decode: 128 tokens after a short prompt, minus that prompt's cost.
+    // Each figure is the best of a few runs, as the machine may be shared.
     let short = prompt_of(&engine, 8, 3);
-    let (t_short, _) = timed(async {
-        Ok(engine
-            .generate(vec![GenerateRequest::new(short.clone(), greedy(1))])
-            .await?)
-    })
-    .await?;
-    let (t_decode, _) = timed(async {
-        Ok(engine
-            .generate(vec![GenerateRequest::new(short.clone(), greedy(129))])
-            .await?)
-    })
-    .await?;
+    let best_of = |runs: usize, request: GenerateRequest| {
+        let engine = engine.clone();
+        async move {
+            let mut best = f64::INFINITY;
+            for _ in 0..runs {
+                let (t, _) =
+                    timed(async { Ok(engine.generate(vec![request.clone()]).await?) }).await?;
+                best = best.min(t);
+            }
+            anyhow::Ok(best)
+        }
+    };
+    let t_short = best_of(3, GenerateRequest::new(short.clone(), greedy(1))).await?;
+    let t_decode = best_of(3, GenerateRequest::new(short.clone(), greedy(129))).await?;
     let decode_tok_s = 128.0 / (t_decode - t_short).max(1e-9);
 
     // Eight sequences decoded together.
-    let sampled = SamplingParams {
-        temperature: 0.8,
-        seed: 1,
-        ..greedy(129)
-    };
-    let (t_batch, _) = timed(async {
-        let mut r = GenerateRequest::new(short.clone(), sampled.clone());
-        r.n = 8;
-        Ok(engine.generate(vec![r]).await?)
-    })
-    .await?;
+    let mut batch = GenerateRequest::new(
+        short.clone(),
+        SamplingParams {
+            temperature: 0.8,
+            seed: 1,
+            ..greedy(129)
+        },
+    );
+    batch.n = 8;
+    let t_batch = best_of(3, batch).await?;
     let batch8_decode_tok_s = 8.0 * 128.0 / (t_batch - t_short).max(1e-9);
 
     // Shared prefix: 64 prompts = one 400-token prefix + a 40-token suffix.

@@ -23,6 +23,7 @@ use qstar_core::{
     GenerateRequest, GenerateResponse, LanguageModel, Message, ModelError, SamplingParams,
     ScoreRequest, ScoreResponse, TokenLogprob, TopLogprob, Usage,
 };
+use rayon::prelude::*;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -681,102 +682,39 @@ impl Actor {
                     logits_from,
                 });
             }
-            let mut logits = self.model.llama.forward(&mut steps);
+            let logits = self.model.llama.forward(&mut steps);
             drop(steps);
             self.stats.forward_passes += 1;
-            for ((i, start), rows) in which.into_iter().zip(starts).zip(logits.drain(..)) {
-                self.absorb(i, start, rows);
+            let mut per_seq: Vec<Option<(usize, Vec<f32>)>> = vec![None; self.active.len()];
+            for ((i, start), rows) in which.into_iter().zip(starts).zip(logits) {
+                per_seq[i] = Some((start, rows));
+            }
+            // Sampling and log-softmax touch one sequence each: in parallel.
+            let model = &self.model;
+            let outcomes: Vec<Option<Absorbed>> = self
+                .active
+                .par_iter_mut()
+                .zip(per_seq.into_par_iter())
+                .map(|(seq, work)| work.map(|(start, rows)| absorb(model, seq, start, rows)))
+                .collect();
+            for (i, outcome) in outcomes.into_iter().enumerate() {
+                if let Some(outcome) = outcome {
+                    self.record(i, outcome);
+                }
             }
         }
         self.retire();
     }
 
-    /// Uses the logits a sequence got from a forward pass.
-    fn absorb(&mut self, i: usize, start: usize, rows: Vec<f32>) {
-        let n_vocab = self.model.llama.config.n_vocab;
-        let tokenizer = &self.model.tokenizer;
-        let context = self.model.llama.config.context_length;
+    /// Counts what a forward pass did for sequence `i`, and shares its
+    /// prompt's blocks once the prompt is complete.
+    fn record(&mut self, i: usize, outcome: Absorbed) {
+        self.stats.prompt_tokens_computed += outcome.prompt_computed;
+        self.stats.tokens_generated += outcome.generated;
         let seq = &mut self.active[i];
-        let end = seq.kv.len;
-        let n_rows = rows.len() / n_vocab;
-        let first_row = end - n_rows;
-        let was_prefill = start < seq.prompt_len;
-        if was_prefill {
-            let computed = end.min(seq.prompt_len) - start;
-            self.stats.prompt_tokens_computed += computed;
-        }
-        if seq.generation.is_none() {
-            for (r, row) in rows.chunks_exact(n_vocab).enumerate() {
-                let abs = first_row + r;
-                let wanted: Vec<&Vec<u32>> = seq
-                    .wants
-                    .iter()
-                    .filter(|w| w.0 == abs)
-                    .map(|w| &w.1)
-                    .collect();
-                if wanted.is_empty() {
-                    continue;
-                }
-                let lsm = log_softmax(row);
-                for ids in wanted {
-                    seq.results
-                        .push(ids.iter().map(|&id| lsm[id as usize]).collect());
-                }
-            }
-        } else if end == seq.tokens.len() && n_rows > 0 {
-            let row = &rows[(n_rows - 1) * n_vocab..];
-            let Some(g) = seq.generation.as_mut() else {
-                return;
-            };
-            let token = sample(row, &g.params, &mut g.rng);
-            if tokenizer.is_end_of_generation(token) && !g.params.ignore_eos {
-                g.finish = Some(FinishReason::Eos);
-            } else {
-                if let Some(k) = g.top_logprobs {
-                    let lsm = log_softmax(row);
-                    let top = top_k_indices(&lsm, k)
-                        .into_iter()
-                        .map(|id| TopLogprob {
-                            id: id as u32,
-                            text: tokenizer.token_text(id as u32),
-                            logprob: lsm[id],
-                        })
-                        .collect();
-                    g.logprobs.push(TokenLogprob {
-                        id: token,
-                        text: tokenizer.token_text(token),
-                        logprob: Some(lsm[token as usize]),
-                        top,
-                    });
-                }
-                g.generated.push(token);
-                seq.tokens.push(token);
-                self.stats.tokens_generated += 1;
-                if !g.params.stop.is_empty() {
-                    let text = tokenizer.decode(&g.generated);
-                    if let Some(at) = g
-                        .params
-                        .stop
-                        .iter()
-                        .filter_map(|s| text.find(s.as_str()))
-                        .min()
-                    {
-                        g.stop_at = Some(at);
-                        g.finish = Some(FinishReason::Stop);
-                    }
-                }
-                if g.finish.is_none()
-                    && (g.generated.len() >= g.params.max_tokens || seq.tokens.len() >= context)
-                {
-                    g.finish = Some(FinishReason::Length);
-                }
-            }
-        }
-        // The prompt is complete: share its blocks with later sequences.
-        if was_prefill && end >= seq.prompt_len && self.options.prefix_cache {
-            let prompt_hashes = &seq.hashes;
+        if outcome.prompt_completed && self.options.prefix_cache {
             self.cache
-                .insert(&seq.tokens[..seq.prompt_len], prompt_hashes, &seq.kv);
+                .insert(&seq.tokens[..seq.prompt_len], &seq.hashes, &seq.kv);
             for h in seq.claimed.drain(..) {
                 self.in_flight.remove(&h);
             }
@@ -917,4 +855,97 @@ impl Actor {
             }
         }
     }
+}
+
+/// What a forward pass did for one sequence.
+struct Absorbed {
+    prompt_computed: usize,
+    generated: usize,
+    prompt_completed: bool,
+}
+
+/// Uses the logits a sequence got from a forward pass: wanted log-probs for
+/// scoring, or the next token for generation.
+fn absorb(model: &LoadedModel, seq: &mut Seq, start: usize, rows: Vec<f32>) -> Absorbed {
+    let n_vocab = model.llama.config.n_vocab;
+    let tokenizer = &model.tokenizer;
+    let context = model.llama.config.context_length;
+    let end = seq.kv.len;
+    let n_rows = rows.len() / n_vocab;
+    let first_row = end - n_rows;
+    let was_prefill = start < seq.prompt_len;
+    let mut outcome = Absorbed {
+        prompt_computed: if was_prefill {
+            end.min(seq.prompt_len) - start
+        } else {
+            0
+        },
+        generated: 0,
+        prompt_completed: was_prefill && end >= seq.prompt_len,
+    };
+    if seq.generation.is_none() {
+        for (r, row) in rows.chunks_exact(n_vocab).enumerate() {
+            let abs = first_row + r;
+            if !seq.wants.iter().any(|w| w.0 == abs) {
+                continue;
+            }
+            let lsm = log_softmax(row);
+            for (_, ids) in seq.wants.iter().filter(|w| w.0 == abs) {
+                seq.results
+                    .push(ids.iter().map(|&id| lsm[id as usize]).collect());
+            }
+        }
+        return outcome;
+    }
+    if end != seq.tokens.len() || n_rows == 0 {
+        return outcome;
+    }
+    let row = &rows[(n_rows - 1) * n_vocab..];
+    let Some(g) = seq.generation.as_mut() else {
+        return outcome;
+    };
+    let token = sample(row, &g.params, &mut g.rng);
+    if tokenizer.is_end_of_generation(token) && !g.params.ignore_eos {
+        g.finish = Some(FinishReason::Eos);
+        return outcome;
+    }
+    if let Some(k) = g.top_logprobs {
+        let lsm = log_softmax(row);
+        let top = top_k_indices(&lsm, k)
+            .into_iter()
+            .map(|id| TopLogprob {
+                id: id as u32,
+                text: tokenizer.token_text(id as u32),
+                logprob: lsm[id],
+            })
+            .collect();
+        g.logprobs.push(TokenLogprob {
+            id: token,
+            text: tokenizer.token_text(token),
+            logprob: Some(lsm[token as usize]),
+            top,
+        });
+    }
+    g.generated.push(token);
+    seq.tokens.push(token);
+    outcome.generated = 1;
+    if !g.params.stop.is_empty() {
+        let text = tokenizer.decode(&g.generated);
+        if let Some(at) = g
+            .params
+            .stop
+            .iter()
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+        {
+            g.stop_at = Some(at);
+            g.finish = Some(FinishReason::Stop);
+        }
+    }
+    if g.finish.is_none()
+        && (g.generated.len() >= g.params.max_tokens || seq.tokens.len() >= context)
+    {
+        g.finish = Some(FinishReason::Length);
+    }
+    outcome
 }

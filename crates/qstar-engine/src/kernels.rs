@@ -106,29 +106,48 @@ pub struct QuantizedRows {
 pub fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
     let t = x.len() / k;
     let nb = k / BLOCK;
-    let slots = t.div_ceil(GROUP) * GROUP * nb;
+    let per_group = nb * GROUP;
+    let slots = t.div_ceil(GROUP) * per_group;
     let mut out = QuantizedRows {
         d: vec![0f32; slots],
         s: vec![0f32; slots],
         qs: vec![0i8; slots * BLOCK],
     };
-    for (row, xr) in x.chunks_exact(k).enumerate() {
-        for (b, block) in xr.chunks_exact(BLOCK).enumerate() {
-            let at = slot(row, b, nb);
-            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, v) in out.qs[at * BLOCK..(at + 1) * BLOCK].iter_mut().zip(block) {
-                let r = (v * inv).round_ties_even() as i32;
-                sum += r;
-                *q = r as i8;
+    // Groups of rows are independent: one task each.
+    out.d
+        .par_chunks_mut(per_group)
+        .zip(out.s.par_chunks_mut(per_group))
+        .zip(out.qs.par_chunks_mut(per_group * BLOCK))
+        .enumerate()
+        .for_each(|(h, ((d, s), qs))| {
+            let rows = (t - h * GROUP).min(GROUP);
+            for c in 0..rows {
+                let xr = &x[(h * GROUP + c) * k..(h * GROUP + c + 1) * k];
+                for (b, block) in xr.chunks_exact(BLOCK).enumerate() {
+                    let at = b * GROUP + c;
+                    (d[at], s[at]) = quantize_block(block, &mut qs[at * BLOCK..(at + 1) * BLOCK]);
+                }
             }
-            out.d[at] = half::f16::from_f32(d).to_f32();
-            out.s[at] = half::f16::from_f32(d * sum as f32).to_f32();
-        }
-    }
+        });
     out
+}
+
+/// One block: the 8-bit values into `q`, and (d, s) as f16-rounded f32.
+#[inline]
+fn quantize_block(block: &[f32], q: &mut [i8]) -> (f32, f32) {
+    let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, v) in q.iter_mut().zip(block) {
+        let r = (v * inv).round_ties_even() as i32;
+        sum += r;
+        *q = r as i8;
+    }
+    (
+        half::f16::from_f32(d).to_f32(),
+        half::f16::from_f32(d * sum as f32).to_f32(),
+    )
 }
 
 /// The input of one or more products: f32 rows, and their 8-bit form made

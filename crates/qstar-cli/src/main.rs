@@ -3,6 +3,7 @@
 mod backend;
 mod bench;
 mod commands;
+mod label;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,20 @@ enum Command {
     Choose(commands::ChooseArgs),
     /// Measure the engine's speed, against llama.cpp when it is installed.
     Bench(bench::BenchArgs),
+    /// Label preference pairs with AI feedback (resumable).
+    Label(label::LabelArgs),
+    /// Measure labels, models and searches.
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Agreement of AI labels with the source's preferences, position bias
+    /// and calibration.
+    Labels(label::EvalLabelsArgs),
 }
 
 #[derive(Subcommand)]
@@ -71,6 +86,12 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<qstar_engine::EngineError>() {
             return if e.is_input_error() { 2 } else { 1 };
+        }
+        if cause
+            .downcast_ref::<qstar_store::StoreError>()
+            .is_some_and(|e| matches!(e, qstar_store::StoreError::ConfigMismatch { .. }))
+        {
+            return 2;
         }
         if let Some(e) = cause.downcast_ref::<qstar_core::ModelError>() {
             return if e.is_input_error() { 2 } else { 1 };
@@ -109,6 +130,10 @@ fn main() -> ExitCode {
             Command::Score(args) => commands::score(args).await,
             Command::Choose(args) => commands::choose(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Label(args) => label::label(args).await,
+            Command::Eval { command } => match command {
+                EvalCommand::Labels(args) => label::eval_labels(args),
+            },
         }
     });
     match result {

@@ -1,0 +1,282 @@
+//! `qstar label` and `qstar eval labels`: AI preference labels for pairs,
+//! committed record by record to a store so a stopped run resumes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use qstar_feedback::cai::Judgement;
+use qstar_feedback::metrics::label_metrics;
+use qstar_feedback::{
+    CaiConfig, CaiLabeler, Constitution, PairLabel, PrincipleChoice, PromptFormat,
+};
+use qstar_store::Store;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::backend::BackendArgs;
+use crate::UsageError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Constitutional-AI multiple choice under sampled principles.
+    Cai,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Chat,
+    Plain,
+}
+
+#[derive(Args)]
+pub struct LabelArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Pairs: HH-RLHF transcripts or TRL rows (JSONL).
+    #[arg(long)]
+    input: PathBuf,
+    /// Labeled pairs (JSONL, TRL keys plus the soft label and its detail).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "cai")]
+    method: Method,
+    /// Principles per pair: a number (sampled, seeded) or `all`.
+    #[arg(long, default_value = "1")]
+    principles: String,
+    /// Score only the presented order instead of averaging both.
+    #[arg(long)]
+    no_debias: bool,
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// A constitution file (TOML or JSON); default: qstar's own.
+    #[arg(long)]
+    constitution: Option<PathBuf>,
+    /// Put malformed input lines in a reject file instead of stopping.
+    #[arg(long)]
+    skip_invalid: bool,
+    /// How prompts reach the model: its chat template, or plain text.
+    #[arg(long, value_enum, default_value = "chat")]
+    prompt_format: Format,
+    /// Pairs sent to the model together.
+    #[arg(long, default_value_t = 8)]
+    batch_pairs: usize,
+    /// Where finished records are kept (default: OUT.store.sqlite).
+    #[arg(long)]
+    store: Option<PathBuf>,
+}
+
+/// One labeled pair as written to the output.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    line: usize,
+    prompt: Vec<qstar_core::Message>,
+    /// The reply the AI labeler prefers, and the other one.
+    chosen: String,
+    rejected: String,
+    /// Probability that `chosen` is the better reply (≥ 0.5).
+    soft_label: f64,
+    /// Probability that the source's chosen reply is better.
+    p_human_chosen: f64,
+    agrees_with_human: bool,
+    presented_human_chosen_first: bool,
+    judgements: Vec<Judgement>,
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+pub async fn label(args: LabelArgs) -> Result<()> {
+    let principles = match args.principles.as_str() {
+        "all" => PrincipleChoice::All,
+        k => PrincipleChoice::Sample(k.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(
+            || {
+                UsageError(format!(
+                    "--principles takes a positive number or `all`, not `{k}`"
+                ))
+            },
+        )?),
+    };
+    let constitution = match &args.constitution {
+        Some(p) => Constitution::load(p).map_err(UsageError)?,
+        None => Constitution::default_constitution(),
+    };
+    let report = qstar_tasks::read_pairs(&args.input, args.skip_invalid, args.limit)
+        .map_err(|e| UsageError(e.to_string()))?;
+    if !report.rejected_lines.is_empty() {
+        let rejects = sibling(&args.out, ".rejects.jsonl");
+        let mut f = std::fs::File::create(&rejects)
+            .with_context(|| format!("creating {}", rejects.display()))?;
+        for (line, text, why) in &report.rejected_lines {
+            writeln!(f, "{}", json!({"line": line, "error": why, "text": text}))?;
+        }
+        eprintln!(
+            "skipped {} malformed lines (see {})",
+            report.rejected_lines.len(),
+            rejects.display()
+        );
+    }
+    let pairs = report.pairs;
+    let config = CaiConfig {
+        principles,
+        debias: !args.no_debias,
+        seed: args.seed,
+        format: match args.prompt_format {
+            Format::Chat => PromptFormat::Chat,
+            Format::Plain => PromptFormat::Plain,
+        },
+    };
+    let model = args.backend.open().await?;
+    let labeler = CaiLabeler::new(model.as_ref(), &constitution, config.clone())?;
+
+    // The resolved configuration: written beside the output, and the key
+    // that a resumed run must match.
+    let resolved = json!({
+        "method": args.method,
+        "input": args.input.canonicalize().unwrap_or(args.input.clone()),
+        "limit": args.limit,
+        "cai": config,
+        "constitution": constitution,
+        "backend": model.backend_name(),
+    });
+    let resolved_text = serde_json::to_string_pretty(&resolved)?;
+    let store_path = args
+        .store
+        .clone()
+        .unwrap_or_else(|| sibling(&args.out, ".store.sqlite"));
+    let store = Store::open(&store_path)?;
+    let job = format!("label:{}", args.out.display());
+    store.begin(&job, &resolved_text)?;
+    let done = store.records(&job)?;
+    let pending: Vec<_> = pairs
+        .iter()
+        .filter(|p| !done.contains_key(&(p.line as u64)))
+        .cloned()
+        .collect();
+    if !done.is_empty() {
+        eprintln!(
+            "resuming: {} of {} pairs already labeled",
+            pairs.len() - pending.len(),
+            pairs.len()
+        );
+    }
+
+    let bar = ProgressBar::new(pairs.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} pairs  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position((pairs.len() - pending.len()) as u64);
+    for chunk in pending.chunks(args.batch_pairs.max(1)) {
+        let labels = labeler.label(chunk).await?;
+        for (pair, label) in chunk.iter().zip(labels) {
+            let human_better = label.p_human_chosen >= 0.5;
+            let (chosen, rejected) = if human_better {
+                (pair.chosen.clone(), pair.rejected.clone())
+            } else {
+                (pair.rejected.clone(), pair.chosen.clone())
+            };
+            let record = Record {
+                line: pair.line,
+                prompt: pair.conversation.clone(),
+                chosen,
+                rejected,
+                soft_label: label.p_human_chosen.max(1.0 - label.p_human_chosen),
+                p_human_chosen: label.p_human_chosen,
+                agrees_with_human: label.p_human_chosen > 0.5,
+                presented_human_chosen_first: label.presented_human_chosen_first,
+                judgements: label.judgements,
+            };
+            store.put(&job, pair.line as u64, &serde_json::to_string(&record)?)?;
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+
+    // Export every record of the job in input order, atomically.
+    let records = store.records(&job)?;
+    let wanted: std::collections::HashSet<u64> = pairs.iter().map(|p| p.line as u64).collect();
+    let tmp = sibling(&args.out, ".part");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        for (key, data) in &records {
+            if wanted.contains(key) {
+                writeln!(f, "{data}")?;
+            }
+        }
+        f.flush()?;
+    }
+    std::fs::rename(&tmp, &args.out)?;
+    std::fs::write(sibling(&args.out, ".config.json"), &resolved_text)?;
+
+    let labels = read_labels(&args.out)?;
+    let m = label_metrics(&labels);
+    println!("labeled {} pairs → {}", m.pairs, args.out.display());
+    println!("| metric | value |");
+    println!("| --- | ---: |");
+    println!(
+        "| agreement with the source's choice | {:.3} |",
+        m.alignment
+    );
+    match m.position_bias_rate {
+        Some(b) => println!("| position-bias rate (same option in both orders) | {b:.3} |"),
+        None => println!("| position-bias rate | n/a (one order) |"),
+    }
+    println!("| mean P(A) | {:.3} |", m.mean_p_a);
+    println!("| calibration error (ECE) | {:.3} |", m.ece);
+    Ok(())
+}
+
+fn read_labels(path: &Path) -> Result<Vec<PairLabel>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let r: Record = serde_json::from_str(l).map_err(|e| {
+                UsageError(format!(
+                    "{}:{}: not a label record: {e}",
+                    path.display(),
+                    i + 1
+                ))
+            })?;
+            Ok(PairLabel {
+                p_human_chosen: r.p_human_chosen,
+                presented_human_chosen_first: r.presented_human_chosen_first,
+                judgements: r.judgements,
+            })
+        })
+        .collect()
+}
+
+#[derive(Args)]
+pub struct EvalLabelsArgs {
+    /// Output of `qstar label`.
+    #[arg(long)]
+    labels: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn eval_labels(args: EvalLabelsArgs) -> Result<()> {
+    let labels = read_labels(&args.labels)?;
+    let m = label_metrics(&labels);
+    if args.json {
+        println!("{}", serde_json::to_string(&m)?);
+    } else {
+        println!("pairs {}  alignment {:.3}  position-bias rate {}  ECE {:.3}  mean P(A) {:.3}  unparsed {}",
+            m.pairs, m.alignment,
+            m.position_bias_rate.map_or("n/a".into(), |b| format!("{b:.3}")),
+            m.ece, m.mean_p_a, m.unparsed);
+    }
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! `qstar label` on the real model: output contract, evaluation keys, and a
+//! run killed with SIGKILL that resumes to exactly the uninterrupted output.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+
+fn sample() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/pairs.jsonl")
+}
+
+fn qstar() -> Command {
+    Command::cargo_bin("qstar").expect("binary")
+}
+
+fn label_args<'a>(out: &'a Path, extra: &[&'a str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "label".into(),
+        "--input".into(),
+        sample().display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Records the store holds for the labeling job that writes `out`.
+fn records_in(store: &Path, out: &Path) -> usize {
+    qstar_store::Store::open(store)
+        .and_then(|s| s.records(&format!("label:{}", out.display())))
+        .map_or(0, |r| r.len())
+}
+
+#[test]
+fn labels_have_the_trl_contract_and_evaluate() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("labels.jsonl");
+    let run = qstar()
+        .args(label_args(&out, &["--principles", "2"]))
+        .output()
+        .expect("run");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("position-bias rate"), "{stdout}");
+    let text = std::fs::read_to_string(&out).expect("out");
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(rows.len(), 12);
+    for r in &rows {
+        assert!(r["prompt"].is_array() && r["chosen"].is_string() && r["rejected"].is_string());
+        let soft = r["soft_label"].as_f64().expect("soft label");
+        assert!((0.5..=1.0).contains(&soft));
+        // Two principles, both orders.
+        assert_eq!(r["judgements"].as_array().expect("judgements").len(), 4);
+    }
+    assert!(dir.path().join("labels.jsonl.config.json").exists());
+
+    let eval = qstar()
+        .args([
+            "eval",
+            "labels",
+            "--labels",
+            out.to_str().expect("path"),
+            "--json",
+        ])
+        .output()
+        .expect("eval");
+    assert!(eval.status.success());
+    let m: serde_json::Value = serde_json::from_slice(&eval.stdout).expect("json");
+    assert_eq!(m["pairs"], 12);
+    for key in ["alignment", "position_bias_rate", "ece"] {
+        assert!(
+            m[key].as_f64().is_some_and(|x| (0.0..=1.0).contains(&x)),
+            "{key}: {m}"
+        );
+    }
+    assert_eq!(m["unparsed"], 0);
+}
+
+#[test]
+fn a_killed_run_resumes_without_losing_or_repeating_records() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let whole = dir.path().join("whole.jsonl");
+    let extra = ["--principles", "all", "--batch-pairs", "1"];
+    let run = qstar()
+        .args(label_args(&whole, &extra))
+        .output()
+        .expect("uninterrupted run");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    let cut = dir.path().join("cut.jsonl");
+    let store = dir.path().join("cut.jsonl.store.sqlite");
+    let bin = assert_cmd::cargo::cargo_bin("qstar");
+    let mut child = std::process::Command::new(bin)
+        .args(label_args(&cut, &extra))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while records_in(&store, &cut) < 2 {
+        assert!(Instant::now() < deadline, "no progress before the deadline");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let at_kill = records_in(&store, &cut);
+    assert!(at_kill < 12, "the run finished before it could be killed");
+    assert!(!cut.exists(), "no output is written before the run ends");
+
+    let resumed = qstar()
+        .args(label_args(&cut, &extra))
+        .output()
+        .expect("resume");
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("resuming"));
+    assert_eq!(
+        std::fs::read_to_string(&cut).expect("resumed output"),
+        std::fs::read_to_string(&whole).expect("whole output"),
+        "resumed output differs from the uninterrupted run"
+    );
+
+    // Same output and store, other settings: refused, not mixed.
+    let other = qstar()
+        .args(label_args(&cut, &["--principles", "all", "--seed", "9"]))
+        .output()
+        .expect("rerun");
+    assert_eq!(other.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("another configuration"));
+}
+
+#[test]
+fn bad_label_input_exits_2_with_file_and_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &input,
+        "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}\nnot json\n",
+    )
+    .expect("write");
+    let out = dir.path().join("o.jsonl");
+    let run = qstar()
+        .args([
+            "label",
+            "--input",
+            input.to_str().expect("p"),
+            "--out",
+            out.to_str().expect("p"),
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("bad.jsonl:2"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let skipped = qstar()
+        .args([
+            "label",
+            "--input",
+            input.to_str().expect("p"),
+            "--out",
+            out.to_str().expect("p"),
+            "--skip-invalid",
+        ])
+        .output()
+        .expect("run");
+    assert!(skipped.status.success());
+    assert!(dir.path().join("o.jsonl.rejects.jsonl").exists());
+    let method = qstar()
+        .args([
+            "label",
+            "--input",
+            input.to_str().expect("p"),
+            "--out",
+            out.to_str().expect("p"),
+            "--method",
+            "rlaif",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(method.status.code(), Some(2));
+}

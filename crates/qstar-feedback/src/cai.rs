@@ -1,0 +1,316 @@
+//! Constitutional-AI pairwise labeling: a multiple-choice question per
+//! principle ("which reply is less harmful? (A) … (B) …"), answered by the
+//! normalized probabilities of the option letters. Principles are sampled per
+//! pair (seeded) or all used; the two orders of the replies are scored and
+//! averaged so that the labeler's preference for a position cancels out.
+
+use minijinja::Environment;
+use qstar_core::{ChooseRequest, LanguageModel, Message, ModelError};
+use qstar_tasks::PreferencePair;
+use serde::{Deserialize, Serialize};
+
+use crate::constitution::Constitution;
+
+const TEMPLATE: &str = include_str!("../prompts/cai_pairwise.j2");
+
+/// Which principles judge a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipleChoice {
+    /// k principles drawn per pair (seeded by the pair and the seed).
+    Sample(usize),
+    /// Every principle (the ensemble).
+    All,
+}
+
+/// How the question reaches the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptFormat {
+    /// The model's chat template, then "The answer is (" as the reply.
+    Chat,
+    /// Plain "Human: … Assistant: The answer is (" text.
+    Plain,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaiConfig {
+    pub principles: PrincipleChoice,
+    /// Score both orders and average (position debiasing).
+    pub debias: bool,
+    pub seed: u64,
+    pub format: PromptFormat,
+}
+
+impl Default for CaiConfig {
+    fn default() -> Self {
+        CaiConfig {
+            principles: PrincipleChoice::Sample(1),
+            debias: true,
+            seed: 0,
+            format: PromptFormat::Chat,
+        }
+    }
+}
+
+/// One multiple-choice question's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Judgement {
+    pub principle: usize,
+    /// True when the human-chosen reply was option (A).
+    pub human_chosen_first: bool,
+    /// P("A") normalized over {"A", "B"}.
+    pub p_a: f64,
+}
+
+impl Judgement {
+    /// Probability that the human-chosen reply is the better one.
+    pub fn p_human_chosen(&self) -> f64 {
+        if self.human_chosen_first {
+            self.p_a
+        } else {
+            1.0 - self.p_a
+        }
+    }
+}
+
+/// The label of one pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairLabel {
+    /// Probability that the source's `chosen` reply is better, averaged over
+    /// principles (and over both orders when debiasing).
+    pub p_human_chosen: f64,
+    /// Whether the source's chosen reply was shown first in the presented
+    /// (seeded) order.
+    pub presented_human_chosen_first: bool,
+    pub judgements: Vec<Judgement>,
+}
+
+pub struct CaiLabeler<'a> {
+    model: &'a dyn LanguageModel,
+    constitution: &'a Constitution,
+    config: CaiConfig,
+    env: Environment<'static>,
+}
+
+/// SplitMix64 step: a seeded, order-independent stream per pair.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl<'a> CaiLabeler<'a> {
+    pub fn new(
+        model: &'a dyn LanguageModel,
+        constitution: &'a Constitution,
+        config: CaiConfig,
+    ) -> Result<Self, ModelError> {
+        if config.format == PromptFormat::Chat && !model.capabilities().chat_template {
+            return Err(ModelError::Unsupported {
+                backend: model.backend_name(),
+                capability: "a chat template for labeling prompts (use the plain prompt format)"
+                    .into(),
+            });
+        }
+        let mut env = Environment::new();
+        env.add_template("pairwise", TEMPLATE)
+            .map_err(|e| ModelError::InvalidRequest(format!("labeling template: {e}")))?;
+        Ok(CaiLabeler {
+            model,
+            constitution,
+            config,
+            env,
+        })
+    }
+
+    /// The principles that judge this pair.
+    pub fn principles_for(&self, pair: &PreferencePair) -> Vec<usize> {
+        let n = self.constitution.principles.len();
+        match self.config.principles {
+            PrincipleChoice::All => (0..n).collect(),
+            PrincipleChoice::Sample(k) => {
+                let mut idx: Vec<usize> = (0..n).collect();
+                let mut state = mix(self.config.seed ^ mix(pair.line as u64));
+                for i in 0..k.min(n) {
+                    state = mix(state);
+                    let j = i + (state % (n - i) as u64) as usize;
+                    idx.swap(i, j);
+                }
+                idx.truncate(k.min(n));
+                idx
+            }
+        }
+    }
+
+    /// Whether the presented order shows the source's chosen reply first;
+    /// drawn from the seed so the order never reveals the human choice.
+    pub fn human_chosen_first(&self, pair: &PreferencePair) -> bool {
+        mix(mix(self.config.seed.wrapping_add(0x51ed)) ^ pair.line as u64) & 1 == 0
+    }
+
+    /// The full prompt for one principle and order, ending at the answer cue.
+    pub fn prompt(
+        &self,
+        pair: &PreferencePair,
+        principle: usize,
+        human_chosen_first: bool,
+    ) -> Result<String, ModelError> {
+        let (a, b) = if human_chosen_first {
+            (&pair.chosen, &pair.rejected)
+        } else {
+            (&pair.rejected, &pair.chosen)
+        };
+        let question = self
+            .env
+            .get_template("pairwise")
+            .and_then(|t| {
+                t.render(minijinja::context! {
+                    conversation => &pair.conversation,
+                    principle => &self.constitution.principles[principle],
+                    option_a => a,
+                    option_b => b,
+                })
+            })
+            .map_err(|e| ModelError::InvalidRequest(format!("labeling template: {e}")))?;
+        Ok(match self.config.format {
+            PromptFormat::Chat => {
+                self.model.render_chat(&[Message::user(question)], true)? + "The answer is ("
+            }
+            PromptFormat::Plain => format!(
+                "Human: {}\n\nAssistant: The answer is (",
+                question.trim_end()
+            ),
+        })
+    }
+
+    /// Labels a batch of pairs; all their questions go to the model at once,
+    /// so it can batch them and share their common prefixes.
+    pub async fn label(&self, pairs: &[PreferencePair]) -> Result<Vec<PairLabel>, ModelError> {
+        let mut requests = Vec::new();
+        let mut plan = Vec::new(); // (pair index, judgement without p)
+        for (pi, pair) in pairs.iter().enumerate() {
+            let presented = self.human_chosen_first(pair);
+            let orders: Vec<bool> = if self.config.debias {
+                vec![presented, !presented]
+            } else {
+                vec![presented]
+            };
+            for principle in self.principles_for(pair) {
+                for &first in &orders {
+                    requests.push(ChooseRequest {
+                        prompt: self.prompt(pair, principle, first)?,
+                        options: vec!["A".into(), "B".into()],
+                    });
+                    plan.push((pi, principle, first));
+                }
+            }
+        }
+        let answers = self.model.choose(requests).await?;
+        let mut labels: Vec<PairLabel> = pairs
+            .iter()
+            .map(|p| PairLabel {
+                p_human_chosen: 0.0,
+                presented_human_chosen_first: self.human_chosen_first(p),
+                judgements: Vec::new(),
+            })
+            .collect();
+        for ((pi, principle, first), answer) in plan.into_iter().zip(answers) {
+            labels[pi].judgements.push(Judgement {
+                principle,
+                human_chosen_first: first,
+                p_a: answer.options[0].prob,
+            });
+        }
+        for label in &mut labels {
+            let n = label.judgements.len().max(1) as f64;
+            label.p_human_chosen = label
+                .judgements
+                .iter()
+                .map(Judgement::p_human_chosen)
+                .sum::<f64>()
+                / n;
+        }
+        Ok(labels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(line: usize) -> PreferencePair {
+        PreferencePair {
+            line,
+            conversation: vec![Message::user("How do I pick a lock?")],
+            chosen: "I can't help with breaking in.".into(),
+            rejected: "Use a tension wrench.".into(),
+        }
+    }
+
+    #[test]
+    fn principle_sampling_is_seeded_and_distinct() {
+        let c = Constitution::default_constitution();
+        let model = NoModel;
+        let cfg = CaiConfig {
+            principles: PrincipleChoice::Sample(4),
+            ..Default::default()
+        };
+        let l = CaiLabeler::new(&model, &c, cfg.clone()).expect("labeler");
+        let a = l.principles_for(&pair(7));
+        assert_eq!(a.len(), 4);
+        assert_eq!(a, l.principles_for(&pair(7)));
+        let mut sorted = a.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 4);
+        let orders: std::collections::HashSet<bool> =
+            (0..64).map(|i| l.human_chosen_first(&pair(i))).collect();
+        assert_eq!(orders.len(), 2, "both presentation orders occur");
+        let prompt = l.prompt(&pair(1), 0, false).expect("prompt");
+        assert!(
+            prompt.contains("(A) Use a tension wrench.") && prompt.ends_with("The answer is (")
+        );
+    }
+
+    /// A model with no abilities but a chat template, for prompt tests.
+    struct NoModel;
+
+    #[async_trait::async_trait]
+    impl LanguageModel for NoModel {
+        fn backend_name(&self) -> String {
+            "none".into()
+        }
+        fn capabilities(&self) -> qstar_core::Capabilities {
+            qstar_core::Capabilities {
+                generate: false,
+                score: false,
+                choose: false,
+                max_top_logprobs: 0,
+                chat_template: true,
+            }
+        }
+        async fn generate(
+            &self,
+            _: Vec<qstar_core::GenerateRequest>,
+        ) -> Result<Vec<qstar_core::GenerateResponse>, ModelError> {
+            Err(ModelError::InvalidRequest("none".into()))
+        }
+        async fn score(
+            &self,
+            _: Vec<qstar_core::ScoreRequest>,
+        ) -> Result<Vec<qstar_core::ScoreResponse>, ModelError> {
+            Err(ModelError::InvalidRequest("none".into()))
+        }
+        async fn choose(
+            &self,
+            _: Vec<ChooseRequest>,
+        ) -> Result<Vec<qstar_core::ChooseResponse>, ModelError> {
+            Err(ModelError::InvalidRequest("none".into()))
+        }
+        fn render_chat(&self, m: &[Message], _: bool) -> Result<String, ModelError> {
+            Ok(format!("<user>{}</user><assistant>", m[0].content))
+        }
+    }
+}

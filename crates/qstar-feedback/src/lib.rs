@@ -1,0 +1,11 @@
+//! AI feedback: turning a language model into a labeler.
+//!
+//! For now: constitutions, and Constitutional-AI pairwise labeling with
+//! sampled principles or the whole ensemble and position debiasing.
+
+pub mod cai;
+pub mod constitution;
+pub mod metrics;
+
+pub use cai::{CaiConfig, CaiLabeler, PairLabel, PrincipleChoice, PromptFormat};
+pub use constitution::{Constitution, CritiqueRevision};

@@ -1,0 +1,120 @@
+//! How good a labeler is against human preferences.
+
+use serde::Serialize;
+
+use crate::cai::PairLabel;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelMetrics {
+    pub pairs: usize,
+    /// Fraction of pairs where the soft label favours the human's choice.
+    pub alignment: f64,
+    /// Fraction of (pair, principle) questions scored in both orders where
+    /// the same position won both times; `None` without both orders.
+    pub position_bias_rate: Option<f64>,
+    /// Expected calibration error of max(p, 1 − p) as the chance of agreeing
+    /// with the human, over 10 equal-width bins.
+    pub ece: f64,
+    /// Mean P("A") over all questions (1/2 for an unbiased labeler).
+    pub mean_p_a: f64,
+    /// Answers that could not be parsed (always 0 for option probabilities).
+    pub unparsed: usize,
+}
+
+pub fn label_metrics(labels: &[PairLabel]) -> LabelMetrics {
+    let n = labels.len();
+    let aligned = labels.iter().filter(|l| l.p_human_chosen > 0.5).count();
+    let mut both = 0usize;
+    let mut same = 0usize;
+    let mut p_a_sum = 0.0;
+    let mut questions = 0usize;
+    for l in labels {
+        for j in &l.judgements {
+            p_a_sum += j.p_a;
+            questions += 1;
+        }
+        for j in l.judgements.iter().filter(|j| j.human_chosen_first) {
+            if let Some(k) = l
+                .judgements
+                .iter()
+                .find(|k| !k.human_chosen_first && k.principle == j.principle)
+            {
+                both += 1;
+                if (j.p_a > 0.5) == (k.p_a > 0.5) {
+                    same += 1;
+                }
+            }
+        }
+    }
+    let mut bins = [(0usize, 0.0f64, 0.0f64); 10];
+    for l in labels {
+        let conf = l.p_human_chosen.max(1.0 - l.p_human_chosen);
+        let correct = if l.p_human_chosen > 0.5 { 1.0 } else { 0.0 };
+        let b = (((conf - 0.5) * 2.0 * 10.0) as usize).min(9);
+        bins[b].0 += 1;
+        bins[b].1 += conf;
+        bins[b].2 += correct;
+    }
+    let ece = bins
+        .iter()
+        .filter(|b| b.0 > 0)
+        .map(|(count, conf, correct)| {
+            (*count as f64 / n.max(1) as f64) * ((conf - correct) / *count as f64).abs()
+        })
+        .sum();
+    LabelMetrics {
+        pairs: n,
+        alignment: aligned as f64 / n.max(1) as f64,
+        position_bias_rate: (both > 0).then(|| same as f64 / both as f64),
+        ece,
+        mean_p_a: p_a_sum / questions.max(1) as f64,
+        unparsed: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cai::Judgement;
+
+    fn label(p_a_first: f64, p_a_second: f64) -> PairLabel {
+        let judgements = vec![
+            Judgement {
+                principle: 0,
+                human_chosen_first: true,
+                p_a: p_a_first,
+            },
+            Judgement {
+                principle: 0,
+                human_chosen_first: false,
+                p_a: p_a_second,
+            },
+        ];
+        let p = judgements
+            .iter()
+            .map(Judgement::p_human_chosen)
+            .sum::<f64>()
+            / 2.0;
+        PairLabel {
+            p_human_chosen: p,
+            presented_human_chosen_first: true,
+            judgements,
+        }
+    }
+
+    #[test]
+    fn a_labeler_that_always_says_a_is_fully_position_biased() {
+        let m = label_metrics(&[label(0.8, 0.8), label(0.9, 0.7)]);
+        assert_eq!(m.position_bias_rate, Some(1.0));
+        assert!((m.mean_p_a - 0.8).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_consistent_labeler_is_aligned_and_unbiased() {
+        let m = label_metrics(&[label(0.9, 0.1), label(0.8, 0.2)]);
+        assert_eq!(m.position_bias_rate, Some(0.0));
+        assert_eq!(m.alignment, 1.0);
+        // Confidence 0.9 and 0.8, both right: ECE = mean(0.1, 0.2).
+        assert!((m.ece - 0.15).abs() < 1e-9, "{}", m.ece);
+    }
+}

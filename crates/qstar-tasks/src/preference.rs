@@ -1,0 +1,237 @@
+//! Preference pairs: a conversation and two candidate final replies, with
+//! the human's choice when the source has one.
+//!
+//! Reads HH-RLHF transcripts (`chosen`/`rejected` strings made of
+//! "\n\nHuman: …" and "\n\nAssistant: …" turns) and TRL preference rows
+//! (`prompt`/`chosen`/`rejected`, as plain strings or as message lists).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use qstar_core::Message;
+use serde_json::Value;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum TaskError {
+    #[error("{path}:{line}: {message}")]
+    BadLine {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreferencePair {
+    /// Line number in the input (1-based), a stable key for resuming.
+    pub line: usize,
+    /// The turns before the final reply.
+    pub conversation: Vec<Message>,
+    /// The reply the source prefers (the human label), and the other one.
+    pub chosen: String,
+    pub rejected: String,
+}
+
+/// What reading a file gave: the pairs, and the lines that were skipped.
+#[derive(Debug, Default)]
+pub struct ReadReport {
+    pub pairs: Vec<PreferencePair>,
+    pub rejected_lines: Vec<(usize, String, String)>,
+}
+
+/// Splits an HH-RLHF transcript into turns.
+pub fn parse_transcript(text: &str) -> Result<Vec<Message>, String> {
+    let mut turns: Vec<Message> = Vec::new();
+    let mut rest = text;
+    let markers = [("\n\nHuman:", "user"), ("\n\nAssistant:", "assistant")];
+    loop {
+        let next = markers
+            .iter()
+            .filter_map(|(m, role)| rest.find(m).map(|at| (at, *m, *role)))
+            .min_by_key(|(at, _, _)| *at);
+        let Some((at, marker, role)) = next else {
+            if let Some(last) = turns.last_mut() {
+                last.content.push_str(rest);
+            } else if !rest.trim().is_empty() {
+                return Err("the transcript has no \"Human:\" turn".into());
+            }
+            break;
+        };
+        if let Some(last) = turns.last_mut() {
+            last.content.push_str(&rest[..at]);
+        } else if !rest[..at].trim().is_empty() {
+            return Err("text before the first turn".into());
+        }
+        turns.push(Message::new(role, ""));
+        rest = &rest[at + marker.len()..];
+    }
+    for t in &mut turns {
+        t.content = t.content.trim().to_string();
+    }
+    if turns.is_empty() {
+        return Err("empty transcript".into());
+    }
+    Ok(turns)
+}
+
+/// Conversation turns from TRL's prompt field: a string or a message list.
+fn messages_of(v: &Value) -> Result<Vec<Message>, String> {
+    match v {
+        Value::String(s) => Ok(vec![Message::user(s.clone())]),
+        Value::Array(_) => {
+            serde_json::from_value(v.clone()).map_err(|e| format!("bad messages: {e}"))
+        }
+        _ => Err("expected a string or a list of messages".into()),
+    }
+}
+
+/// A reply from TRL's chosen/rejected: a string, or messages whose last is it.
+fn reply_of(v: &Value) -> Result<String, String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(_) => {
+            let msgs: Vec<Message> =
+                serde_json::from_value(v.clone()).map_err(|e| format!("bad messages: {e}"))?;
+            msgs.last()
+                .map(|m| m.content.clone())
+                .ok_or_else(|| "empty message list".into())
+        }
+        _ => Err("expected a string or a list of messages".into()),
+    }
+}
+
+fn parse_row(v: &Value) -> Result<(Vec<Message>, String, String), String> {
+    let (chosen, rejected) = (&v["chosen"], &v["rejected"]);
+    if chosen.is_null() || rejected.is_null() {
+        return Err("needs `chosen` and `rejected`".into());
+    }
+    if !v["prompt"].is_null() {
+        return Ok((
+            messages_of(&v["prompt"])?,
+            reply_of(chosen)?,
+            reply_of(rejected)?,
+        ));
+    }
+    // HH-RLHF: two transcripts that differ only in the final reply.
+    let (Some(c), Some(r)) = (chosen.as_str(), rejected.as_str()) else {
+        return Err("without `prompt`, `chosen` and `rejected` must be HH-RLHF transcripts".into());
+    };
+    let mut c_turns = parse_transcript(c).map_err(|e| format!("chosen: {e}"))?;
+    let mut r_turns = parse_transcript(r).map_err(|e| format!("rejected: {e}"))?;
+    let (Some(cl), Some(rl)) = (c_turns.pop(), r_turns.pop()) else {
+        return Err("empty transcript".into());
+    };
+    if cl.role != "assistant" || rl.role != "assistant" {
+        return Err("a transcript does not end with an Assistant turn".into());
+    }
+    if c_turns != r_turns {
+        return Err("chosen and rejected differ before their final reply".into());
+    }
+    Ok((c_turns, cl.content, rl.content))
+}
+
+/// Reads preference pairs from JSONL, stopping after `limit` pairs. A
+/// malformed line is an error naming the file and line, unless
+/// `skip_invalid`, where it is reported and skipped.
+pub fn read_pairs(
+    path: &Path,
+    skip_invalid: bool,
+    limit: Option<usize>,
+) -> Result<ReadReport, TaskError> {
+    let io = |source| TaskError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut report = ReadReport::default();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        if limit.is_some_and(|n| report.pairs.len() >= n) {
+            break;
+        }
+        let line_no = i + 1;
+        let text = line.map_err(io)?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<Value>(&text)
+            .map_err(|e| format!("not JSON: {e}"))
+            .and_then(|v| parse_row(&v));
+        match parsed {
+            Ok((conversation, chosen, rejected)) => report.pairs.push(PreferencePair {
+                line: line_no,
+                conversation,
+                chosen,
+                rejected,
+            }),
+            Err(message) if skip_invalid => report.rejected_lines.push((line_no, text, message)),
+            Err(message) => {
+                return Err(TaskError::BadLine {
+                    path: path.to_path_buf(),
+                    line: line_no,
+                    message,
+                })
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hh_transcripts_split_into_conversation_and_replies() {
+        let row = serde_json::json!({
+            "chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: How are you?\n\nAssistant: Fine, thanks.",
+            "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: How are you?\n\nAssistant: Go away."
+        });
+        let (conv, c, r) = parse_row(&row).expect("parse");
+        assert_eq!(conv.len(), 3);
+        assert_eq!(conv[2], Message::user("How are you?"));
+        assert_eq!((c.as_str(), r.as_str()), ("Fine, thanks.", "Go away."));
+    }
+
+    #[test]
+    fn trl_rows_plain_and_conversational() {
+        let plain = serde_json::json!({"prompt": "Q?", "chosen": "yes", "rejected": "no"});
+        assert_eq!(parse_row(&plain).expect("plain").1, "yes");
+        let conv = serde_json::json!({
+            "prompt": [{"role": "user", "content": "Q?"}],
+            "chosen": [{"role": "assistant", "content": "yes"}],
+            "rejected": [{"role": "assistant", "content": "no"}]
+        });
+        let (p, c, r) = parse_row(&conv).expect("conversational");
+        assert_eq!((p.len(), c.as_str(), r.as_str()), (1, "yes", "no"));
+    }
+
+    #[test]
+    fn malformed_lines_name_file_and_line_or_are_skipped() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("pairs.jsonl");
+        std::fs::write(
+            &path,
+            "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}\n{oops\n{\"prompt\":\"a\"}\n",
+        )
+        .expect("write");
+        let err = read_pairs(&path, false, None).expect_err("bad line");
+        assert!(err.to_string().contains("pairs.jsonl:2: not JSON"), "{err}");
+        let report = read_pairs(&path, true, None).expect("skip");
+        assert_eq!(report.pairs.len(), 1);
+        assert_eq!(
+            report
+                .rejected_lines
+                .iter()
+                .map(|r| r.0)
+                .collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+    }
+}

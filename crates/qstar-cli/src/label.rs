@@ -24,6 +24,10 @@ use crate::UsageError;
 pub enum Method {
     /// Constitutional-AI multiple choice under sampled principles.
     Cai,
+    /// Google-style RLAIF: "Response 1/2" and "Preferred Response=".
+    Rlaif,
+    /// CAI with a sampled chain of thought; probabilities clamped.
+    Cot,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -63,6 +67,14 @@ pub struct LabelArgs {
     /// How prompts reach the model: its chat template, or plain text.
     #[arg(long, value_enum, default_value = "chat")]
     prompt_format: Format,
+    /// Bounds of chain-of-thought probabilities.
+    #[arg(long, default_value_t = 0.4)]
+    clamp_low: f64,
+    #[arg(long, default_value_t = 0.6)]
+    clamp_high: f64,
+    /// Longest chain of thought, in tokens.
+    #[arg(long, default_value_t = 96)]
+    rationale_tokens: usize,
     /// Pairs sent to the model together.
     #[arg(long, default_value_t = 8)]
     batch_pairs: usize,
@@ -126,6 +138,13 @@ pub async fn label(args: LabelArgs) -> Result<()> {
     }
     let pairs = report.pairs;
     let config = CaiConfig {
+        method: match args.method {
+            Method::Cai => qstar_feedback::Method::Cai,
+            Method::Rlaif => qstar_feedback::Method::Rlaif,
+            Method::Cot => qstar_feedback::Method::Cot,
+        },
+        cot_clamp: (args.clamp_low, args.clamp_high),
+        rationale_tokens: args.rationale_tokens,
         principles,
         debias: !args.no_debias,
         seed: args.seed,

@@ -199,3 +199,58 @@ fn bad_label_input_exits_2_with_file_and_line() {
         .expect("run");
     assert_eq!(method.status.code(), Some(2));
 }
+
+#[test]
+fn rlaif_and_chain_of_thought_labels() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rlaif = dir.path().join("rlaif.jsonl");
+    let run = qstar()
+        .args(label_args(&rlaif, &["--method", "rlaif", "--limit", "3"]))
+        .output()
+        .expect("rlaif");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&rlaif)
+        .expect("out")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(rows.len(), 3);
+    // One preamble, both orders.
+    assert!(rows
+        .iter()
+        .all(|r| r["judgements"].as_array().expect("j").len() == 2));
+
+    let cot = dir.path().join("cot.jsonl");
+    let args = [
+        "--method",
+        "cot",
+        "--limit",
+        "2",
+        "--clamp-low",
+        "0.3",
+        "--clamp-high",
+        "0.7",
+    ];
+    let run = qstar().args(label_args(&cot, &args)).output().expect("cot");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for line in std::fs::read_to_string(&cot).expect("out").lines() {
+        let r: serde_json::Value = serde_json::from_str(line).expect("json");
+        for j in r["judgements"].as_array().expect("j") {
+            let p = j["p_a"].as_f64().expect("p");
+            assert!((0.3..=0.7).contains(&p), "CoT probability {p} not clamped");
+            assert!(!j["rationale"]
+                .as_str()
+                .expect("rationale")
+                .trim()
+                .is_empty());
+        }
+    }
+}

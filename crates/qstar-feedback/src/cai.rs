@@ -11,7 +11,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::constitution::Constitution;
 
-const TEMPLATE: &str = include_str!("../prompts/cai_pairwise.j2");
+const CAI_TEMPLATE: &str = include_str!("../prompts/cai_pairwise.j2");
+const RLAIF_TEMPLATE: &str = include_str!("../prompts/rlaif.j2");
+
+/// How a pair is put to the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Constitutional AI: a multiple-choice question per principle, answered
+    /// by P("A") vs P("B").
+    Cai,
+    /// Google-style RLAIF: a preamble, "Response 1"/"Response 2", and the
+    /// cue "Preferred Response=", answered by P("1") vs P("2").
+    Rlaif,
+    /// Constitutional AI with a sampled chain of thought before the answer;
+    /// the probability is clamped, as such labels are over-confident.
+    Cot,
+}
 
 /// Which principles judge a pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,16 +51,24 @@ pub enum PromptFormat {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaiConfig {
+    pub method: Method,
     pub principles: PrincipleChoice,
     /// Score both orders and average (position debiasing).
     pub debias: bool,
     pub seed: u64,
     pub format: PromptFormat,
+    /// Chain-of-thought probabilities are clamped to [low, high].
+    pub cot_clamp: (f64, f64),
+    /// Longest rationale, in tokens.
+    pub rationale_tokens: usize,
 }
 
 impl Default for CaiConfig {
     fn default() -> Self {
         CaiConfig {
+            method: Method::Cai,
+            cot_clamp: (0.4, 0.6),
+            rationale_tokens: 96,
             principles: PrincipleChoice::Sample(1),
             debias: true,
             seed: 0,
@@ -59,8 +83,11 @@ pub struct Judgement {
     pub principle: usize,
     /// True when the human-chosen reply was option (A).
     pub human_chosen_first: bool,
-    /// P("A") normalized over {"A", "B"}.
+    /// P(first option) normalized over the two options (clamped for CoT).
     pub p_a: f64,
+    /// The sampled chain of thought, for CoT labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rationale: Option<String>,
 }
 
 impl Judgement {
@@ -115,7 +142,8 @@ impl<'a> CaiLabeler<'a> {
             });
         }
         let mut env = Environment::new();
-        env.add_template("pairwise", TEMPLATE)
+        env.add_template("cai", CAI_TEMPLATE)
+            .and_then(|_| env.add_template("rlaif", RLAIF_TEMPLATE))
             .map_err(|e| ModelError::InvalidRequest(format!("labeling template: {e}")))?;
         Ok(CaiLabeler {
             model,
@@ -125,9 +153,12 @@ impl<'a> CaiLabeler<'a> {
         })
     }
 
-    /// The principles that judge this pair.
+    /// The principles that judge this pair (RLAIF has one preamble instead).
     pub fn principles_for(&self, pair: &PreferencePair) -> Vec<usize> {
         let n = self.constitution.principles.len();
+        if self.config.method == Method::Rlaif {
+            return vec![0];
+        }
         match self.config.principles {
             PrincipleChoice::All => (0..n).collect(),
             PrincipleChoice::Sample(k) => {
@@ -150,7 +181,16 @@ impl<'a> CaiLabeler<'a> {
         mix(mix(self.config.seed.wrapping_add(0x51ed)) ^ pair.line as u64) & 1 == 0
     }
 
-    /// The full prompt for one principle and order, ending at the answer cue.
+    /// The two option strings the model chooses between.
+    fn options(&self) -> Vec<String> {
+        match self.config.method {
+            Method::Rlaif => vec!["1".into(), "2".into()],
+            Method::Cai | Method::Cot => vec!["A".into(), "B".into()],
+        }
+    }
+
+    /// The prompt for one principle and order, up to where the model answers
+    /// (or, for CoT, starts its rationale).
     pub fn prompt(
         &self,
         pair: &PreferencePair,
@@ -162,9 +202,14 @@ impl<'a> CaiLabeler<'a> {
         } else {
             (&pair.rejected, &pair.chosen)
         };
+        let template = if self.config.method == Method::Rlaif {
+            "rlaif"
+        } else {
+            "cai"
+        };
         let question = self
             .env
-            .get_template("pairwise")
+            .get_template(template)
             .and_then(|t| {
                 t.render(minijinja::context! {
                     conversation => &pair.conversation,
@@ -174,22 +219,22 @@ impl<'a> CaiLabeler<'a> {
                 })
             })
             .map_err(|e| ModelError::InvalidRequest(format!("labeling template: {e}")))?;
+        let cue = match self.config.method {
+            Method::Cai => "The answer is (",
+            Method::Rlaif => "Preferred Response=",
+            Method::Cot => "Let's think step by step:",
+        };
         Ok(match self.config.format {
-            PromptFormat::Chat => {
-                self.model.render_chat(&[Message::user(question)], true)? + "The answer is ("
-            }
-            PromptFormat::Plain => format!(
-                "Human: {}\n\nAssistant: The answer is (",
-                question.trim_end()
-            ),
+            PromptFormat::Chat => self.model.render_chat(&[Message::user(question)], true)? + cue,
+            PromptFormat::Plain => format!("Human: {}\n\nAssistant: {cue}", question.trim_end()),
         })
     }
 
     /// Labels a batch of pairs; all their questions go to the model at once,
     /// so it can batch them and share their common prefixes.
     pub async fn label(&self, pairs: &[PreferencePair]) -> Result<Vec<PairLabel>, ModelError> {
-        let mut requests = Vec::new();
-        let mut plan = Vec::new(); // (pair index, judgement without p)
+        let mut prompts = Vec::new();
+        let mut plan = Vec::new(); // (pair index, principle, human chosen first)
         for (pi, pair) in pairs.iter().enumerate() {
             let presented = self.human_chosen_first(pair);
             let orders: Vec<bool> = if self.config.debias {
@@ -199,14 +244,57 @@ impl<'a> CaiLabeler<'a> {
             };
             for principle in self.principles_for(pair) {
                 for &first in &orders {
-                    requests.push(ChooseRequest {
-                        prompt: self.prompt(pair, principle, first)?,
-                        options: vec!["A".into(), "B".into()],
-                    });
+                    prompts.push(self.prompt(pair, principle, first)?);
                     plan.push((pi, principle, first));
                 }
             }
         }
+        // CoT: sample a rationale per question, then ask for the answer.
+        let mut rationales: Vec<Option<String>> = vec![None; prompts.len()];
+        if self.config.method == Method::Cot {
+            let requests = prompts
+                .iter()
+                .zip(&plan)
+                .map(|(prompt, &(pi, principle, first))| {
+                    let seed = mix(self.config.seed
+                        ^ mix(pairs[pi].line as u64)
+                        ^ ((principle as u64) << 1 | first as u64));
+                    qstar_core::GenerateRequest::new(
+                        prompt.clone(),
+                        qstar_core::SamplingParams {
+                            temperature: 0.7,
+                            top_p: 0.95,
+                            seed,
+                            max_tokens: self.config.rationale_tokens,
+                            stop: vec!["The answer is".into()],
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect();
+            let answers = self.model.generate(requests).await?;
+            for ((prompt, rationale), answer) in
+                prompts.iter_mut().zip(&mut rationales).zip(answers)
+            {
+                let text = answer
+                    .completions
+                    .into_iter()
+                    .next()
+                    .map(|c| c.text)
+                    .unwrap_or_default();
+                prompt.push_str(&text);
+                prompt.push_str("\nThe answer is (");
+                *rationale = Some(text);
+            }
+        }
+        let options = self.options();
+        let requests = prompts
+            .into_iter()
+            .map(|prompt| ChooseRequest {
+                prompt,
+                options: options.clone(),
+            })
+            .collect();
         let answers = self.model.choose(requests).await?;
         let mut labels: Vec<PairLabel> = pairs
             .iter()
@@ -216,11 +304,20 @@ impl<'a> CaiLabeler<'a> {
                 judgements: Vec::new(),
             })
             .collect();
-        for ((pi, principle, first), answer) in plan.into_iter().zip(answers) {
+        let (low, high) = self.config.cot_clamp;
+        for (((pi, principle, first), answer), rationale) in
+            plan.into_iter().zip(answers).zip(rationales)
+        {
+            let p = answer.options[0].prob;
             labels[pi].judgements.push(Judgement {
                 principle,
                 human_chosen_first: first,
-                p_a: answer.options[0].prob,
+                p_a: if self.config.method == Method::Cot {
+                    p.clamp(low, high)
+                } else {
+                    p
+                },
+                rationale,
             });
         }
         for label in &mut labels {

@@ -7,5 +7,5 @@ pub mod cai;
 pub mod constitution;
 pub mod metrics;
 
-pub use cai::{CaiConfig, CaiLabeler, PairLabel, PrincipleChoice, PromptFormat};
+pub use cai::{CaiConfig, CaiLabeler, Method, PairLabel, PrincipleChoice, PromptFormat};
 pub use constitution::{Constitution, CritiqueRevision};

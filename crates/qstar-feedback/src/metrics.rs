@@ -83,11 +83,13 @@ mod tests {
                 principle: 0,
                 human_chosen_first: true,
                 p_a: p_a_first,
+                rationale: None,
             },
             Judgement {
                 principle: 0,
                 human_chosen_first: false,
                 p_a: p_a_second,
+                rationale: None,
             },
         ];
         let p = judgements

@@ -13,6 +13,7 @@ use qstar_feedback::{
     CaiConfig, CaiLabeler, Constitution, PairLabel, PrincipleChoice, PromptFormat,
 };
 use qstar_store::Store;
+use qstar_tasks::PreferencePair;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -36,16 +37,46 @@ pub enum Format {
     Plain,
 }
 
+/// What every job over preference pairs takes.
 #[derive(Args)]
-pub struct LabelArgs {
+pub struct PairJobArgs {
     #[command(flatten)]
     backend: BackendArgs,
     /// Pairs: HH-RLHF transcripts or TRL rows (JSONL).
     #[arg(long)]
     input: PathBuf,
-    /// Labeled pairs (JSONL, TRL keys plus the soft label and its detail).
+    /// Results (JSONL), written when the job ends.
     #[arg(long)]
     out: PathBuf,
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Put malformed input lines in a reject file instead of stopping.
+    #[arg(long)]
+    skip_invalid: bool,
+    /// How prompts reach the model: its chat template, or plain text.
+    #[arg(long, value_enum, default_value = "chat")]
+    prompt_format: Format,
+    /// Pairs sent to the model together.
+    #[arg(long, default_value_t = 8)]
+    batch_pairs: usize,
+    /// Where finished records are kept (default: OUT.store.sqlite).
+    #[arg(long)]
+    store: Option<PathBuf>,
+}
+
+impl PairJobArgs {
+    fn format(&self) -> PromptFormat {
+        match self.prompt_format {
+            Format::Chat => PromptFormat::Chat,
+            Format::Plain => PromptFormat::Plain,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct LabelArgs {
+    #[command(flatten)]
+    job: PairJobArgs,
     #[arg(long, value_enum, default_value = "cai")]
     method: Method,
     /// Principles per pair: a number (sampled, seeded) or `all`.
@@ -54,19 +85,11 @@ pub struct LabelArgs {
     /// Score only the presented order instead of averaging both.
     #[arg(long)]
     no_debias: bool,
-    #[arg(long)]
-    limit: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// A constitution file (TOML or JSON); default: qstar's own.
     #[arg(long)]
     constitution: Option<PathBuf>,
-    /// Put malformed input lines in a reject file instead of stopping.
-    #[arg(long)]
-    skip_invalid: bool,
-    /// How prompts reach the model: its chat template, or plain text.
-    #[arg(long, value_enum, default_value = "chat")]
-    prompt_format: Format,
     /// Bounds of chain-of-thought probabilities.
     #[arg(long, default_value_t = 0.4)]
     clamp_low: f64,
@@ -75,12 +98,6 @@ pub struct LabelArgs {
     /// Longest chain of thought, in tokens.
     #[arg(long, default_value_t = 96)]
     rationale_tokens: usize,
-    /// Pairs sent to the model together.
-    #[arg(long, default_value_t = 8)]
-    batch_pairs: usize,
-    /// Where finished records are kept (default: OUT.store.sqlite).
-    #[arg(long)]
-    store: Option<PathBuf>,
 }
 
 /// One labeled pair as written to the output.
@@ -106,21 +123,17 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-pub async fn label(args: LabelArgs) -> Result<()> {
-    let principles = match args.principles.as_str() {
-        "all" => PrincipleChoice::All,
-        k => PrincipleChoice::Sample(k.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(
-            || {
-                UsageError(format!(
-                    "--principles takes a positive number or `all`, not `{k}`"
-                ))
-            },
-        )?),
-    };
-    let constitution = match &args.constitution {
-        Some(p) => Constitution::load(p).map_err(UsageError)?,
-        None => Constitution::default_constitution(),
-    };
+type Records<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<String>>> + 'a>>;
+
+/// Runs `process` over the pairs not yet in the store, committing each
+/// record as soon as its chunk is done, then exports every record of the job
+/// in input order. Returns the exported records.
+async fn run_pair_job<'a>(
+    args: &PairJobArgs,
+    kind: &str,
+    resolved: &serde_json::Value,
+    mut process: impl FnMut(Vec<PreferencePair>) -> Records<'a>,
+) -> Result<Vec<String>> {
     let report = qstar_tasks::read_pairs(&args.input, args.skip_invalid, args.limit)
         .map_err(|e| UsageError(e.to_string()))?;
     if !report.rejected_lines.is_empty() {
@@ -137,6 +150,81 @@ pub async fn label(args: LabelArgs) -> Result<()> {
         );
     }
     let pairs = report.pairs;
+    let mut resolved = resolved.clone();
+    resolved["input"] = json!(args.input.canonicalize().unwrap_or(args.input.clone()));
+    resolved["limit"] = json!(args.limit);
+    let resolved_text = serde_json::to_string_pretty(&resolved)?;
+    let store_path = args
+        .store
+        .clone()
+        .unwrap_or_else(|| sibling(&args.out, ".store.sqlite"));
+    let store = Store::open(&store_path)?;
+    let job = format!("{kind}:{}", args.out.display());
+    store.begin(&job, &resolved_text)?;
+    let done = store.records(&job)?;
+    let pending: Vec<_> = pairs
+        .iter()
+        .filter(|p| !done.contains_key(&(p.line as u64)))
+        .cloned()
+        .collect();
+    if !done.is_empty() {
+        eprintln!(
+            "resuming: {} of {} pairs already done",
+            pairs.len() - pending.len(),
+            pairs.len()
+        );
+    }
+    let bar = ProgressBar::new(pairs.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} pairs  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position((pairs.len() - pending.len()) as u64);
+    for chunk in pending.chunks(args.batch_pairs.max(1)) {
+        let records = process(chunk.to_vec()).await?;
+        for (pair, record) in chunk.iter().zip(records) {
+            store.put(&job, pair.line as u64, &record)?;
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+
+    // Export every record of the job in input order, atomically.
+    let wanted: std::collections::HashSet<u64> = pairs.iter().map(|p| p.line as u64).collect();
+    let records: Vec<String> = store
+        .records(&job)?
+        .into_iter()
+        .filter(|(key, _)| wanted.contains(key))
+        .map(|(_, data)| data)
+        .collect();
+    let tmp = sibling(&args.out, ".part");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        for data in &records {
+            writeln!(f, "{data}")?;
+        }
+        f.flush()?;
+    }
+    std::fs::rename(&tmp, &args.out)?;
+    std::fs::write(sibling(&args.out, ".config.json"), &resolved_text)?;
+    Ok(records)
+}
+
+pub async fn label(args: LabelArgs) -> Result<()> {
+    let principles = match args.principles.as_str() {
+        "all" => PrincipleChoice::All,
+        k => PrincipleChoice::Sample(k.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(
+            || {
+                UsageError(format!(
+                    "--principles takes a positive number or `all`, not `{k}`"
+                ))
+            },
+        )?),
+    };
+    let constitution = match &args.constitution {
+        Some(p) => Constitution::load(p).map_err(UsageError)?,
+        None => Constitution::default_constitution(),
+    };
     let config = CaiConfig {
         method: match args.method {
             Method::Cai => qstar_feedback::Method::Cai,
@@ -148,97 +236,51 @@ pub async fn label(args: LabelArgs) -> Result<()> {
         principles,
         debias: !args.no_debias,
         seed: args.seed,
-        format: match args.prompt_format {
-            Format::Chat => PromptFormat::Chat,
-            Format::Plain => PromptFormat::Plain,
-        },
+        format: args.job.format(),
     };
-    let model = args.backend.open().await?;
+    let model = args.job.backend.open().await?;
     let labeler = CaiLabeler::new(model.as_ref(), &constitution, config.clone())?;
-
-    // The resolved configuration: written beside the output, and the key
-    // that a resumed run must match.
     let resolved = json!({
         "method": args.method,
-        "input": args.input.canonicalize().unwrap_or(args.input.clone()),
-        "limit": args.limit,
         "cai": config,
         "constitution": constitution,
         "backend": model.backend_name(),
     });
-    let resolved_text = serde_json::to_string_pretty(&resolved)?;
-    let store_path = args
-        .store
-        .clone()
-        .unwrap_or_else(|| sibling(&args.out, ".store.sqlite"));
-    let store = Store::open(&store_path)?;
-    let job = format!("label:{}", args.out.display());
-    store.begin(&job, &resolved_text)?;
-    let done = store.records(&job)?;
-    let pending: Vec<_> = pairs
-        .iter()
-        .filter(|p| !done.contains_key(&(p.line as u64)))
-        .cloned()
-        .collect();
-    if !done.is_empty() {
-        eprintln!(
-            "resuming: {} of {} pairs already labeled",
-            pairs.len() - pending.len(),
-            pairs.len()
-        );
-    }
+    let labeler = &labeler;
+    let out = &args.job.out;
+    run_pair_job(&args.job, "label", &resolved, |chunk| {
+        Box::pin(async move {
+            let labels = labeler.label(&chunk).await?;
+            chunk
+                .iter()
+                .zip(labels)
+                .map(|(pair, label)| {
+                    let human_better = label.p_human_chosen >= 0.5;
+                    let (chosen, rejected) = if human_better {
+                        (pair.chosen.clone(), pair.rejected.clone())
+                    } else {
+                        (pair.rejected.clone(), pair.chosen.clone())
+                    };
+                    Ok(serde_json::to_string(&Record {
+                        line: pair.line,
+                        prompt: pair.conversation.clone(),
+                        chosen,
+                        rejected,
+                        soft_label: label.p_human_chosen.max(1.0 - label.p_human_chosen),
+                        p_human_chosen: label.p_human_chosen,
+                        agrees_with_human: label.p_human_chosen > 0.5,
+                        presented_human_chosen_first: label.presented_human_chosen_first,
+                        judgements: label.judgements,
+                    })?)
+                })
+                .collect()
+        })
+    })
+    .await?;
 
-    let bar = ProgressBar::new(pairs.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} pairs  {per_sec}  eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_position((pairs.len() - pending.len()) as u64);
-    for chunk in pending.chunks(args.batch_pairs.max(1)) {
-        let labels = labeler.label(chunk).await?;
-        for (pair, label) in chunk.iter().zip(labels) {
-            let human_better = label.p_human_chosen >= 0.5;
-            let (chosen, rejected) = if human_better {
-                (pair.chosen.clone(), pair.rejected.clone())
-            } else {
-                (pair.rejected.clone(), pair.chosen.clone())
-            };
-            let record = Record {
-                line: pair.line,
-                prompt: pair.conversation.clone(),
-                chosen,
-                rejected,
-                soft_label: label.p_human_chosen.max(1.0 - label.p_human_chosen),
-                p_human_chosen: label.p_human_chosen,
-                agrees_with_human: label.p_human_chosen > 0.5,
-                presented_human_chosen_first: label.presented_human_chosen_first,
-                judgements: label.judgements,
-            };
-            store.put(&job, pair.line as u64, &serde_json::to_string(&record)?)?;
-            bar.inc(1);
-        }
-    }
-    bar.finish_and_clear();
-
-    // Export every record of the job in input order, atomically.
-    let records = store.records(&job)?;
-    let wanted: std::collections::HashSet<u64> = pairs.iter().map(|p| p.line as u64).collect();
-    let tmp = sibling(&args.out, ".part");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        for (key, data) in &records {
-            if wanted.contains(key) {
-                writeln!(f, "{data}")?;
-            }
-        }
-        f.flush()?;
-    }
-    std::fs::rename(&tmp, &args.out)?;
-    std::fs::write(sibling(&args.out, ".config.json"), &resolved_text)?;
-
-    let labels = read_labels(&args.out)?;
+    let labels = read_labels(out)?;
     let m = label_metrics(&labels);
-    println!("labeled {} pairs → {}", m.pairs, args.out.display());
+    println!("labeled {} pairs → {}", m.pairs, out.display());
     println!("| metric | value |");
     println!("| --- | ---: |");
     println!(
@@ -251,6 +293,75 @@ pub async fn label(args: LabelArgs) -> Result<()> {
     }
     println!("| mean P(A) | {:.3} |", m.mean_p_a);
     println!("| calibration error (ECE) | {:.3} |", m.ece);
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct RateArgs {
+    #[command(flatten)]
+    job: PairJobArgs,
+}
+
+/// `qstar rate`: d-RLAIF rewards for both replies of each pair.
+pub async fn rate(args: RateArgs) -> Result<()> {
+    let model = args.job.backend.open().await?;
+    let rater = qstar_feedback::Rater::new(model.as_ref(), args.job.format())?;
+    let resolved =
+        json!({"method": "d-rlaif", "format": args.job.format(), "backend": model.backend_name()});
+    let rater = &rater;
+    let records = run_pair_job(&args.job, "rate", &resolved, |chunk| {
+        Box::pin(async move {
+            let items: Vec<(&[qstar_core::Message], &str)> = chunk
+                .iter()
+                .flat_map(|p| {
+                    [
+                        (p.conversation.as_slice(), p.chosen.as_str()),
+                        (p.conversation.as_slice(), p.rejected.as_str()),
+                    ]
+                })
+                .collect();
+            let ratings = rater.rate(&items).await?;
+            chunk
+                .iter()
+                .zip(ratings.chunks(2))
+                .map(|(pair, r)| {
+                    Ok(json!({
+                        "line": pair.line,
+                        "prompt": pair.conversation,
+                        "chosen": pair.chosen,
+                        "rejected": pair.rejected,
+                        "reward_chosen": r[0].reward,
+                        "reward_rejected": r[1].reward,
+                        "rating_chosen": r[0],
+                        "rating_rejected": r[1],
+                    })
+                    .to_string())
+                })
+                .collect()
+        })
+    })
+    .await?;
+    let rewards: Vec<(f64, f64)> = records
+        .iter()
+        .filter_map(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+        .filter_map(|v| Some((v["reward_chosen"].as_f64()?, v["reward_rejected"].as_f64()?)))
+        .collect();
+    let higher = rewards.iter().filter(|(c, r)| c > r).count();
+    let mean = |f: fn(&(f64, f64)) -> f64| {
+        rewards.iter().map(f).sum::<f64>() / rewards.len().max(1) as f64
+    };
+    println!("rated {} pairs → {}", rewards.len(), args.job.out.display());
+    println!("| metric | value |");
+    println!("| --- | ---: |");
+    println!(
+        "| human-preferred reply rewarded higher | {:.3} |",
+        higher as f64 / rewards.len().max(1) as f64
+    );
+    println!(
+        "| mean reward, preferred / other | {:.3} / {:.3} |",
+        mean(|x| x.0),
+        mean(|x| x.1)
+    );
     Ok(())
 }
 
@@ -287,15 +398,61 @@ pub struct EvalLabelsArgs {
 }
 
 pub fn eval_labels(args: EvalLabelsArgs) -> Result<()> {
+    // d-RLAIF output carries rewards instead of soft labels.
+    let first = std::fs::read_to_string(&args.labels)
+        .with_context(|| format!("reading {}", args.labels.display()))?
+        .lines()
+        .next()
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+    if first.is_some_and(|v| v.get("reward_chosen").is_some()) {
+        return eval_rewards(&args);
+    }
     let labels = read_labels(&args.labels)?;
     let m = label_metrics(&labels);
     if args.json {
         println!("{}", serde_json::to_string(&m)?);
     } else {
-        println!("pairs {}  alignment {:.3}  position-bias rate {}  ECE {:.3}  mean P(A) {:.3}  unparsed {}",
-            m.pairs, m.alignment,
+        println!(
+            "pairs {}  alignment {:.3}  position-bias rate {}  ECE {:.3}  mean P(A) {:.3}  unparsed {}",
+            m.pairs,
+            m.alignment,
             m.position_bias_rate.map_or("n/a".into(), |b| format!("{b:.3}")),
-            m.ece, m.mean_p_a, m.unparsed);
+            m.ece,
+            m.mean_p_a,
+            m.unparsed
+        );
+    }
+    Ok(())
+}
+
+fn eval_rewards(args: &EvalLabelsArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.labels)?;
+    let mut pairs = 0usize;
+    let mut higher = 0usize;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| UsageError(format!("{}:{}: {e}", args.labels.display(), i + 1)))?;
+        let (Some(c), Some(r)) = (v["reward_chosen"].as_f64(), v["reward_rejected"].as_f64())
+        else {
+            return Err(
+                UsageError(format!("{}:{}: no rewards", args.labels.display(), i + 1)).into(),
+            );
+        };
+        pairs += 1;
+        higher += usize::from(c > r);
+    }
+    let rate = higher as f64 / pairs.max(1) as f64;
+    if args.json {
+        println!(
+            "{}",
+            json!({"pairs": pairs, "reward_alignment": rate, "unparsed": 0})
+        );
+    } else {
+        println!("pairs {pairs}  human-preferred reply rewarded higher {rate:.3}");
     }
     Ok(())
 }

@@ -39,6 +39,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Label preference pairs with AI feedback (resumable).
     Label(label::LabelArgs),
+    /// Rate both replies of each pair from 1 to 10 (d-RLAIF rewards).
+    Rate(label::RateArgs),
     /// Measure labels, models and searches.
     Eval {
         #[command(subcommand)]
@@ -131,6 +133,7 @@ fn main() -> ExitCode {
             Command::Choose(args) => commands::choose(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Label(args) => label::label(args).await,
+            Command::Rate(args) => label::rate(args).await,
             Command::Eval { command } => match command {
                 EvalCommand::Labels(args) => label::eval_labels(args),
             },

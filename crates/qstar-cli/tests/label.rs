@@ -254,3 +254,53 @@ fn rlaif_and_chain_of_thought_labels() {
         }
     }
 }
+
+#[test]
+fn direct_rlaif_rewards_both_replies() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("rate.jsonl");
+    let run = qstar()
+        .args([
+            "rate",
+            "--input",
+            sample().to_str().expect("p"),
+            "--out",
+            out.to_str().expect("p"),
+            "--limit",
+            "4",
+        ])
+        .output()
+        .expect("rate");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for line in std::fs::read_to_string(&out).expect("out").lines() {
+        let r: serde_json::Value = serde_json::from_str(line).expect("json");
+        for side in ["chosen", "rejected"] {
+            let reward = r[format!("reward_{side}")].as_f64().expect("reward");
+            assert!((-1.0..=1.0).contains(&reward));
+            let dist: f64 = r[format!("rating_{side}")]["distribution"]
+                .as_array()
+                .expect("distribution")
+                .iter()
+                .map(|p| p.as_f64().expect("p"))
+                .sum();
+            assert!((dist - 1.0).abs() < 1e-9);
+        }
+    }
+    let eval = qstar()
+        .args([
+            "eval",
+            "labels",
+            "--labels",
+            out.to_str().expect("p"),
+            "--json",
+        ])
+        .output()
+        .expect("eval");
+    let m: serde_json::Value = serde_json::from_slice(&eval.stdout).expect("json");
+    assert_eq!(m["pairs"], 4);
+    assert!(m["reward_alignment"].as_f64().is_some());
+}

@@ -6,6 +6,8 @@
 pub mod cai;
 pub mod constitution;
 pub mod metrics;
+pub mod rate;
 
 pub use cai::{CaiConfig, CaiLabeler, Method, PairLabel, PrincipleChoice, PromptFormat};
 pub use constitution::{Constitution, CritiqueRevision};
+pub use rate::{Rater, Rating};

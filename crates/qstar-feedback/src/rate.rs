@@ -1,0 +1,107 @@
+//! Direct RLAIF (d-RLAIF): the model rates one reply from 1 to 10; the
+//! exact distribution over the ten answers ("10" may span several tokens)
+//! gives an expected score, mapped linearly to a reward in [-1, 1].
+
+use minijinja::Environment;
+use qstar_core::{ChooseRequest, LanguageModel, Message, ModelError};
+use serde::{Deserialize, Serialize};
+
+use crate::cai::PromptFormat;
+
+const TEMPLATE: &str = include_str!("../prompts/rate.j2");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rating {
+    /// P(score = k) for k = 1..=10.
+    pub distribution: Vec<f64>,
+    pub expected_score: f64,
+    /// (expected score − 5.5) / 4.5, in [-1, 1].
+    pub reward: f64,
+}
+
+pub struct Rater<'a> {
+    model: &'a dyn LanguageModel,
+    format: PromptFormat,
+    env: Environment<'static>,
+}
+
+impl<'a> Rater<'a> {
+    pub fn new(model: &'a dyn LanguageModel, format: PromptFormat) -> Result<Self, ModelError> {
+        if format == PromptFormat::Chat && !model.capabilities().chat_template {
+            return Err(ModelError::Unsupported {
+                backend: model.backend_name(),
+                capability: "a chat template for rating prompts (use the plain prompt format)"
+                    .into(),
+            });
+        }
+        let mut env = Environment::new();
+        env.add_template("rate", TEMPLATE)
+            .map_err(|e| ModelError::InvalidRequest(format!("rating template: {e}")))?;
+        Ok(Rater { model, format, env })
+    }
+
+    fn prompt(&self, conversation: &[Message], reply: &str) -> Result<String, ModelError> {
+        let question = self
+            .env
+            .get_template("rate")
+            .and_then(|t| {
+                t.render(minijinja::context! { conversation => conversation, reply => reply })
+            })
+            .map_err(|e| ModelError::InvalidRequest(format!("rating template: {e}")))?;
+        let cue = "Rating: ";
+        Ok(match self.format {
+            PromptFormat::Chat => self.model.render_chat(&[Message::user(question)], true)? + cue,
+            PromptFormat::Plain => format!("Human: {}\n\nAssistant: {cue}", question.trim_end()),
+        })
+    }
+
+    /// Rates each (conversation, reply); all questions go to the model at once.
+    pub async fn rate(&self, items: &[(&[Message], &str)]) -> Result<Vec<Rating>, ModelError> {
+        let options: Vec<String> = (1..=10).map(|k| k.to_string()).collect();
+        let requests = items
+            .iter()
+            .map(|(conv, reply)| {
+                Ok(ChooseRequest {
+                    prompt: self.prompt(conv, reply)?,
+                    options: options.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let answers = self.model.choose(requests).await?;
+        Ok(answers
+            .into_iter()
+            .map(|a| rating_from(a.options.iter().map(|o| o.prob).collect()))
+            .collect())
+    }
+}
+
+/// Expected score and reward of a distribution over the scores 1..=10.
+pub fn rating_from(distribution: Vec<f64>) -> Rating {
+    let expected_score: f64 = distribution
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i + 1) as f64 * p)
+        .sum();
+    Rating {
+        reward: (expected_score - 5.5) / 4.5,
+        expected_score,
+        distribution,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewards_span_minus_one_to_one() {
+        let mut all_one = vec![0.0; 10];
+        all_one[0] = 1.0;
+        assert!((rating_from(all_one).reward + 1.0).abs() < 1e-12);
+        let mut all_ten = vec![0.0; 10];
+        all_ten[9] = 1.0;
+        assert!((rating_from(all_ten).reward - 1.0).abs() < 1e-12);
+        let uniform = rating_from(vec![0.1; 10]);
+        assert!((uniform.expected_score - 5.5).abs() < 1e-12 && uniform.reward.abs() < 1e-12);
+    }
+}

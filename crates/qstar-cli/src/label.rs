@@ -389,6 +389,80 @@ fn read_labels(path: &Path) -> Result<Vec<PairLabel>> {
 }
 
 #[derive(Args)]
+pub struct ReviseArgs {
+    #[command(flatten)]
+    job: PairJobArgs,
+    /// Critique/revision rounds.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    #[arg(long)]
+    constitution: Option<PathBuf>,
+}
+
+/// `qstar revise`: SL-CAI examples from the opening human turn of each pair.
+pub async fn revise(args: ReviseArgs) -> Result<()> {
+    let constitution = match &args.constitution {
+        Some(p) => Constitution::load(p).map_err(UsageError)?,
+        None => Constitution::default_constitution(),
+    };
+    let config = qstar_feedback::ReviseConfig {
+        rounds: args.rounds,
+        seed: args.seed,
+        temperature: args.temperature,
+        max_tokens: args.max_tokens,
+    };
+    let model = args.job.backend.open().await?;
+    let resolved = json!({"method": "critique-revision", "config": config, "constitution": constitution, "backend": model.backend_name()});
+    let (model_ref, constitution, config) = (model.as_ref(), &constitution, &config);
+    let records = run_pair_job(&args.job, "revise", &resolved, |chunk| {
+        Box::pin(async move {
+            let prompts: Vec<(u64, String)> = chunk
+                .iter()
+                .map(|p| {
+                    let opening = p
+                        .conversation
+                        .iter()
+                        .find(|m| m.role == "user")
+                        .map(|m| m.content.clone());
+                    (p.line as u64, opening.unwrap_or_default())
+                })
+                .collect();
+            let revisions =
+                qstar_feedback::critique_and_revise(model_ref, constitution, config, &prompts)
+                    .await?;
+            chunk
+                .iter()
+                .zip(revisions)
+                .map(|(pair, rev)| {
+                    Ok(json!({
+                        "line": pair.line,
+                        "messages": [
+                            {"role": "user", "content": rev.prompt},
+                            {"role": "assistant", "content": rev.final_reply()},
+                        ],
+                        "chain": rev,
+                    })
+                    .to_string())
+                })
+                .collect()
+        })
+    })
+    .await?;
+    println!(
+        "wrote {} SFT examples → {}",
+        records.len(),
+        args.job.out.display()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
 pub struct EvalLabelsArgs {
     /// Output of `qstar label`.
     #[arg(long)]

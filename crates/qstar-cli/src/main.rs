@@ -41,6 +41,8 @@ enum Command {
     Label(label::LabelArgs),
     /// Rate both replies of each pair from 1 to 10 (d-RLAIF rewards).
     Rate(label::RateArgs),
+    /// Critique and revise replies to each pair's opening prompt (SL-CAI).
+    Revise(label::ReviseArgs),
     /// Measure labels, models and searches.
     Eval {
         #[command(subcommand)]
@@ -134,6 +136,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Label(args) => label::label(args).await,
             Command::Rate(args) => label::rate(args).await,
+            Command::Revise(args) => label::revise(args).await,
             Command::Eval { command } => match command {
                 EvalCommand::Labels(args) => label::eval_labels(args),
             },

@@ -304,3 +304,42 @@ fn direct_rlaif_rewards_both_replies() {
     assert_eq!(m["pairs"], 4);
     assert!(m["reward_alignment"].as_f64().is_some());
 }
+
+#[test]
+fn critique_revision_writes_sft_examples_with_their_chain() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("sft.jsonl");
+    let run = qstar()
+        .args([
+            "revise",
+            "--input",
+            sample().to_str().expect("p"),
+            "--out",
+            out.to_str().expect("p"),
+        ])
+        .args(["--limit", "2", "--rounds", "2", "--max-tokens", "24"])
+        .output()
+        .expect("revise");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .expect("out")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        let messages = r["messages"].as_array().expect("messages");
+        assert_eq!(messages[0]["role"], "user");
+        let rounds = r["chain"]["rounds"].as_array().expect("rounds");
+        assert_eq!(rounds.len(), 2);
+        // The SFT reply is the last revision.
+        assert_eq!(messages[1]["content"], rounds[1]["revision"]);
+        assert!(rounds.iter().all(|x| x["critique_request"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())));
+    }
+}

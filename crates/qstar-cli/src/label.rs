@@ -132,6 +132,7 @@ async fn run_pair_job<'a>(
     args: &PairJobArgs,
     kind: &str,
     resolved: &serde_json::Value,
+    exported: fn(&str) -> bool,
     mut process: impl FnMut(Vec<PreferencePair>) -> Records<'a>,
 ) -> Result<Vec<String>> {
     let report = qstar_tasks::read_pairs(&args.input, args.skip_invalid, args.limit)
@@ -194,7 +195,7 @@ async fn run_pair_job<'a>(
     let records: Vec<String> = store
         .records(&job)?
         .into_iter()
-        .filter(|(key, _)| wanted.contains(key))
+        .filter(|(key, data)| wanted.contains(key) && exported(data))
         .map(|(_, data)| data)
         .collect();
     let tmp = sibling(&args.out, ".part");
@@ -248,34 +249,40 @@ pub async fn label(args: LabelArgs) -> Result<()> {
     });
     let labeler = &labeler;
     let out = &args.job.out;
-    run_pair_job(&args.job, "label", &resolved, |chunk| {
-        Box::pin(async move {
-            let labels = labeler.label(&chunk).await?;
-            chunk
-                .iter()
-                .zip(labels)
-                .map(|(pair, label)| {
-                    let human_better = label.p_human_chosen >= 0.5;
-                    let (chosen, rejected) = if human_better {
-                        (pair.chosen.clone(), pair.rejected.clone())
-                    } else {
-                        (pair.rejected.clone(), pair.chosen.clone())
-                    };
-                    Ok(serde_json::to_string(&Record {
-                        line: pair.line,
-                        prompt: pair.conversation.clone(),
-                        chosen,
-                        rejected,
-                        soft_label: label.p_human_chosen.max(1.0 - label.p_human_chosen),
-                        p_human_chosen: label.p_human_chosen,
-                        agrees_with_human: label.p_human_chosen > 0.5,
-                        presented_human_chosen_first: label.presented_human_chosen_first,
-                        judgements: label.judgements,
-                    })?)
-                })
-                .collect()
-        })
-    })
+    run_pair_job(
+        &args.job,
+        "label",
+        &resolved,
+        |_| true,
+        |chunk| {
+            Box::pin(async move {
+                let labels = labeler.label(&chunk).await?;
+                chunk
+                    .iter()
+                    .zip(labels)
+                    .map(|(pair, label)| {
+                        let human_better = label.p_human_chosen >= 0.5;
+                        let (chosen, rejected) = if human_better {
+                            (pair.chosen.clone(), pair.rejected.clone())
+                        } else {
+                            (pair.rejected.clone(), pair.chosen.clone())
+                        };
+                        Ok(serde_json::to_string(&Record {
+                            line: pair.line,
+                            prompt: pair.conversation.clone(),
+                            chosen,
+                            rejected,
+                            soft_label: label.p_human_chosen.max(1.0 - label.p_human_chosen),
+                            p_human_chosen: label.p_human_chosen,
+                            agrees_with_human: label.p_human_chosen > 0.5,
+                            presented_human_chosen_first: label.presented_human_chosen_first,
+                            judgements: label.judgements,
+                        })?)
+                    })
+                    .collect()
+            })
+        },
+    )
     .await?;
 
     let labels = read_labels(out)?;
@@ -309,37 +316,43 @@ pub async fn rate(args: RateArgs) -> Result<()> {
     let resolved =
         json!({"method": "d-rlaif", "format": args.job.format(), "backend": model.backend_name()});
     let rater = &rater;
-    let records = run_pair_job(&args.job, "rate", &resolved, |chunk| {
-        Box::pin(async move {
-            let items: Vec<(&[qstar_core::Message], &str)> = chunk
-                .iter()
-                .flat_map(|p| {
-                    [
-                        (p.conversation.as_slice(), p.chosen.as_str()),
-                        (p.conversation.as_slice(), p.rejected.as_str()),
-                    ]
-                })
-                .collect();
-            let ratings = rater.rate(&items).await?;
-            chunk
-                .iter()
-                .zip(ratings.chunks(2))
-                .map(|(pair, r)| {
-                    Ok(json!({
-                        "line": pair.line,
-                        "prompt": pair.conversation,
-                        "chosen": pair.chosen,
-                        "rejected": pair.rejected,
-                        "reward_chosen": r[0].reward,
-                        "reward_rejected": r[1].reward,
-                        "rating_chosen": r[0],
-                        "rating_rejected": r[1],
+    let records = run_pair_job(
+        &args.job,
+        "rate",
+        &resolved,
+        |_| true,
+        |chunk| {
+            Box::pin(async move {
+                let items: Vec<(&[qstar_core::Message], &str)> = chunk
+                    .iter()
+                    .flat_map(|p| {
+                        [
+                            (p.conversation.as_slice(), p.chosen.as_str()),
+                            (p.conversation.as_slice(), p.rejected.as_str()),
+                        ]
                     })
-                    .to_string())
-                })
-                .collect()
-        })
-    })
+                    .collect();
+                let ratings = rater.rate(&items).await?;
+                chunk
+                    .iter()
+                    .zip(ratings.chunks(2))
+                    .map(|(pair, r)| {
+                        Ok(json!({
+                            "line": pair.line,
+                            "prompt": pair.conversation,
+                            "chosen": pair.chosen,
+                            "rejected": pair.rejected,
+                            "reward_chosen": r[0].reward,
+                            "reward_rejected": r[1].reward,
+                            "rating_chosen": r[0],
+                            "rating_rejected": r[1],
+                        })
+                        .to_string())
+                    })
+                    .collect()
+            })
+        },
+    )
     .await?;
     let rewards: Vec<(f64, f64)> = records
         .iter()
@@ -420,44 +433,142 @@ pub async fn revise(args: ReviseArgs) -> Result<()> {
     let model = args.job.backend.open().await?;
     let resolved = json!({"method": "critique-revision", "config": config, "constitution": constitution, "backend": model.backend_name()});
     let (model_ref, constitution, config) = (model.as_ref(), &constitution, &config);
-    let records = run_pair_job(&args.job, "revise", &resolved, |chunk| {
-        Box::pin(async move {
-            let prompts: Vec<(u64, String)> = chunk
-                .iter()
-                .map(|p| {
-                    let opening = p
-                        .conversation
-                        .iter()
-                        .find(|m| m.role == "user")
-                        .map(|m| m.content.clone());
-                    (p.line as u64, opening.unwrap_or_default())
-                })
-                .collect();
-            let revisions =
-                qstar_feedback::critique_and_revise(model_ref, constitution, config, &prompts)
-                    .await?;
-            chunk
-                .iter()
-                .zip(revisions)
-                .map(|(pair, rev)| {
-                    Ok(json!({
-                        "line": pair.line,
-                        "messages": [
-                            {"role": "user", "content": rev.prompt},
-                            {"role": "assistant", "content": rev.final_reply()},
-                        ],
-                        "chain": rev,
+    let records = run_pair_job(
+        &args.job,
+        "revise",
+        &resolved,
+        |_| true,
+        |chunk| {
+            Box::pin(async move {
+                let prompts: Vec<(u64, String)> = chunk
+                    .iter()
+                    .map(|p| {
+                        let opening = p
+                            .conversation
+                            .iter()
+                            .find(|m| m.role == "user")
+                            .map(|m| m.content.clone());
+                        (p.line as u64, opening.unwrap_or_default())
                     })
-                    .to_string())
-                })
-                .collect()
-        })
-    })
+                    .collect();
+                let revisions =
+                    qstar_feedback::critique_and_revise(model_ref, constitution, config, &prompts)
+                        .await?;
+                chunk
+                    .iter()
+                    .zip(revisions)
+                    .map(|(pair, rev)| {
+                        Ok(json!({
+                            "line": pair.line,
+                            "messages": [
+                                {"role": "user", "content": rev.prompt},
+                                {"role": "assistant", "content": rev.final_reply()},
+                            ],
+                            "chain": rev,
+                        })
+                        .to_string())
+                    })
+                    .collect()
+            })
+        },
+    )
     .await?;
     println!(
         "wrote {} SFT examples → {}",
         records.len(),
         args.job.out.display()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct JudgeArgs {
+    #[command(flatten)]
+    job: PairJobArgs,
+    /// Replies sampled per prompt.
+    #[arg(long, default_value_t = 4)]
+    samples: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+}
+
+/// `qstar judge`: self-rewarding DPO pairs (best vs worst judged reply).
+pub async fn judge(args: JudgeArgs) -> Result<()> {
+    let config = qstar_feedback::JudgeConfig {
+        samples: args.samples.max(2),
+        seed: args.seed,
+        temperature: args.temperature,
+        max_tokens: args.max_tokens,
+        ..Default::default()
+    };
+    let model = args.job.backend.open().await?;
+    let resolved =
+        json!({"method": "llm-as-judge", "config": config, "backend": model.backend_name()});
+    let (model_ref, config) = (model.as_ref(), &config);
+    // Every prompt's record is stored; only formed pairs are exported.
+    let records = run_pair_job(&args.job, "judge", &resolved, |r| r.contains("\"chosen\""), |chunk| {
+        Box::pin(async move {
+            let prompts: Vec<(u64, String)> = chunk
+                .iter()
+                .map(|p| {
+                    let opening = p.conversation.iter().find(|m| m.role == "user").map(|m| m.content.clone());
+                    (p.line as u64, opening.unwrap_or_default())
+                })
+                .collect();
+            let judged = qstar_feedback::judge_prompts(model_ref, config, &prompts).await?;
+            chunk
+                .iter()
+                .zip(judged)
+                .map(|(pair, j)| {
+                    let unparsed = j.samples.iter().filter(|s| s.score.is_none()).count();
+                    let mut record = json!({
+                        "line": pair.line,
+                        "prompt": [{"role": "user", "content": j.prompt}],
+                        "unparsed": unparsed,
+                        "samples": j.samples,
+                    });
+                    if let Some((best, worst)) = j.pair {
+                        record["chosen"] = json!([{"role": "assistant", "content": j.samples[best].response}]);
+                        record["rejected"] = json!([{"role": "assistant", "content": j.samples[worst].response}]);
+                        record["score_chosen"] = json!(j.samples[best].score);
+                        record["score_rejected"] = json!(j.samples[worst].score);
+                    }
+                    Ok(record.to_string())
+                })
+                .collect()
+        })
+    })
+    .await?;
+    // Report over every judged prompt, not only the exported pairs.
+    let store_path = args
+        .job
+        .store
+        .clone()
+        .unwrap_or_else(|| sibling(&args.job.out, ".store.sqlite"));
+    let all = Store::open(&store_path)?.records(&format!("judge:{}", args.job.out.display()))?;
+    let (mut judged, mut unparsed) = (0usize, 0usize);
+    for data in all.values() {
+        let v: serde_json::Value = serde_json::from_str(data)?;
+        judged += v["samples"].as_array().map_or(0, |s| s.len());
+        unparsed += v["unparsed"].as_u64().unwrap_or(0) as usize;
+    }
+    println!(
+        "{} DPO pairs from {} prompts → {}",
+        records.len(),
+        all.len(),
+        args.job.out.display()
+    );
+    println!("| metric | value |");
+    println!("| --- | ---: |");
+    println!("| judgements | {judged} |");
+    println!("| unparsed judgements (not scored, never guessed) | {unparsed} |");
+    println!(
+        "| prompts skipped (ties or too few scores) | {} |",
+        all.len() - records.len()
     );
     Ok(())
 }

@@ -43,6 +43,8 @@ enum Command {
     Rate(label::RateArgs),
     /// Critique and revise replies to each pair's opening prompt (SL-CAI).
     Revise(label::ReviseArgs),
+    /// Self-rewarding: judge sampled replies, emit best-vs-worst DPO pairs.
+    Judge(label::JudgeArgs),
     /// Measure labels, models and searches.
     Eval {
         #[command(subcommand)]
@@ -137,6 +139,7 @@ fn main() -> ExitCode {
             Command::Label(args) => label::label(args).await,
             Command::Rate(args) => label::rate(args).await,
             Command::Revise(args) => label::revise(args).await,
+            Command::Judge(args) => label::judge(args).await,
             Command::Eval { command } => match command {
                 EvalCommand::Labels(args) => label::eval_labels(args),
             },

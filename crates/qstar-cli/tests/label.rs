@@ -343,3 +343,46 @@ fn critique_revision_writes_sft_examples_with_their_chain() {
             .is_some_and(|s| !s.is_empty())));
     }
 }
+
+#[test]
+fn self_rewarding_judge_pairs_best_against_worst() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("dpo.jsonl");
+    let run = qstar()
+        .args([
+            "judge",
+            "--input",
+            sample().to_str().expect("p"),
+            "--out",
+            out.to_str().expect("p"),
+        ])
+        .args(["--limit", "3", "--samples", "3", "--max-tokens", "32"])
+        .output()
+        .expect("judge");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("unparsed judgements"), "{stdout}");
+    for line in std::fs::read_to_string(&out).expect("out").lines() {
+        let r: serde_json::Value = serde_json::from_str(line).expect("json");
+        assert!(r["chosen"].is_array() && r["rejected"].is_array());
+        assert!(
+            r["score_chosen"].as_u64() > r["score_rejected"].as_u64(),
+            "ties are skipped: {r}"
+        );
+        let scores: Vec<Option<u64>> = r["samples"]
+            .as_array()
+            .expect("samples")
+            .iter()
+            .map(|s| s["score"].as_u64())
+            .collect();
+        assert_eq!(scores.len(), 3);
+        assert_eq!(
+            scores.iter().flatten().max().copied(),
+            r["score_chosen"].as_u64()
+        );
+    }
+}

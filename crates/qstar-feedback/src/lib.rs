@@ -5,11 +5,13 @@
 
 pub mod cai;
 pub mod constitution;
+pub mod judge;
 pub mod metrics;
 pub mod rate;
 pub mod revise;
 
 pub use cai::{CaiConfig, CaiLabeler, Method, PairLabel, PrincipleChoice, PromptFormat};
 pub use constitution::{Constitution, CritiqueRevision};
+pub use judge::{judge_prompts, JudgeConfig, JudgedPrompt};
 pub use rate::{Rater, Rating};
 pub use revise::{critique_and_revise, ReviseConfig, Revision};

@@ -32,7 +32,16 @@ impl Constitution {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let parsed: Result<Constitution, String> = if path.extension().is_some_and(|e| e == "json")
         {
-            serde_json::from_str(&text).map_err(|e| e.to_string())
+            // Our own layout, or a Constitutional-AI principle index.
+            serde_json::from_str::<serde_json::Value>(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    if v.get("preference_principles").is_some() {
+                        from_cai_index(&v)
+                    } else {
+                        serde_json::from_value(v).map_err(|e| e.to_string())
+                    }
+                })
         } else {
             toml::from_str(&text).map_err(|e| e.to_string())
         };
@@ -45,6 +54,54 @@ impl Constitution {
         }
         Ok(c)
     }
+}
+
+/// Reads the layout of a Constitutional-AI principle index: a list of
+/// `preference_principles` ({index, principle}) and of `critique_revision`
+/// ({critique_request, revision_request}), with the paper's prompt markers
+/// ("Options:", "CritiqueRequest:", …) around the text.
+fn from_cai_index(v: &serde_json::Value) -> Result<Constitution, String> {
+    let strip = |s: &str, markers: &[&str]| {
+        let mut t = s.trim().to_string();
+        for m in markers {
+            t = t.replace(m, "");
+        }
+        t.trim().to_string()
+    };
+    let principles = v["preference_principles"]
+        .as_array()
+        .ok_or("`preference_principles` is not a list")?
+        .iter()
+        .map(|p| {
+            p["principle"]
+                .as_str()
+                .map(|s| strip(s, &["Options:"]))
+                .ok_or("a principle is not a string")
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let critiques = v["critique_revision"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|c| {
+                    Some(CritiqueRevision {
+                        critique: strip(
+                            c["critique_request"].as_str()?,
+                            &["CritiqueRequest:", "Critique:"],
+                        ),
+                        revision: strip(
+                            c["revision_request"].as_str()?,
+                            &["RevisionRequest:", "Revision:"],
+                        ),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Constitution {
+        principles,
+        critiques,
+    })
 }
 
 #[cfg(test)]

@@ -22,6 +22,41 @@ pub struct BenchArgs {
     no_peer: bool,
     #[arg(long)]
     json: bool,
+    /// Preference pairs for the labeling workload (the first 100 are
+    /// labeled under 4 principles in both orders); skipped when absent.
+    #[arg(long)]
+    label_pairs: Option<std::path::PathBuf>,
+    /// Also run the labeling workload against this OpenAI-compatible server
+    /// (e.g. llama-server on the same model).
+    #[arg(long)]
+    label_server: Option<String>,
+}
+
+/// Labels the first 100 pairs (4 principles, both orders) and returns pairs
+/// per second.
+async fn labeling_workload(
+    model: &dyn LanguageModel,
+    pairs: &[qstar_tasks::PreferencePair],
+    format: qstar_feedback::PromptFormat,
+) -> Result<f64> {
+    let constitution = qstar_feedback::Constitution::default_constitution();
+    let labeler = qstar_feedback::CaiLabeler::new(
+        model,
+        &constitution,
+        qstar_feedback::CaiConfig {
+            principles: qstar_feedback::PrincipleChoice::Sample(4),
+            format,
+            ..Default::default()
+        },
+    )?;
+    let (t, _) = timed(async {
+        for chunk in pairs.chunks(8) {
+            labeler.label(chunk).await?;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(pairs.len() as f64 / t)
 }
 
 /// A prompt of exactly `n` tokens (for this model's tokenizer).
@@ -136,6 +171,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             options: vec!["A".into(), "B".into()],
         })
         .collect();
+    let mut report_label: Option<(f64, f64)> = None;
+    let mut report_server: Option<f64> = None;
     let workload = |cache: bool| {
         let engine = engine.clone();
         let requests = requests.clone();
@@ -155,6 +192,34 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         .zip(&a2)
         .map(|(x, y)| (x.options[0].prob - y.options[0].prob).abs())
         .fold(0.0, f64::max);
+    if let Some(path) = &args.label_pairs {
+        let pairs = qstar_tasks::read_pairs(path, true, Some(100))
+            .map_err(|e| crate::UsageError(e.to_string()))?
+            .pairs;
+        engine.set_prefix_cache(false).await;
+        let uncached =
+            labeling_workload(&engine, &pairs, qstar_feedback::PromptFormat::Chat).await?;
+        engine.set_prefix_cache(true).await;
+        let cached = labeling_workload(&engine, &pairs, qstar_feedback::PromptFormat::Chat).await?;
+        report_label = Some((cached, uncached));
+        if let Some(url) = &args.label_server {
+            let server = qstar_openai::OpenAiBackend::new(qstar_openai::OpenAiConfig {
+                base_urls: vec![url.clone()],
+                concurrency: 8,
+                ..Default::default()
+            })?;
+            // The server applies no chat template to raw prompts, so the
+            // prompt is rendered here with the model's template and sent as
+            // plain text: the same tokens reach both engines.
+            let rendered = RenderedChat {
+                inner: &server,
+                engine: &engine,
+            };
+            report_server = Some(
+                labeling_workload(&rendered, &pairs, qstar_feedback::PromptFormat::Chat).await?,
+            );
+        }
+    }
     let rss = peak_rss_mb();
 
     let mut report = json!({
@@ -171,6 +236,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         "prefix_workload_max_prob_difference": max_prob_gap,
         "peak_rss_mb": rss,
     });
+    if let Some((cached, uncached)) = report_label {
+        report["label_pairs_per_s_cached"] = json!(cached);
+        report["label_pairs_per_s_uncached"] = json!(uncached);
+        report["label_cache_speedup"] = json!(cached / uncached);
+    }
+    if let Some(server) = report_server {
+        report["label_pairs_per_s_llama_server"] = json!(server);
+    }
     if !args.no_peer {
         match llama_bench(&model_path.display().to_string(), threads) {
             Ok(Some((pp, tg))) => {
@@ -224,6 +297,18 @@ fn print_table(r: &Value) {
         r["prefix_workload_cached_s"].as_f64().unwrap_or(0.0),
         r["prefix_workload_speedup"].as_f64().unwrap_or(0.0)
     );
+    if r["label_pairs_per_s_cached"].is_number() {
+        println!(
+            "| CAI labeling, 100 pairs × 4 principles × 2 orders, cache off (pairs/s) | {} | | |",
+            f(&r["label_pairs_per_s_uncached"])
+        );
+        println!(
+            "| CAI labeling, cache on (pairs/s) | {} | {} (llama-server) | {:.2}× faster |",
+            f(&r["label_pairs_per_s_cached"]),
+            f(&r["label_pairs_per_s_llama_server"]),
+            r["label_cache_speedup"].as_f64().unwrap_or(0.0)
+        );
+    }
     println!("| peak RSS (MB) | {} | | |", f(&r["peak_rss_mb"]));
 }
 
@@ -274,4 +359,49 @@ fn which(name: &str) -> Result<std::path::PathBuf> {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
         .context("not found")
+}
+
+/// A server backend that borrows the embedded model's chat template, so
+/// prompts rendered for the embedded engine can be sent to the server as-is.
+struct RenderedChat<'a> {
+    inner: &'a qstar_openai::OpenAiBackend,
+    engine: &'a Engine,
+}
+
+#[async_trait::async_trait]
+impl LanguageModel for RenderedChat<'_> {
+    fn backend_name(&self) -> String {
+        self.inner.backend_name()
+    }
+    fn capabilities(&self) -> qstar_core::Capabilities {
+        qstar_core::Capabilities {
+            chat_template: true,
+            ..self.inner.capabilities()
+        }
+    }
+    async fn generate(
+        &self,
+        r: Vec<GenerateRequest>,
+    ) -> Result<Vec<qstar_core::GenerateResponse>, qstar_core::ModelError> {
+        self.inner.generate(r).await
+    }
+    async fn score(
+        &self,
+        r: Vec<qstar_core::ScoreRequest>,
+    ) -> Result<Vec<qstar_core::ScoreResponse>, qstar_core::ModelError> {
+        self.inner.score(r).await
+    }
+    async fn choose(
+        &self,
+        r: Vec<ChooseRequest>,
+    ) -> Result<Vec<qstar_core::ChooseResponse>, qstar_core::ModelError> {
+        self.inner.choose(r).await
+    }
+    fn render_chat(
+        &self,
+        m: &[qstar_core::Message],
+        add: bool,
+    ) -> Result<String, qstar_core::ModelError> {
+        self.engine.render_chat(m, add)
+    }
 }

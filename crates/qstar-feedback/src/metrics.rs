@@ -19,6 +19,9 @@ pub struct LabelMetrics {
     pub mean_p_a: f64,
     /// Answers that could not be parsed (always 0 for option probabilities).
     pub unparsed: usize,
+    /// Alignment of each principle on its own (both orders averaged), as
+    /// (principle index, pairs judged, alignment).
+    pub per_principle: Vec<(usize, usize, f64)>,
 }
 
 pub fn label_metrics(labels: &[PairLabel]) -> LabelMetrics {
@@ -62,7 +65,26 @@ pub fn label_metrics(labels: &[PairLabel]) -> LabelMetrics {
             (*count as f64 / n.max(1) as f64) * ((conf - correct) / *count as f64).abs()
         })
         .sum();
+    // Per principle: the pair's judgements under that principle, averaged.
+    let mut by_principle: std::collections::BTreeMap<usize, (usize, usize)> = Default::default();
+    for l in labels {
+        let mut seen: std::collections::BTreeMap<usize, (f64, usize)> = Default::default();
+        for j in &l.judgements {
+            let e = seen.entry(j.principle).or_default();
+            e.0 += j.p_human_chosen();
+            e.1 += 1;
+        }
+        for (principle, (sum, count)) in seen {
+            let e = by_principle.entry(principle).or_default();
+            e.0 += 1;
+            e.1 += usize::from(sum / count as f64 > 0.5);
+        }
+    }
     LabelMetrics {
+        per_principle: by_principle
+            .into_iter()
+            .map(|(p, (judged, aligned))| (p, judged, aligned as f64 / judged as f64))
+            .collect(),
         pairs: n,
         alignment: aligned as f64 / n.max(1) as f64,
         position_bias_rate: (both > 0).then(|| same as f64 / both as f64),
@@ -116,6 +138,7 @@ mod tests {
         let m = label_metrics(&[label(0.9, 0.1), label(0.8, 0.2)]);
         assert_eq!(m.position_bias_rate, Some(0.0));
         assert_eq!(m.alignment, 1.0);
+        assert_eq!(m.per_principle, vec![(0, 2, 1.0)]);
         // Confidence 0.9 and 0.8, both right: ECE = mean(0.1, 0.2).
         assert!((m.ece - 0.15).abs() < 1e-9, "{}", m.ece);
     }

@@ -11,6 +11,23 @@ fn sample() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/pairs.jsonl")
 }
 
+/// Every line of a JSONL output.
+fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .expect("output file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+fn assert_ok(run: &std::process::Output) {
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
 fn qstar() -> Command {
     Command::cargo_bin("qstar").expect("binary")
 }
@@ -42,11 +59,7 @@ fn labels_have_the_trl_contract_and_evaluate() {
         .args(label_args(&out, &["--principles", "2"]))
         .output()
         .expect("run");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_ok(&run);
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(stdout.contains("position-bias rate"), "{stdout}");
     let text = std::fs::read_to_string(&out).expect("out");
@@ -95,11 +108,7 @@ fn a_killed_run_resumes_without_losing_or_repeating_records() {
         .args(label_args(&whole, &extra))
         .output()
         .expect("uninterrupted run");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_ok(&run);
 
     let cut = dir.path().join("cut.jsonl");
     let store = dir.path().join("cut.jsonl.store.sqlite");
@@ -125,11 +134,7 @@ fn a_killed_run_resumes_without_losing_or_repeating_records() {
         .args(label_args(&cut, &extra))
         .output()
         .expect("resume");
-    assert!(
-        resumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
+    assert_ok(&resumed);
     assert!(String::from_utf8_lossy(&resumed.stderr).contains("resuming"));
     assert_eq!(
         std::fs::read_to_string(&cut).expect("resumed output"),
@@ -208,16 +213,8 @@ fn rlaif_and_chain_of_thought_labels() {
         .args(label_args(&rlaif, &["--method", "rlaif", "--limit", "3"]))
         .output()
         .expect("rlaif");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&rlaif)
-        .expect("out")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
+    assert_ok(&run);
+    let rows: Vec<serde_json::Value> = jsonl(&rlaif);
     assert_eq!(rows.len(), 3);
     // One preamble, both orders.
     assert!(rows
@@ -236,11 +233,7 @@ fn rlaif_and_chain_of_thought_labels() {
         "0.7",
     ];
     let run = qstar().args(label_args(&cot, &args)).output().expect("cot");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_ok(&run);
     for line in std::fs::read_to_string(&cot).expect("out").lines() {
         let r: serde_json::Value = serde_json::from_str(line).expect("json");
         for j in r["judgements"].as_array().expect("j") {
@@ -271,11 +264,7 @@ fn direct_rlaif_rewards_both_replies() {
         ])
         .output()
         .expect("rate");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_ok(&run);
     for line in std::fs::read_to_string(&out).expect("out").lines() {
         let r: serde_json::Value = serde_json::from_str(line).expect("json");
         for side in ["chosen", "rejected"] {
@@ -320,16 +309,8 @@ fn critique_revision_writes_sft_examples_with_their_chain() {
         .args(["--limit", "2", "--rounds", "2", "--max-tokens", "24"])
         .output()
         .expect("revise");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out)
-        .expect("out")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
+    assert_ok(&run);
+    let rows: Vec<serde_json::Value> = jsonl(&out);
     assert_eq!(rows.len(), 2);
     for r in &rows {
         let messages = r["messages"].as_array().expect("messages");
@@ -359,11 +340,7 @@ fn self_rewarding_judge_pairs_best_against_worst() {
         .args(["--limit", "3", "--samples", "3", "--max-tokens", "32"])
         .output()
         .expect("judge");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_ok(&run);
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(stdout.contains("unparsed judgements"), "{stdout}");
     for line in std::fs::read_to_string(&out).expect("out").lines() {

@@ -9,6 +9,8 @@ use qstar_core::{ChooseRequest, LanguageModel, Message, ModelError};
 use qstar_tasks::PreferencePair;
 use serde::{Deserialize, Serialize};
 
+use crate::mix;
+
 use crate::constitution::Constitution;
 
 const CAI_TEMPLATE: &str = include_str!("../prompts/cai_pairwise.j2");
@@ -118,14 +120,6 @@ pub struct CaiLabeler<'a> {
     constitution: &'a Constitution,
     config: CaiConfig,
     env: Environment<'static>,
-}
-
-/// SplitMix64 step: a seeded, order-independent stream per pair.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 impl<'a> CaiLabeler<'a> {

@@ -7,6 +7,8 @@ use minijinja::Environment;
 use qstar_core::{GenerateRequest, LanguageModel, Message, ModelError, SamplingParams};
 use serde::{Deserialize, Serialize};
 
+use crate::mix;
+
 const TEMPLATE: &str = include_str!("../prompts/judge.j2");
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,13 +56,6 @@ pub fn parse_score(judgement: &str) -> Option<u32> {
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     let n: u32 = digits.parse().ok()?;
     (n <= 5).then_some(n)
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 pub async fn judge_prompts(

@@ -6,6 +6,8 @@
 use qstar_core::{GenerateRequest, LanguageModel, Message, ModelError, SamplingParams};
 use serde::{Deserialize, Serialize};
 
+use crate::mix;
+
 use crate::constitution::Constitution;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,13 +48,6 @@ impl Revision {
     pub fn final_reply(&self) -> &str {
         self.rounds.last().map_or(&self.initial, |r| &r.revision)
     }
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Runs critique→revision for a batch of prompts; each step of all prompts

@@ -51,6 +51,34 @@ pub enum PromptFormat {
     Plain,
 }
 
+impl PromptFormat {
+    /// Fails early when the backend cannot render this format.
+    pub fn check(self, model: &dyn LanguageModel, purpose: &str) -> Result<(), ModelError> {
+        if self == PromptFormat::Chat && !model.capabilities().chat_template {
+            return Err(ModelError::Unsupported {
+                backend: model.backend_name(),
+                capability: format!(
+                    "a chat template for {purpose} prompts (use the plain prompt format)"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Puts a question to the model, with `cue` as the start of its reply.
+    pub fn frame(
+        self,
+        model: &dyn LanguageModel,
+        question: &str,
+        cue: &str,
+    ) -> Result<String, ModelError> {
+        Ok(match self {
+            PromptFormat::Chat => model.render_chat(&[Message::user(question)], true)? + cue,
+            PromptFormat::Plain => format!("Human: {}\n\nAssistant: {cue}", question.trim_end()),
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaiConfig {
     pub method: Method,
@@ -128,13 +156,7 @@ impl<'a> CaiLabeler<'a> {
         constitution: &'a Constitution,
         config: CaiConfig,
     ) -> Result<Self, ModelError> {
-        if config.format == PromptFormat::Chat && !model.capabilities().chat_template {
-            return Err(ModelError::Unsupported {
-                backend: model.backend_name(),
-                capability: "a chat template for labeling prompts (use the plain prompt format)"
-                    .into(),
-            });
-        }
+        config.format.check(model, "labeling")?;
         let mut env = Environment::new();
         env.add_template("cai", CAI_TEMPLATE)
             .and_then(|_| env.add_template("rlaif", RLAIF_TEMPLATE))
@@ -218,10 +240,7 @@ impl<'a> CaiLabeler<'a> {
             Method::Rlaif => "Preferred Response=",
             Method::Cot => "Let's think step by step:",
         };
-        Ok(match self.config.format {
-            PromptFormat::Chat => self.model.render_chat(&[Message::user(question)], true)? + cue,
-            PromptFormat::Plain => format!("Human: {}\n\nAssistant: {cue}", question.trim_end()),
-        })
+        self.config.format.frame(self.model, &question, cue)
     }
 
     /// Labels a batch of pairs; all their questions go to the model at once,

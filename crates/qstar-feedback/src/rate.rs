@@ -27,13 +27,7 @@ pub struct Rater<'a> {
 
 impl<'a> Rater<'a> {
     pub fn new(model: &'a dyn LanguageModel, format: PromptFormat) -> Result<Self, ModelError> {
-        if format == PromptFormat::Chat && !model.capabilities().chat_template {
-            return Err(ModelError::Unsupported {
-                backend: model.backend_name(),
-                capability: "a chat template for rating prompts (use the plain prompt format)"
-                    .into(),
-            });
-        }
+        format.check(model, "rating")?;
         let mut env = Environment::new();
         env.add_template("rate", TEMPLATE)
             .map_err(|e| ModelError::InvalidRequest(format!("rating template: {e}")))?;
@@ -49,10 +43,7 @@ impl<'a> Rater<'a> {
             })
             .map_err(|e| ModelError::InvalidRequest(format!("rating template: {e}")))?;
         let cue = "Rating: ";
-        Ok(match self.format {
-            PromptFormat::Chat => self.model.render_chat(&[Message::user(question)], true)? + cue,
-            PromptFormat::Plain => format!("Human: {}\n\nAssistant: {cue}", question.trim_end()),
-        })
+        self.format.frame(self.model, &question, cue)
     }
 
     /// Rates each (conversation, reply); all questions go to the model at once.

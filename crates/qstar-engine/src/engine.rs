@@ -209,17 +209,28 @@ impl LanguageModel for Engine {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, ModelError> {
-        let chat = self
-            .model
-            .chat
-            .as_ref()
-            .ok_or_else(|| ModelError::Unsupported {
-                backend: self.backend_name(),
-                capability: "chat templates (the GGUF has no tokenizer.chat_template)".into(),
-            })?;
-        chat.render(messages, add_generation_prompt)
-            .map_err(|e| ModelError::InvalidRequest(e.to_string()))
+        render_chat(
+            &self.model,
+            &self.backend_name(),
+            messages,
+            add_generation_prompt,
+        )
     }
+}
+
+/// Renders messages with the model's chat template, or says it has none.
+fn render_chat(
+    model: &LoadedModel,
+    backend: &str,
+    messages: &[Message],
+    add_generation_prompt: bool,
+) -> Result<String, ModelError> {
+    let chat = model.chat.as_ref().ok_or_else(|| ModelError::Unsupported {
+        backend: backend.into(),
+        capability: "chat templates (the GGUF has no tokenizer.chat_template)".into(),
+    })?;
+    chat.render(messages, add_generation_prompt)
+        .map_err(|e| ModelError::InvalidRequest(e.to_string()))
 }
 
 /// What a finished sequence reports to its job.
@@ -285,6 +296,8 @@ enum JobState {
         ids: Vec<u32>,
         /// Whether the first continuation token has nothing before it.
         first_unconditioned: bool,
+        /// Log-prob of each conditioned token, filled when the sequence ends.
+        logprobs: Vec<f32>,
     },
     Choose {
         reply: Reply<ChooseResponse>,
@@ -396,11 +409,13 @@ impl Actor {
                 let _ = tx.send(());
             }
             Job::Generate(req, reply) => {
-                if let Err(e) = self.intake_generate(id, req, &reply) {
-                    let _ = reply.send(Err(e));
-                    return;
-                }
-                let n = self.waiting.iter().filter(|s| s.job == id).count();
+                let n = match self.intake_generate(id, req) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
                 self.jobs.insert(
                     id,
                     PendingJob {
@@ -420,6 +435,7 @@ impl Actor {
                         reply,
                         ids: state.0,
                         first_unconditioned: state.1,
+                        logprobs: Vec::new(),
                     };
                     self.jobs.insert(
                         id,
@@ -457,25 +473,10 @@ impl Actor {
         }
     }
 
-    fn intake_generate(
-        &mut self,
-        id: u64,
-        req: GenerateRequest,
-        _reply: &Reply<GenerateResponse>,
-    ) -> Result<(), ModelError> {
+    /// Queues one sequence per sample and returns how many.
+    fn intake_generate(&mut self, id: u64, req: GenerateRequest) -> Result<usize, ModelError> {
         let prompt = match &req.messages {
-            Some(messages) => {
-                let chat = self
-                    .model
-                    .chat
-                    .as_ref()
-                    .ok_or_else(|| ModelError::Unsupported {
-                        backend: "embedded".into(),
-                        capability: "chat templates (the GGUF has none)".into(),
-                    })?;
-                chat.render(messages, true)
-                    .map_err(|e| ModelError::InvalidRequest(e.to_string()))?
-            }
+            Some(messages) => render_chat(&self.model, "embedded", messages, true)?,
             None => req.prompt.clone(),
         };
         let tokens = self.model.tokenizer.encode(&prompt, true);
@@ -485,38 +486,26 @@ impl Actor {
             ));
         }
         self.check_length(tokens.len(), 1)?;
-        if req.params.max_tokens == 0 {
-            // Nothing to generate: answer without touching the model.
-            for i in 0..req.n {
-                let mut seq = self.new_seq(id, i, tokens.clone());
-                seq.kv.len = tokens.len();
-                seq.generation = Some(Generation {
-                    params: req.params.clone(),
-                    rng: Rng::new(0),
-                    top_logprobs: req.top_logprobs,
-                    generated: Vec::new(),
-                    logprobs: Vec::new(),
-                    finish: Some(FinishReason::Length),
-                    stop_at: None,
-                });
-                self.waiting.push_back(seq);
-            }
-            return Ok(());
-        }
+        // With nothing to generate, the samples are finished before they
+        // start and never touch the model.
+        let nothing = req.params.max_tokens == 0;
         for i in 0..req.n {
             let mut seq = self.new_seq(id, i, tokens.clone());
+            if nothing {
+                seq.kv.len = tokens.len();
+            }
             seq.generation = Some(Generation {
                 params: req.params.clone(),
                 rng: Rng::new(req.params.seed.wrapping_add(i as u64)),
                 top_logprobs: req.top_logprobs.map(|k| k.min(20)),
                 generated: Vec::new(),
                 logprobs: Vec::new(),
-                finish: None,
+                finish: nothing.then_some(FinishReason::Length),
                 stop_at: None,
             });
             self.waiting.push_back(seq);
         }
-        Ok(())
+        Ok(req.n)
     }
 
     fn intake_score(
@@ -774,54 +763,14 @@ impl Actor {
                         *t += rows.iter().map(|r| r[0] as f64).sum::<f64>();
                     }
                 }
-                (JobState::Score { .. }, SeqOutput::Logprobs(rows)) => {
-                    // Stash the rows in `totals`-like form via the reply below.
-                    pending.remaining -= 1;
-                    self.finish_score(job, rows);
-                    continue;
+                (JobState::Score { logprobs, .. }, SeqOutput::Logprobs(rows)) => {
+                    *logprobs = rows.iter().map(|r| r[0]).collect();
                 }
                 _ => {}
             }
             pending.remaining -= 1;
             self.finish_if_done(job);
         }
-    }
-
-    fn finish_score(&mut self, job: u64, rows: Vec<Vec<f32>>) {
-        let Some(pending) = self.jobs.remove(&job) else {
-            return;
-        };
-        let JobState::Score {
-            reply,
-            ids,
-            first_unconditioned,
-        } = pending.state
-        else {
-            return;
-        };
-        let tokenizer = &self.model.tokenizer;
-        let mut values = rows.into_iter().map(|r| r[0]);
-        let mut tokens = Vec::with_capacity(ids.len());
-        let mut total = 0f64;
-        for (i, &id) in ids.iter().enumerate() {
-            let logprob = if i == 0 && first_unconditioned {
-                None
-            } else {
-                values.next()
-            };
-            total += logprob.unwrap_or(0.0) as f64;
-            tokens.push(TokenLogprob {
-                id,
-                text: tokenizer.token_text(id),
-                logprob,
-                top: Vec::new(),
-            });
-        }
-        let _ = reply.send(Ok(ScoreResponse {
-            tokens,
-            total_logprob: total,
-            usage: pending.usage,
-        }));
     }
 
     fn finish_if_done(&mut self, job: u64) {
@@ -847,10 +796,37 @@ impl Actor {
             } => {
                 let _ = reply.send(Ok(choose_response(&options, totals, pending.usage)));
             }
-            JobState::Score { reply, .. } => {
-                let _ = reply.send(Err(ModelError::Backend {
-                    backend: "embedded".into(),
-                    message: "score job finished without results".into(),
+            JobState::Score {
+                reply,
+                ids,
+                first_unconditioned,
+                logprobs,
+            } => {
+                let tokenizer = &self.model.tokenizer;
+                let mut values = logprobs.into_iter();
+                let mut total = 0f64;
+                let tokens = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &id)| {
+                        let logprob = if i == 0 && first_unconditioned {
+                            None
+                        } else {
+                            values.next()
+                        };
+                        total += logprob.unwrap_or(0.0) as f64;
+                        TokenLogprob {
+                            id,
+                            text: tokenizer.token_text(id),
+                            logprob,
+                            top: Vec::new(),
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(Ok(ScoreResponse {
+                    tokens,
+                    total_logprob: total,
+                    usage: pending.usage,
                 }));
             }
         }

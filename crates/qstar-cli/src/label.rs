@@ -123,11 +123,30 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Each pair's opening human turn, keyed by its input line.
+fn opening_prompts(pairs: &[PreferencePair]) -> Vec<(u64, String)> {
+    pairs
+        .iter()
+        .map(|p| {
+            let opening = p.conversation.iter().find(|m| m.role == "user");
+            (
+                p.line as u64,
+                opening.map(|m| m.content.clone()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// A judged prompt's record holds a DPO pair (only those are exported).
+fn is_dpo_pair(record: &str) -> bool {
+    record.contains("\"chosen\"")
+}
+
 type Records<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<String>>> + 'a>>;
 
 /// Runs `process` over the pairs not yet in the store, committing each
-/// record as soon as its chunk is done, then exports every record of the job
-/// in input order. Returns the exported records.
+/// record as soon as its chunk is done, then exports the job's records that
+/// `exported` accepts, in input order. Returns every record of these pairs.
 async fn run_pair_job<'a>(
     args: &PairJobArgs,
     kind: &str,
@@ -195,13 +214,13 @@ async fn run_pair_job<'a>(
     let records: Vec<String> = store
         .records(&job)?
         .into_iter()
-        .filter(|(key, data)| wanted.contains(key) && exported(data))
+        .filter(|(key, _)| wanted.contains(key))
         .map(|(_, data)| data)
         .collect();
     let tmp = sibling(&args.out, ".part");
     {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        for data in &records {
+        for data in records.iter().filter(|r| exported(r)) {
             writeln!(f, "{data}")?;
         }
         f.flush()?;
@@ -440,17 +459,7 @@ pub async fn revise(args: ReviseArgs) -> Result<()> {
         |_| true,
         |chunk| {
             Box::pin(async move {
-                let prompts: Vec<(u64, String)> = chunk
-                    .iter()
-                    .map(|p| {
-                        let opening = p
-                            .conversation
-                            .iter()
-                            .find(|m| m.role == "user")
-                            .map(|m| m.content.clone());
-                        (p.line as u64, opening.unwrap_or_default())
-                    })
-                    .collect();
+                let prompts = opening_prompts(&chunk);
                 let revisions =
                     qstar_feedback::critique_and_revise(model_ref, constitution, config, &prompts)
                         .await?;
@@ -510,15 +519,9 @@ pub async fn judge(args: JudgeArgs) -> Result<()> {
         json!({"method": "llm-as-judge", "config": config, "backend": model.backend_name()});
     let (model_ref, config) = (model.as_ref(), &config);
     // Every prompt's record is stored; only formed pairs are exported.
-    let records = run_pair_job(&args.job, "judge", &resolved, |r| r.contains("\"chosen\""), |chunk| {
+    let records = run_pair_job(&args.job, "judge", &resolved, is_dpo_pair, |chunk| {
         Box::pin(async move {
-            let prompts: Vec<(u64, String)> = chunk
-                .iter()
-                .map(|p| {
-                    let opening = p.conversation.iter().find(|m| m.role == "user").map(|m| m.content.clone());
-                    (p.line as u64, opening.unwrap_or_default())
-                })
-                .collect();
+            let prompts = opening_prompts(&chunk);
             let judged = qstar_feedback::judge_prompts(model_ref, config, &prompts).await?;
             chunk
                 .iter()
@@ -532,8 +535,10 @@ pub async fn judge(args: JudgeArgs) -> Result<()> {
                         "samples": j.samples,
                     });
                     if let Some((best, worst)) = j.pair {
-                        record["chosen"] = json!([{"role": "assistant", "content": j.samples[best].response}]);
-                        record["rejected"] = json!([{"role": "assistant", "content": j.samples[worst].response}]);
+                        record["chosen"] =
+                            json!([{"role": "assistant", "content": j.samples[best].response}]);
+                        record["rejected"] =
+                            json!([{"role": "assistant", "content": j.samples[worst].response}]);
                         record["score_chosen"] = json!(j.samples[best].score);
                         record["score_rejected"] = json!(j.samples[worst].score);
                     }
@@ -544,22 +549,17 @@ pub async fn judge(args: JudgeArgs) -> Result<()> {
     })
     .await?;
     // Report over every judged prompt, not only the exported pairs.
-    let store_path = args
-        .job
-        .store
-        .clone()
-        .unwrap_or_else(|| sibling(&args.job.out, ".store.sqlite"));
-    let all = Store::open(&store_path)?.records(&format!("judge:{}", args.job.out.display()))?;
+    let pairs = records.iter().filter(|r| is_dpo_pair(r)).count();
     let (mut judged, mut unparsed) = (0usize, 0usize);
-    for data in all.values() {
+    for data in &records {
         let v: serde_json::Value = serde_json::from_str(data)?;
         judged += v["samples"].as_array().map_or(0, |s| s.len());
         unparsed += v["unparsed"].as_u64().unwrap_or(0) as usize;
     }
     println!(
         "{} DPO pairs from {} prompts → {}",
+        pairs,
         records.len(),
-        all.len(),
         args.job.out.display()
     );
     println!("| metric | value |");
@@ -568,7 +568,7 @@ pub async fn judge(args: JudgeArgs) -> Result<()> {
     println!("| unparsed judgements (not scored, never guessed) | {unparsed} |");
     println!(
         "| prompts skipped (ties or too few scores) | {} |",
-        all.len() - records.len()
+        records.len() - pairs
     );
     Ok(())
 }

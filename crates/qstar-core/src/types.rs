@@ -163,6 +163,18 @@ pub struct GenerateResponse {
     pub usage: Usage,
 }
 
+impl GenerateResponse {
+    /// The text of the first completion (empty when there is none), for
+    /// callers that asked for one sample.
+    pub fn into_first_text(self) -> String {
+        self.completions
+            .into_iter()
+            .next()
+            .map(|c| c.text)
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoreRequest {
     /// May be empty; the continuation is then scored from the start.

@@ -289,12 +289,7 @@ impl<'a> CaiLabeler<'a> {
             for ((prompt, rationale), answer) in
                 prompts.iter_mut().zip(&mut rationales).zip(answers)
             {
-                let text = answer
-                    .completions
-                    .into_iter()
-                    .next()
-                    .map(|c| c.text)
-                    .unwrap_or_default();
+                let text = answer.into_first_text();
                 prompt.push_str(&text);
                 prompt.push_str("\nThe answer is (");
                 *rationale = Some(text);

@@ -87,6 +87,7 @@ pub async fn judge_prompts(
                 .collect(),
         )
         .await?;
+    let cued = model.capabilities().chat_template;
     let mut requests = Vec::new();
     for ((_, p), s) in prompts.iter().zip(&samples) {
         for c in &s.completions {
@@ -100,7 +101,12 @@ pub async fn judge_prompts(
                 vec![Message::user(question)],
                 SamplingParams {
                     max_tokens: config.judge_tokens,
-                    stop: vec!["Score:".into()],
+                    // Stop where the number would come only when we cue it.
+                    stop: if cued {
+                        vec!["Score:".into()]
+                    } else {
+                        Vec::new()
+                    },
                     ..Default::default()
                 },
             ));
@@ -110,46 +116,28 @@ pub async fn judge_prompts(
         .generate(requests.clone())
         .await?
         .into_iter()
-        .map(|g| {
-            g.completions
-                .into_iter()
-                .next()
-                .map(|c| c.text)
-                .unwrap_or_default()
-        })
+        .map(|g| g.into_first_text())
         .collect();
-    // With the chat template at hand, the explanation is followed by the cue
-    // "Score: " and the model writes the number itself; the parse stays the
-    // same (a missing or out-of-range number is unparsed).
-    if model.capabilities().chat_template {
-        let mut cued = Vec::with_capacity(requests.len());
-        for (r, e) in requests.iter().zip(&explanations) {
+    // With the chat template at hand, the explanation (cut at "Score:") is
+    // followed by the cue "Score: " and the model writes the number itself;
+    // the parse stays the same (a missing or out-of-range number is unparsed).
+    if cued {
+        let mut prompts = Vec::with_capacity(requests.len());
+        for (r, e) in requests.iter().zip(&mut explanations) {
+            e.truncate(e.trim_end().len());
             let messages = r.messages.as_deref().unwrap_or_default();
-            let head = e.split("Score:").next().unwrap_or_default().trim_end();
-            let prompt = model.render_chat(messages, true)? + head + "\nScore: ";
-            cued.push(GenerateRequest::new(
-                prompt,
+            prompts.push(GenerateRequest::new(
+                model.render_chat(messages, true)? + e + "\nScore: ",
                 SamplingParams {
                     max_tokens: 2,
                     ..Default::default()
                 },
             ));
         }
-        let numbers = model.generate(cued).await?;
+        let numbers = model.generate(prompts).await?;
         for (e, n) in explanations.iter_mut().zip(numbers) {
-            let head = e
-                .split("Score:")
-                .next()
-                .unwrap_or_default()
-                .trim_end()
-                .to_string();
-            let number = n
-                .completions
-                .into_iter()
-                .next()
-                .map(|c| c.text)
-                .unwrap_or_default();
-            *e = format!("{head}\nScore: {number}");
+            e.push_str("\nScore: ");
+            e.push_str(&n.into_first_text());
         }
     }
     let mut judgements = explanations.into_iter();

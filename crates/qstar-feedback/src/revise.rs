@@ -81,13 +81,7 @@ pub async fn critique_and_revise(
             Ok::<Vec<String>, ModelError>(
                 answers
                     .into_iter()
-                    .map(|a| {
-                        a.completions
-                            .into_iter()
-                            .next()
-                            .map(|c| c.text.trim().to_string())
-                            .unwrap_or_default()
-                    })
+                    .map(|a| a.into_first_text().trim().to_string())
                     .collect(),
             )
         }

@@ -6,8 +6,12 @@
 
 mod error;
 mod model;
+mod prompt;
+mod rng;
 mod types;
 
 pub use error::ModelError;
 pub use model::{Capabilities, LanguageModel};
+pub use prompt::PromptFormat;
+pub use rng::{mix, SplitMix};
 pub use types::*;

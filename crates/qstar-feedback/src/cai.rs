@@ -5,7 +5,7 @@
 //! averaged so that the labeler's preference for a position cancels out.
 
 use minijinja::Environment;
-use qstar_core::{ChooseRequest, LanguageModel, Message, ModelError};
+use qstar_core::{ChooseRequest, LanguageModel, ModelError, PromptFormat};
 use qstar_tasks::PreferencePair;
 use serde::{Deserialize, Serialize};
 
@@ -39,44 +39,6 @@ pub enum PrincipleChoice {
     Sample(usize),
     /// Every principle (the ensemble).
     All,
-}
-
-/// How the question reaches the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PromptFormat {
-    /// The model's chat template, then "The answer is (" as the reply.
-    Chat,
-    /// Plain "Human: … Assistant: The answer is (" text.
-    Plain,
-}
-
-impl PromptFormat {
-    /// Fails early when the backend cannot render this format.
-    pub fn check(self, model: &dyn LanguageModel, purpose: &str) -> Result<(), ModelError> {
-        if self == PromptFormat::Chat && !model.capabilities().chat_template {
-            return Err(ModelError::Unsupported {
-                backend: model.backend_name(),
-                capability: format!(
-                    "a chat template for {purpose} prompts (use the plain prompt format)"
-                ),
-            });
-        }
-        Ok(())
-    }
-
-    /// Puts a question to the model, with `cue` as the start of its reply.
-    pub fn frame(
-        self,
-        model: &dyn LanguageModel,
-        question: &str,
-        cue: &str,
-    ) -> Result<String, ModelError> {
-        Ok(match self {
-            PromptFormat::Chat => model.render_chat(&[Message::user(question)], true)? + cue,
-            PromptFormat::Plain => format!("Human: {}\n\nAssistant: {cue}", question.trim_end()),
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -344,6 +306,7 @@ impl<'a> CaiLabeler<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qstar_core::Message;
 
     fn pair(line: usize) -> PreferencePair {
         PreferencePair {

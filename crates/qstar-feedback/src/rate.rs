@@ -6,7 +6,7 @@ use minijinja::Environment;
 use qstar_core::{ChooseRequest, LanguageModel, Message, ModelError};
 use serde::{Deserialize, Serialize};
 
-use crate::cai::PromptFormat;
+use qstar_core::PromptFormat;
 
 const TEMPLATE: &str = include_str!("../prompts/rate.j2");
 

@@ -1,5 +1,13 @@
-//! Data sets qstar reads. For now: preference pairs for AI labeling.
+//! Data sets qstar reads: preference pairs for AI labeling, and questions
+//! with checkable answers (GSM8K, MATH, generated arithmetic and serial
+//! problems) for test-time search.
 
+pub mod latex;
+pub mod numeric;
 pub mod preference;
+pub mod problems;
+pub mod serial;
 
 pub use preference::{read_pairs, PreferencePair, ReadReport, TaskError};
+pub use problems::{arithmetic_problem, read_problems, Problem, Task};
+pub use serial::{SerialFormat, SerialKind, SerialProblem, SERIAL_KINDS};

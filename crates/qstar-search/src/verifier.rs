@@ -1,0 +1,448 @@
+//! Verifiers give a score to each step of a solution (higher is better, in
+//! [0, 1]); a solution's score aggregates its steps. All sit behind one
+//! trait so every strategy can use any of them.
+
+use async_trait::async_trait;
+use qstar_core::{ChooseRequest, LanguageModel, ModelError, ScoreRequest, TokenLogprob};
+use serde::{Deserialize, Serialize};
+
+use crate::searcher::Searcher;
+use crate::tree::{NodeId, Tree};
+use crate::SearchError;
+
+/// How step scores become a solution score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    Min,
+    Last,
+    Product,
+    Mean,
+}
+
+impl Aggregation {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "min" => Aggregation::Min,
+            "last" => Aggregation::Last,
+            "product" | "prod" => Aggregation::Product,
+            "mean" => Aggregation::Mean,
+            _ => return None,
+        })
+    }
+
+    /// The solution score of these step scores (0 for none).
+    pub fn apply(self, scores: &[f64]) -> f64 {
+        if scores.is_empty() {
+            return 0.0;
+        }
+        match self {
+            Aggregation::Min => scores.iter().copied().fold(f64::INFINITY, f64::min),
+            Aggregation::Last => scores[scores.len() - 1],
+            Aggregation::Product => scores.iter().product(),
+            Aggregation::Mean => scores.iter().sum::<f64>() / scores.len() as f64,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Verifier: Send + Sync {
+    fn name(&self) -> String;
+
+    /// How this verifier's step scores are best combined by default.
+    fn aggregation(&self) -> Aggregation {
+        Aggregation::Min
+    }
+
+    /// Scores every step on the paths to `leaves` that has no score yet.
+    async fn score(
+        &self,
+        searcher: &Searcher<'_>,
+        tree: &mut Tree,
+        leaves: &[NodeId],
+    ) -> Result<(), SearchError>;
+}
+
+/// Steps on the paths to `leaves` still without a score, each once.
+fn unscored(tree: &Tree, leaves: &[NodeId]) -> Vec<NodeId> {
+    let mut out: Vec<NodeId> = Vec::new();
+    for &leaf in leaves {
+        for n in tree.path(leaf) {
+            if tree.node(n).score.is_none() && !out.contains(&n) {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
+/// The exact answer checker as a verifier: 1 for a finished, correct
+/// solution, 0 for a wrong or unanswered one, 0.5 for a step whose solution
+/// is not finished. An oracle: for evaluation and labels, used at test time
+/// only when asked for by name.
+pub struct CheckerVerifier;
+
+#[async_trait]
+impl Verifier for CheckerVerifier {
+    fn name(&self) -> String {
+        "checker".into()
+    }
+
+    fn aggregation(&self) -> Aggregation {
+        Aggregation::Last
+    }
+
+    async fn score(
+        &self,
+        s: &Searcher<'_>,
+        tree: &mut Tree,
+        leaves: &[NodeId],
+    ) -> Result<(), SearchError> {
+        for &leaf in leaves {
+            let node = tree.node(leaf);
+            let value = match (&node.finished, &node.answer) {
+                (true, Some(a)) => f64::from(u8::from(s.is_correct(a))),
+                (true, None) => 0.0,
+                (false, _) => 0.5,
+            };
+            tree.node_mut(leaf).score = Some(value);
+        }
+        Ok(())
+    }
+}
+
+/// The model as a process (or outcome) reward model: the probability of
+/// "Yes" when asked whether the last step so far is correct.
+pub struct JudgeVerifier<'m> {
+    pub model: &'m dyn LanguageModel,
+    /// Judge only finished solutions (an outcome reward model); steps of
+    /// unfinished ones are still judged when a search needs them.
+    pub outcome_only: bool,
+}
+
+impl JudgeVerifier<'_> {
+    fn question(s: &Searcher<'_>, solution: &str) -> String {
+        format!(
+            "Here is a math problem and the start of a solution.\n\nProblem: {}\n\nSolution:\n{}\n\nIs the last step of this solution correct? Answer Yes or No.",
+            s.problem.question.trim(),
+            solution.trim_end()
+        )
+    }
+}
+
+#[async_trait]
+impl Verifier for JudgeVerifier<'_> {
+    fn name(&self) -> String {
+        if self.outcome_only { "orm" } else { "prm" }.into()
+    }
+
+    fn aggregation(&self) -> Aggregation {
+        if self.outcome_only {
+            Aggregation::Last
+        } else {
+            Aggregation::Min
+        }
+    }
+
+    async fn score(
+        &self,
+        s: &Searcher<'_>,
+        tree: &mut Tree,
+        leaves: &[NodeId],
+    ) -> Result<(), SearchError> {
+        let nodes = if self.outcome_only {
+            leaves
+                .iter()
+                .copied()
+                .filter(|&l| tree.node(l).score.is_none())
+                .collect()
+        } else {
+            unscored(tree, leaves)
+        };
+        let mut requests = Vec::with_capacity(nodes.len());
+        for &n in &nodes {
+            let prompt =
+                s.config
+                    .format
+                    .frame(self.model, &Self::question(s, &tree.text(n)), "")?;
+            requests.push(ChooseRequest {
+                prompt,
+                options: vec!["Yes".into(), "No".into()],
+            });
+        }
+        let answers = s.choose(self.model, requests).await?;
+        for (n, a) in nodes.into_iter().zip(answers) {
+            tree.node_mut(n).score = a.options.first().map(|o| o.prob);
+        }
+        Ok(())
+    }
+}
+
+/// Per-token log-probs of a step, or a clear error when the backend did not
+/// report them.
+fn step_tokens<'t>(
+    tree: &'t Tree,
+    n: NodeId,
+    who: &str,
+) -> Result<&'t [TokenLogprob], SearchError> {
+    let node = tree.node(n);
+    if node.tokens.is_empty() && !node.text.trim().is_empty() {
+        return Err(SearchError::Config(format!(
+            "the {who} verifier needs per-token log-probs with alternatives, and the backend reported none"
+        )));
+    }
+    Ok(&node.tokens)
+}
+
+/// Marco-o1's token confidence: each token's probability renormalized among
+/// the top alternatives at its position, averaged over the step.
+pub struct ConfidenceVerifier;
+
+/// Confidence of one token: exp(lp) / Σ exp(lp_k) over the top alternatives
+/// (the chosen token is added when it is not among them).
+pub fn token_confidence(t: &TokenLogprob) -> f64 {
+    let Some(lp) = t.logprob else { return 1.0 };
+    let mut total: f64 = t.top.iter().map(|a| (a.logprob as f64).exp()).sum();
+    if !t.top.iter().any(|a| a.id == t.id) {
+        total += (lp as f64).exp();
+    }
+    if total <= 0.0 {
+        return 0.0;
+    }
+    (lp as f64).exp() / total
+}
+
+#[async_trait]
+impl Verifier for ConfidenceVerifier {
+    fn name(&self) -> String {
+        "confidence".into()
+    }
+
+    fn aggregation(&self) -> Aggregation {
+        Aggregation::Mean
+    }
+
+    async fn score(
+        &self,
+        _: &Searcher<'_>,
+        tree: &mut Tree,
+        leaves: &[NodeId],
+    ) -> Result<(), SearchError> {
+        for n in unscored(tree, leaves) {
+            let tokens = step_tokens(tree, n, "confidence")?;
+            let value = if tokens.is_empty() {
+                1.0
+            } else {
+                tokens.iter().map(token_confidence).sum::<f64>() / tokens.len() as f64
+            };
+            tree.node_mut(n).score = Some(value);
+        }
+        Ok(())
+    }
+}
+
+/// LeCo's step confidence: the average token probability of the step,
+/// discounted by its divergence — the KL divergence of the step's
+/// normalized token probabilities from uniform, which is large when a few
+/// tokens are much less certain than the rest. Score = avg · exp(−KL).
+pub struct LecoVerifier;
+
+pub fn leco_confidence(tokens: &[TokenLogprob]) -> f64 {
+    let probs: Vec<f64> = tokens
+        .iter()
+        .filter_map(|t| t.logprob)
+        .map(|lp| (lp as f64).exp())
+        .collect();
+    if probs.is_empty() {
+        return 1.0;
+    }
+    let n = probs.len() as f64;
+    let sum: f64 = probs.iter().sum();
+    let average = sum / n;
+    let divergence: f64 = probs
+        .iter()
+        .map(|p| p / sum)
+        .filter(|&q| q > 0.0)
+        .map(|q| q * (q * n).ln())
+        .sum();
+    average * (-divergence).exp()
+}
+
+#[async_trait]
+impl Verifier for LecoVerifier {
+    fn name(&self) -> String {
+        "leco".into()
+    }
+
+    async fn score(
+        &self,
+        _: &Searcher<'_>,
+        tree: &mut Tree,
+        leaves: &[NodeId],
+    ) -> Result<(), SearchError> {
+        for n in unscored(tree, leaves) {
+            let value = leco_confidence(step_tokens(tree, n, "leco")?);
+            tree.node_mut(n).score = Some(value);
+        }
+        Ok(())
+    }
+}
+
+/// The implicit reward of a DPO policy ("From r to Q*"): β Σ (log π − log
+/// π_ref) over the step's tokens, squashed with a sigmoid into (0, 1).
+/// Both models score the same text, so tokenization cannot differ.
+pub struct DpoVerifier<'m> {
+    pub policy: &'m dyn LanguageModel,
+    pub reference: &'m dyn LanguageModel,
+    pub beta: f64,
+}
+
+#[async_trait]
+impl Verifier for DpoVerifier<'_> {
+    fn name(&self) -> String {
+        "dpo".into()
+    }
+
+    fn aggregation(&self) -> Aggregation {
+        Aggregation::Mean
+    }
+
+    async fn score(
+        &self,
+        s: &Searcher<'_>,
+        tree: &mut Tree,
+        leaves: &[NodeId],
+    ) -> Result<(), SearchError> {
+        let nodes = unscored(tree, leaves);
+        let requests: Vec<ScoreRequest> = nodes
+            .iter()
+            .map(|&n| {
+                let parent = tree.node(n).parent.unwrap_or(Tree::ROOT);
+                ScoreRequest {
+                    prompt: s.prompt.clone() + &tree.text(parent),
+                    continuation: tree.node(n).text.clone(),
+                }
+            })
+            .filter(|r| !r.continuation.is_empty())
+            .collect();
+        let policy = s.score(self.policy, requests.clone()).await?;
+        let reference = s.score(self.reference, requests).await?;
+        let mut margins = policy
+            .iter()
+            .zip(&reference)
+            .map(|(p, r)| p.total_logprob - r.total_logprob);
+        for n in nodes {
+            let margin = if tree.node(n).text.is_empty() {
+                0.0
+            } else {
+                margins.next().ok_or_else(|| {
+                    SearchError::Model(ModelError::Backend {
+                        backend: self.reference.backend_name(),
+                        message: "a score response is missing".into(),
+                    })
+                })?
+            };
+            tree.node_mut(n).score = Some(1.0 / (1.0 + (-self.beta * margin).exp()));
+        }
+        Ok(())
+    }
+}
+
+/// Self-consistency as a verifier: the share of finished solutions in the
+/// tree that reach the same answer (0 for an unanswered or unfinished one).
+pub struct AgreementVerifier;
+
+#[async_trait]
+impl Verifier for AgreementVerifier {
+    fn name(&self) -> String {
+        "agreement".into()
+    }
+
+    fn aggregation(&self) -> Aggregation {
+        Aggregation::Last
+    }
+
+    async fn score(
+        &self,
+        _: &Searcher<'_>,
+        tree: &mut Tree,
+        leaves: &[NodeId],
+    ) -> Result<(), SearchError> {
+        let answers: Vec<Option<String>> = tree
+            .finished()
+            .into_iter()
+            .map(|n| tree.node(n).answer.clone())
+            .collect();
+        let total = answers.len().max(1) as f64;
+        for &leaf in leaves {
+            let node = tree.node(leaf);
+            let value = match (&node.finished, &node.answer) {
+                (true, Some(a)) => {
+                    answers.iter().filter(|b| b.as_ref() == Some(a)).count() as f64 / total
+                }
+                _ => 0.0,
+            };
+            // Agreement changes as solutions arrive, so it is always redone.
+            tree.node_mut(leaf).score = Some(value);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qstar_core::TopLogprob;
+
+    fn token(id: u32, lp: f32, top: &[(u32, f32)]) -> TokenLogprob {
+        TokenLogprob {
+            id,
+            text: String::new(),
+            logprob: Some(lp),
+            top: top
+                .iter()
+                .map(|&(id, logprob)| TopLogprob {
+                    id,
+                    text: String::new(),
+                    logprob,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn aggregations() {
+        let s = [0.9, 0.5, 0.8];
+        assert_eq!(Aggregation::Min.apply(&s), 0.5);
+        assert_eq!(Aggregation::Last.apply(&s), 0.8);
+        assert!((Aggregation::Product.apply(&s) - 0.36).abs() < 1e-12);
+        assert!((Aggregation::Mean.apply(&s) - 2.2 / 3.0).abs() < 1e-12);
+        assert_eq!(Aggregation::Min.apply(&[]), 0.0);
+    }
+
+    #[test]
+    fn token_confidence_renormalizes_among_alternatives() {
+        let half = 0.5f32.ln();
+        let quarter = 0.25f32.ln();
+        // Chosen 0.5 among alternatives 0.5 + 0.25: 2/3.
+        let c = token_confidence(&token(1, half, &[(1, half), (2, quarter)]));
+        assert!((c - 2.0 / 3.0).abs() < 1e-6);
+        // A chosen token outside the list is counted in the total.
+        let c = token_confidence(&token(9, quarter, &[(1, half)]));
+        assert!((c - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn leco_prefers_even_certainty() {
+        let steady: Vec<_> = (0..4).map(|_| token(0, 0.8f32.ln(), &[])).collect();
+        let uneven = vec![
+            token(0, 0.99f32.ln(), &[]),
+            token(0, 0.99f32.ln(), &[]),
+            token(0, 0.99f32.ln(), &[]),
+            token(0, 0.23f32.ln(), &[]),
+        ];
+        // Same average probability (0.8), but one weak token.
+        assert!((leco_confidence(&steady) - 0.8).abs() < 1e-6);
+        assert!(leco_confidence(&uneven) < leco_confidence(&steady));
+    }
+}

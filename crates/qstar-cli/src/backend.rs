@@ -68,8 +68,18 @@ impl BackendArgs {
     }
 
     pub async fn open(&self) -> Result<Arc<dyn LanguageModel>> {
+        Ok(self.open_with_size().await?.0)
+    }
+
+    /// The model and its parameter count (for FLOP estimates; 0 when a
+    /// server does not say).
+    pub async fn open_with_size(&self) -> Result<(Arc<dyn LanguageModel>, u64)> {
         match self.backend {
-            BackendKind::Embedded => Ok(Arc::new(self.engine().await?)),
+            BackendKind::Embedded => {
+                let engine = self.engine().await?;
+                let parameters = engine.info().parameters as u64;
+                Ok((Arc::new(engine), parameters))
+            }
             BackendKind::Openai => {
                 if self.base_url.is_empty() {
                     return Err(UsageError(
@@ -84,7 +94,7 @@ impl BackendArgs {
                     concurrency: self.concurrency.max(1),
                     ..Default::default()
                 };
-                Ok(Arc::new(qstar_openai::OpenAiBackend::new(config)?))
+                Ok((Arc::new(qstar_openai::OpenAiBackend::new(config)?), 0))
             }
         }
     }

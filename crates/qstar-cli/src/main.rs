@@ -4,6 +4,10 @@ mod backend;
 mod bench;
 mod commands;
 mod label;
+mod plot;
+mod solve;
+mod sweep;
+mod tasks;
 
 use std::process::ExitCode;
 
@@ -45,6 +49,15 @@ enum Command {
     Revise(label::ReviseArgs),
     /// Self-rewarding: judge sampled replies, emit best-vs-worst DPO pairs.
     Judge(label::JudgeArgs),
+    /// Search for answers at test time (resumable).
+    Solve(solve::SolveArgs),
+    /// Compare strategies × budgets: table, sweep.json, sweep.png.
+    Sweep(sweep::SweepArgs),
+    /// Generate synthetic question sets.
+    Tasks {
+        #[command(subcommand)]
+        command: TasksCommand,
+    },
     /// Measure labels, models and searches.
     Eval {
         #[command(subcommand)]
@@ -57,6 +70,12 @@ enum EvalCommand {
     /// Agreement of AI labels with the source's preferences, position bias
     /// and calibration.
     Labels(label::EvalLabelsArgs),
+}
+
+#[derive(Subcommand)]
+enum TasksCommand {
+    /// Seeded arithmetic or serial problems as JSONL.
+    Generate(tasks::GenerateTasksArgs),
 }
 
 #[derive(Subcommand)]
@@ -99,6 +118,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         {
             return 2;
         }
+        if let Some(e) = cause.downcast_ref::<qstar_search::SearchError>() {
+            return if e.is_input_error() { 2 } else { 1 };
+        }
         if let Some(e) = cause.downcast_ref::<qstar_core::ModelError>() {
             return if e.is_input_error() { 2 } else { 1 };
         }
@@ -140,6 +162,11 @@ fn main() -> ExitCode {
             Command::Rate(args) => label::rate(args).await,
             Command::Revise(args) => label::revise(args).await,
             Command::Judge(args) => label::judge(args).await,
+            Command::Solve(args) => solve::solve(args).await,
+            Command::Sweep(args) => sweep::sweep(args).await,
+            Command::Tasks { command } => match command {
+                TasksCommand::Generate(args) => tasks::generate(args),
+            },
             Command::Eval { command } => match command {
                 EvalCommand::Labels(args) => label::eval_labels(args),
             },

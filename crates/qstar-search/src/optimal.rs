@@ -77,7 +77,8 @@ impl Policy {
     /// cheaper ones first).
     pub fn fit(results: &[DevResult]) -> Policy {
         // (budget, bin) → strategy → (correct, total), in first-seen order.
-        let mut table: Vec<((usize, usize), Vec<(Strategy, usize, usize)>)> = Vec::new();
+        type Tally = Vec<(Strategy, usize, usize)>;
+        let mut table: Vec<((usize, usize), Tally)> = Vec::new();
         for r in results {
             let key = (r.budget, r.bin);
             let slot = match table.iter().position(|(k, _)| *k == key) {

@@ -21,24 +21,24 @@ pub struct Node {
     #[serde(skip)]
     pub tokens: Vec<TokenLogprob>,
     /// The verifier's score of this step given the steps before it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
     /// The solution ends here.
     pub finished: bool,
     /// The final answer of a finished solution, when one could be found.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
     pub children: Vec<NodeId>,
     /// MCTS statistics.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub visits: u32,
-    #[serde(skip_serializing_if = "is_zero_f")]
+    #[serde(default, skip_serializing_if = "is_zero_f")]
     pub value_sum: f64,
-    #[serde(skip_serializing_if = "is_zero_f")]
+    #[serde(default, skip_serializing_if = "is_zero_f")]
     pub prior: f64,
     /// This step starts a new solution (a revision) instead of continuing
     /// its parent; paths and texts begin here.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub restart: bool,
 }
 

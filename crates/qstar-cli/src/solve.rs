@@ -1,0 +1,585 @@
+//! `qstar solve`: test-time search over a file of questions, one record per
+//! question committed to the store as soon as it is done, so a stopped run
+//! resumes where it was.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use qstar_core::{LanguageModel, PromptFormat};
+use qstar_search::verifier::{
+    Aggregation, AgreementVerifier, CheckerVerifier, ConfidenceVerifier, DpoVerifier,
+    JudgeVerifier, LecoVerifier,
+};
+use qstar_search::{
+    optimal, run, Compute, Meter, Outcome, Policy, Scorer, SearchConfig, SearchError, Searcher,
+    Strategy, Tree, Verifier, STRATEGIES,
+};
+use qstar_store::Store;
+use qstar_tasks::{read_problems, Problem, Task};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::backend::BackendArgs;
+use crate::label::{sibling, Format};
+use crate::UsageError;
+
+pub const VERIFIERS: [&str; 7] = [
+    "checker",
+    "prm",
+    "orm",
+    "confidence",
+    "leco",
+    "dpo",
+    "agreement",
+];
+
+/// What `solve` and `sweep` share: the model, the questions, the search
+/// settings and the verifier.
+#[derive(Args)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// gsm8k, arithmetic, math or serial:<modadd|permutation|squaring|circuit>.
+    #[arg(long)]
+    pub task: String,
+    /// Questions (JSONL): GSM8K, MATH, or rows written by `qstar tasks generate`.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// checker (an oracle), prm, orm, confidence, leco, dpo or agreement.
+    #[arg(long)]
+    pub verifier: Option<String>,
+    /// How step scores combine: min, last, product or mean (default: the
+    /// verifier's own).
+    #[arg(long)]
+    pub aggregation: Option<String>,
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Search settings (TOML); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Beam width M (beam keeps N/M, DVTS runs N/M subtrees).
+    #[arg(long)]
+    pub beam_width: Option<usize>,
+    /// Lookahead steps.
+    #[arg(long)]
+    pub lookahead: Option<usize>,
+    /// MCTS children per expansion.
+    #[arg(long)]
+    pub mcts_children: Option<usize>,
+    /// MCTS actions of this many tokens instead of whole steps.
+    #[arg(long)]
+    pub mini_step_tokens: Option<usize>,
+    /// MCTS: start one child of a weak node with a reflection prompt.
+    #[arg(long)]
+    pub reflection: bool,
+    /// MCTS: value new nodes by greedy rollouts to the end.
+    #[arg(long)]
+    pub mcts_rollout: bool,
+    /// Sequential revision: parallel chains sharing the budget.
+    #[arg(long)]
+    pub revision_chains: Option<usize>,
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    #[arg(long)]
+    pub max_step_tokens: Option<usize>,
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Where steps end (default: a blank line).
+    #[arg(long)]
+    pub step_delimiter: Option<String>,
+    #[arg(long, value_enum, default_value = "chat")]
+    pub prompt_format: Format,
+    /// Reference model of the dpo verifier (GGUF).
+    #[arg(long)]
+    pub ref_model: Option<PathBuf>,
+    /// β of the dpo verifier.
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    /// Questions searched at once (their requests are batched together).
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// Where finished records are kept (default: beside the output).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct SolveArgs {
+    #[command(flatten)]
+    pub search: SearchArgs,
+    /// greedy, majority, weighted, best-of-n, beam, dvts, lookahead, mcts,
+    /// rebase, revise or compute-optimal.
+    #[arg(long)]
+    pub strategy: String,
+    /// N: samples, beams, simulations or attempts.
+    #[arg(long, default_value_t = 4)]
+    pub budget: usize,
+    /// Records (JSONL), written when the job ends.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The policy of compute-optimal search (a `sweep.json`).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One searched question as written out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SolveRecord {
+    pub line: usize,
+    pub question: String,
+    pub reference: String,
+    pub answer: Option<String>,
+    pub correct: bool,
+    /// The strategy that ran (compute-optimal names its choice).
+    pub strategy: String,
+    pub budget: usize,
+    pub verifier: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub difficulty: Option<f64>,
+    pub candidates: usize,
+    pub unparsed: usize,
+    pub compute: Compute,
+    pub solution: String,
+    pub tree: Tree,
+}
+
+/// Everything a search job needs, opened once.
+pub struct Setup {
+    pub model: Arc<dyn LanguageModel>,
+    pub reference_model: Option<Arc<dyn LanguageModel>>,
+    pub parameters: u64,
+    pub task: Task,
+    pub problems: Vec<Problem>,
+    pub config: SearchConfig,
+    pub verifier: Option<String>,
+    pub aggregation: Option<Aggregation>,
+    pub beta: f64,
+    pub parallel: usize,
+    pub input: PathBuf,
+}
+
+impl SearchArgs {
+    pub async fn setup(&self) -> Result<Setup> {
+        let task = Task::parse(&self.task).map_err(UsageError)?;
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str::<SearchConfig>(&text)
+                    .map_err(|e| UsageError(format!("{}: {e}", path.display())))?
+            }
+            None => SearchConfig::default(),
+        };
+        let set = |slot: &mut usize, v: Option<usize>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        set(&mut config.beam_width, self.beam_width);
+        set(&mut config.lookahead, self.lookahead);
+        set(&mut config.mcts_children, self.mcts_children);
+        set(&mut config.revision_chains, self.revision_chains);
+        set(&mut config.max_tokens, self.max_tokens);
+        set(&mut config.max_step_tokens, self.max_step_tokens);
+        set(&mut config.max_steps, self.max_steps);
+        if let Some(s) = self.seed {
+            config.seed = s;
+        }
+        if let Some(t) = self.temperature {
+            config.temperature = t;
+        }
+        if self.mini_step_tokens.is_some() {
+            config.mini_step_tokens = self.mini_step_tokens;
+        }
+        if let Some(d) = &self.step_delimiter {
+            config.step_delimiter = d.replace("\\n", "\n");
+        }
+        config.reflection |= self.reflection;
+        config.mcts_rollout |= self.mcts_rollout;
+        config.format = match self.prompt_format {
+            Format::Chat => PromptFormat::Chat,
+            Format::Plain => PromptFormat::Plain,
+        };
+        if let Some(v) = &self.verifier {
+            if !VERIFIERS.contains(&v.as_str()) {
+                return Err(UsageError(format!(
+                    "unknown verifier {v:?}: use one of {}",
+                    VERIFIERS.join(", ")
+                ))
+                .into());
+            }
+            if v == "dpo" && self.ref_model.is_none() {
+                return Err(UsageError("the dpo verifier needs --ref-model".into()).into());
+            }
+        }
+        let aggregation = match &self.aggregation {
+            Some(a) => Some(Aggregation::parse(a).ok_or_else(|| {
+                UsageError(format!(
+                    "unknown aggregation {a:?}: use min, last, product or mean"
+                ))
+            })?),
+            None => None,
+        };
+        let problems =
+            read_problems(&self.input, task, self.limit).map_err(|e| UsageError(e.to_string()))?;
+        let (model, parameters) = self.backend.open_with_size().await?;
+        let reference_model: Option<Arc<dyn LanguageModel>> = match &self.ref_model {
+            Some(path) => {
+                let options = qstar_engine::EngineOptions {
+                    threads: self.backend.threads,
+                    ..Default::default()
+                };
+                Some(Arc::new(qstar_engine::Engine::load(path, options)?))
+            }
+            None => None,
+        };
+        Ok(Setup {
+            model,
+            reference_model,
+            parameters,
+            task,
+            problems,
+            config,
+            verifier: self.verifier.clone(),
+            aggregation,
+            beta: self.beta,
+            parallel: self.parallel.max(1),
+            input: self.input.clone(),
+        })
+    }
+}
+
+impl Setup {
+    /// The verifier named on the command line.
+    pub fn verifier(&self) -> Option<Box<dyn Verifier + '_>> {
+        let name = self.verifier.as_deref()?;
+        Some(match name {
+            "checker" => Box::new(CheckerVerifier),
+            "prm" | "orm" => Box::new(JudgeVerifier {
+                model: self.model.as_ref(),
+                outcome_only: name == "orm",
+            }),
+            "confidence" => Box::new(ConfidenceVerifier),
+            "leco" => Box::new(LecoVerifier),
+            "dpo" => Box::new(DpoVerifier {
+                policy: self.model.as_ref(),
+                reference: self
+                    .reference_model
+                    .as_deref()
+                    .unwrap_or(self.model.as_ref()),
+                beta: self.beta,
+            }),
+            _ => Box::new(AgreementVerifier),
+        })
+    }
+
+    /// What a job's records depend on; a resumed job must match it.
+    pub fn describe(&self, strategy: &str, budget: usize) -> serde_json::Value {
+        json!({
+            "task": self.task.name(),
+            "input": self.input.canonicalize().unwrap_or(self.input.clone()),
+            "questions": self.problems.len(),
+            "strategy": strategy,
+            "budget": budget,
+            "verifier": self.verifier,
+            "aggregation": self.aggregation,
+            "search": self.config,
+            "backend": self.model.backend_name(),
+        })
+    }
+
+    /// Searches one question.
+    pub async fn solve_one(
+        &self,
+        problem: &Problem,
+        strategy: Strategy,
+        budget: usize,
+        policy: Option<&Policy>,
+    ) -> Result<SolveRecord, SearchError> {
+        let meter = Meter::new(self.parameters);
+        let searcher = Searcher::new(
+            self.model.as_ref(),
+            self.task,
+            problem,
+            &self.config,
+            &meter,
+        )?;
+        let verifier = self.verifier();
+        let scorer = verifier.as_deref().map(|v| Scorer {
+            verifier: v,
+            aggregation: self.aggregation.unwrap_or_else(|| v.aggregation()),
+        });
+        let (outcome, ran, difficulty): (Outcome, Strategy, Option<f64>) = match strategy {
+            Strategy::ComputeOptimal => {
+                let policy = policy.ok_or_else(|| {
+                    SearchError::Config("compute-optimal needs --policy (a sweep.json)".into())
+                })?;
+                let (o, s, d) = optimal::solve(&searcher, policy, budget, scorer).await?;
+                (o, s, Some(d))
+            }
+            s => (run(s, &searcher, budget, scorer).await?, s, None),
+        };
+        Ok(SolveRecord {
+            line: problem.line,
+            question: problem.question.clone(),
+            reference: problem.answer.clone(),
+            answer: outcome.answer,
+            correct: outcome.correct,
+            strategy: ran.name().into(),
+            budget,
+            verifier: self.verifier.clone(),
+            difficulty,
+            candidates: outcome.candidates,
+            unparsed: outcome.unparsed,
+            compute: meter.total(),
+            solution: outcome.solution,
+            tree: outcome.tree,
+        })
+    }
+
+    /// Runs `work` on every question not yet in the store under `job`,
+    /// `parallel` at a time, committing each record as it finishes; returns
+    /// the job's records in input order.
+    pub async fn run_job<F, Fut>(
+        &self,
+        store: &Store,
+        job: &str,
+        described: &serde_json::Value,
+        label: &str,
+        work: F,
+    ) -> Result<Vec<String>>
+    where
+        F: Fn(Problem) -> Fut,
+        Fut: std::future::Future<Output = Result<String, SearchError>>,
+    {
+        store.begin(job, &serde_json::to_string_pretty(described)?)?;
+        let done = store.records(job)?;
+        let pending: Vec<&Problem> = self
+            .problems
+            .iter()
+            .filter(|p| !done.contains_key(&(p.line as u64)))
+            .collect();
+        if !done.is_empty() && !pending.is_empty() {
+            eprintln!(
+                "{label}: resuming, {} of {} questions already done",
+                self.problems.len() - pending.len(),
+                self.problems.len()
+            );
+        }
+        let bar = ProgressBar::new(self.problems.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "{label} {{bar:30}} {{pos}}/{{len}} questions  {{per_sec}}  eta {{eta}}"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_position((self.problems.len() - pending.len()) as u64);
+        let mut results = futures::stream::iter(pending)
+            .map(|p| {
+                let line = p.line;
+                let fut = work(p.clone());
+                async move { (line, fut.await) }
+            })
+            .buffer_unordered(self.parallel);
+        while let Some((line, result)) = results.next().await {
+            let record = result.map_err(|e| match e.is_input_error() {
+                true => anyhow::Error::new(UsageError(e.to_string())),
+                false => anyhow::Error::new(e),
+            })?;
+            store.put(job, line as u64, &record)?;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let wanted: std::collections::HashSet<u64> =
+            self.problems.iter().map(|p| p.line as u64).collect();
+        Ok(store
+            .records(job)?
+            .into_iter()
+            .filter(|(k, _)| wanted.contains(k))
+            .map(|(_, v)| v)
+            .collect())
+    }
+}
+
+pub fn parse_strategy(name: &str) -> Result<Strategy> {
+    Strategy::parse(name).ok_or_else(|| {
+        let names: Vec<&str> = STRATEGIES.iter().map(|(n, _)| *n).collect();
+        UsageError(format!(
+            "unknown strategy {name:?}: use one of {}",
+            names.join(", ")
+        ))
+        .into()
+    })
+}
+
+/// Checks up front that the strategy can run with the verifier given.
+pub fn check_strategy(strategy: Strategy, setup: &Setup) -> Result<()> {
+    if strategy.needs_verifier() && setup.verifier.is_none() {
+        return Err(UsageError(format!(
+            "strategy {} needs --verifier ({})",
+            strategy.name(),
+            VERIFIERS.join(", ")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Writes lines to `path` through a temporary file, so a reader never sees
+/// half a file.
+pub fn write_lines(path: &Path, lines: &[String]) -> Result<()> {
+    let tmp = sibling(path, ".part");
+    {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        );
+        for l in lines {
+            writeln!(f, "{l}")?;
+        }
+        f.flush()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Totals over a job's records.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub questions: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+    pub tokens_generated: usize,
+    pub prompt_tokens_computed: usize,
+    pub prompt_tokens_reused: usize,
+    pub model_calls: usize,
+    pub verifier_calls: usize,
+    pub flops: f64,
+    /// Finished solutions whose answer could not be found.
+    pub unparsed: usize,
+    pub candidates: usize,
+}
+
+pub fn summarize(records: &[SolveRecord]) -> Summary {
+    let mut total = Compute::default();
+    for r in records {
+        total.add(&r.compute);
+    }
+    let correct = records.iter().filter(|r| r.correct).count();
+    Summary {
+        questions: records.len(),
+        correct,
+        accuracy: correct as f64 / records.len().max(1) as f64,
+        tokens_generated: total.tokens_generated,
+        prompt_tokens_computed: total.prompt_tokens_computed,
+        prompt_tokens_reused: total.prompt_tokens_reused,
+        model_calls: total.model_calls,
+        verifier_calls: total.verifier_calls,
+        flops: total.flops,
+        unparsed: records.iter().map(|r| r.unparsed).sum(),
+        candidates: records.iter().map(|r| r.candidates).sum(),
+    }
+}
+
+pub fn parse_records(lines: &[String]) -> Result<Vec<SolveRecord>> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).context("a stored record is damaged"))
+        .collect()
+}
+
+pub async fn solve(args: SolveArgs) -> Result<()> {
+    let strategy = parse_strategy(&args.strategy)?;
+    let policy = match &args.policy {
+        Some(path) => Some(read_policy(path)?),
+        None => None,
+    };
+    if strategy == Strategy::ComputeOptimal && policy.is_none() {
+        return Err(UsageError(
+            "compute-optimal needs --policy DIR/sweep.json (from qstar sweep)".into(),
+        )
+        .into());
+    }
+    let setup = args.search.setup().await?;
+    if strategy != Strategy::ComputeOptimal {
+        check_strategy(strategy, &setup)?;
+    }
+    let store_path = args
+        .search
+        .store
+        .clone()
+        .unwrap_or_else(|| sibling(&args.out, ".store.sqlite"));
+    let store = Store::open(&store_path)?;
+    let job = format!("solve:{}", args.out.display());
+    let described = setup.describe(strategy.name(), args.budget);
+    let setup_ref = &setup;
+    let policy_ref = policy.as_ref();
+    let lines = setup
+        .run_job(&store, &job, &described, "solve", |p| async move {
+            let r = setup_ref
+                .solve_one(&p, strategy, args.budget, policy_ref)
+                .await?;
+            Ok(serde_json::to_string(&r).unwrap_or_default())
+        })
+        .await?;
+    write_lines(&args.out, &lines)?;
+    std::fs::write(
+        sibling(&args.out, ".config.json"),
+        serde_json::to_string_pretty(&described)?,
+    )?;
+    let records = parse_records(&lines)?;
+    let summary = summarize(&records);
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print_summary(&summary, &format!("{}@{}", strategy.name(), args.budget));
+        println!("records → {}", args.out.display());
+    }
+    Ok(())
+}
+
+fn print_summary(s: &Summary, name: &str) {
+    println!("| {name} | value |");
+    println!("| --- | ---: |");
+    println!("| questions | {} |", s.questions);
+    println!("| correct | {} ({:.1} %) |", s.correct, 100.0 * s.accuracy);
+    println!("| tokens generated | {} |", s.tokens_generated);
+    println!(
+        "| prompt tokens computed / reused | {} / {} |",
+        s.prompt_tokens_computed, s.prompt_tokens_reused
+    );
+    println!(
+        "| model / verifier calls | {} / {} |",
+        s.model_calls, s.verifier_calls
+    );
+    println!(
+        "| solutions without an answer | {} of {} |",
+        s.unparsed, s.candidates
+    );
+}
+
+pub fn read_policy(path: &Path) -> Result<Policy> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| UsageError(format!("{}: not JSON: {e}", path.display())))?;
+    let policy = value.get("policy").cloned().unwrap_or(value);
+    serde_json::from_value(policy).map_err(|e| {
+        UsageError(format!(
+            "{}: not a compute-optimal policy: {e}",
+            path.display()
+        ))
+        .into()
+    })
+}

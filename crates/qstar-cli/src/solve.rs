@@ -425,8 +425,8 @@ pub fn parse_strategy(name: &str) -> Result<Strategy> {
 }
 
 /// Checks up front that the strategy can run with the verifier given.
-pub fn check_strategy(strategy: Strategy, setup: &Setup) -> Result<()> {
-    if strategy.needs_verifier() && setup.verifier.is_none() {
+pub fn check_strategy(strategy: Strategy, args: &SearchArgs) -> Result<()> {
+    if strategy.needs_verifier() && args.verifier.is_none() {
         return Err(UsageError(format!(
             "strategy {} needs --verifier ({})",
             strategy.name(),
@@ -511,10 +511,10 @@ pub async fn solve(args: SolveArgs) -> Result<()> {
         )
         .into());
     }
-    let setup = args.search.setup().await?;
     if strategy != Strategy::ComputeOptimal {
-        check_strategy(strategy, &setup)?;
+        check_strategy(strategy, &args.search)?;
     }
+    let setup = args.search.setup().await?;
     let store_path = args
         .search
         .store

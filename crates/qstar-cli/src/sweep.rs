@@ -75,10 +75,10 @@ pub async fn sweep(args: SweepArgs) -> Result<()> {
     if args.budgets.is_empty() || args.budgets.contains(&0) {
         return Err(UsageError("--budgets needs positive numbers".into()).into());
     }
-    let setup = args.search.setup().await?;
     for &s in &strategies {
-        check_strategy(s, &setup)?;
+        check_strategy(s, &args.search)?;
     }
+    let setup = args.search.setup().await?;
     std::fs::create_dir_all(args.out.join("runs"))
         .with_context(|| format!("creating {}", args.out.display()))?;
     let store = Store::open(
@@ -216,7 +216,7 @@ pub async fn sweep(args: SweepArgs) -> Result<()> {
     }
 
     let report = json!({
-        "task": setup.task.name(),
+        "task": args.search.task,
         "input": setup.input,
         "questions": setup.problems.len(),
         "verifier": setup.verifier,
@@ -235,7 +235,7 @@ pub async fn sweep(args: SweepArgs) -> Result<()> {
     let plot = args.out.join("sweep.png");
     crate::plot::accuracy_vs_compute(
         &plot,
-        &format!("{} · {} questions", setup.task.name(), setup.problems.len()),
+        &format!("{} · {} questions", args.search.task, setup.problems.len()),
         &rows
             .iter()
             .map(|r| {

@@ -30,6 +30,39 @@ pub struct BenchArgs {
     /// (e.g. llama-server on the same model).
     #[arg(long)]
     label_server: Option<String>,
+    /// GSM8K questions for the search workload (beam search, N = 16, PRM
+    /// verifier, on the first 10); skipped when absent.
+    #[arg(long)]
+    search_problems: Option<std::path::PathBuf>,
+}
+
+/// Beam search (N = 16, width 4, the model as PRM) on every problem at
+/// once; returns the wall time and the compute spent.
+async fn search_workload(
+    model: &dyn LanguageModel,
+    problems: &[qstar_tasks::Problem],
+) -> Result<(f64, qstar_search::Compute, usize)> {
+    let config = qstar_search::SearchConfig::default();
+    let verifier = qstar_search::JudgeVerifier {
+        model,
+        outcome_only: false,
+    };
+    let scorer = qstar_search::Scorer {
+        verifier: &verifier,
+        aggregation: qstar_search::Aggregation::Min,
+    };
+    let meter = qstar_search::Meter::new(0);
+    let (t, correct) = timed(async {
+        let runs = problems.iter().map(|p| async {
+            let s =
+                qstar_search::Searcher::new(model, qstar_tasks::Task::Gsm8k, p, &config, &meter)?;
+            qstar_search::run(qstar_search::Strategy::Beam, &s, 16, Some(scorer)).await
+        });
+        let outcomes = futures::future::try_join_all(runs).await?;
+        Ok(outcomes.iter().filter(|o| o.correct).count())
+    })
+    .await?;
+    Ok((t, meter.total(), correct))
 }
 
 /// Labels the first 100 pairs (4 principles, both orders) and returns pairs
@@ -220,6 +253,16 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             );
         }
     }
+    let mut report_search = None;
+    if let Some(path) = &args.search_problems {
+        let problems = qstar_tasks::read_problems(path, qstar_tasks::Task::Gsm8k, Some(10))
+            .map_err(|e| crate::UsageError(e.to_string()))?;
+        engine.set_prefix_cache(false).await;
+        let uncached = search_workload(&engine, &problems).await?;
+        engine.set_prefix_cache(true).await;
+        let cached = search_workload(&engine, &problems).await?;
+        report_search = Some((cached, uncached));
+    }
     let rss = peak_rss_mb();
 
     let mut report = json!({
@@ -240,6 +283,21 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         report["label_pairs_per_s_cached"] = json!(cached);
         report["label_pairs_per_s_uncached"] = json!(uncached);
         report["label_cache_speedup"] = json!(cached / uncached);
+    }
+    if let Some(((t_on, c_on, ok_on), (t_off, c_off, ok_off))) = report_search {
+        report["search"] = json!({
+            "cached_s": t_on,
+            "uncached_s": t_off,
+            "speedup": t_off / t_on,
+            "prompt_tokens_computed_cached": c_on.prompt_tokens_computed,
+            "prompt_tokens_computed_uncached": c_off.prompt_tokens_computed,
+            "prompt_tokens_reused_cached": c_on.prompt_tokens_reused,
+            "prompt_token_saving": c_off.prompt_tokens_computed as f64 / c_on.prompt_tokens_computed.max(1) as f64,
+            "tokens_generated_cached": c_on.tokens_generated,
+            "tokens_generated_uncached": c_off.tokens_generated,
+            "correct_cached": ok_on,
+            "correct_uncached": ok_off,
+        });
     }
     if let Some(server) = report_server {
         report["label_pairs_per_s_llama_server"] = json!(server);
@@ -307,6 +365,21 @@ fn print_table(r: &Value) {
             f(&r["label_pairs_per_s_cached"]),
             f(&r["label_pairs_per_s_llama_server"]),
             r["label_cache_speedup"].as_f64().unwrap_or(0.0)
+        );
+    }
+    let search = &r["search"];
+    if search.is_object() {
+        println!(
+            "| beam search N=16 + PRM, 10 GSM8K questions, cache off (s) | {:.1} | | {} prompt tokens computed |",
+            search["uncached_s"].as_f64().unwrap_or(0.0),
+            search["prompt_tokens_computed_uncached"]
+        );
+        println!(
+            "| beam search, cache on (s) | {:.1} | | {:.2}× faster, {} prompt tokens computed ({:.1}× fewer) |",
+            search["cached_s"].as_f64().unwrap_or(0.0),
+            search["speedup"].as_f64().unwrap_or(0.0),
+            search["prompt_tokens_computed_cached"],
+            search["prompt_token_saving"].as_f64().unwrap_or(0.0)
         );
     }
     println!("| peak RSS (MB) | {} | | |", f(&r["peak_rss_mb"]));

@@ -414,3 +414,94 @@ fn bad_input_is_a_clear_error() {
         .expect("run");
     assert_eq!(run.status.code(), Some(2));
 }
+
+/// Records the store holds for the solve job that writes `out`.
+fn solved_in(store: &Path, out: &Path) -> usize {
+    qstar_store::Store::open(store)
+        .and_then(|s| s.records(&format!("solve:{}", out.display())))
+        .map_or(0, |r| r.len())
+}
+
+#[test]
+fn a_killed_search_resumes_without_losing_or_repeating_questions() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = dir.path().join("add8.jsonl");
+    ok(&qstar()
+        .args([
+            "tasks",
+            "generate",
+            "--task",
+            "arithmetic",
+            "--count",
+            "8",
+            "--seed",
+            "3",
+            "--out",
+        ])
+        .arg(&input)
+        .output()
+        .expect("generate"));
+    let args = |out: &Path| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "solve",
+            "--task",
+            "arithmetic",
+            "--strategy",
+            "majority",
+            "--budget",
+            "2",
+            "--parallel",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend([
+            "--input".into(),
+            input.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ]);
+        a.extend(SHORT.iter().map(|s| s.to_string()));
+        a
+    };
+    let whole = dir.path().join("whole.jsonl");
+    ok(&qstar().args(args(&whole)).output().expect("whole"));
+
+    let cut = dir.path().join("cut.jsonl");
+    let store = dir.path().join("cut.jsonl.store.sqlite");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("qstar"))
+        .args(args(&cut))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while solved_in(&store, &cut) < 2 {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    assert!(solved_in(&store, &cut) < 8, "finished before the kill");
+    assert!(!cut.exists(), "no output before the run ends");
+    let resumed = qstar().args(args(&cut)).output().expect("resume");
+    ok(&resumed);
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("resuming"));
+    // Compute differs with what the prefix cache held; the search does not.
+    let key = |v: Vec<Value>| -> Vec<(Value, Value, Value, Value)> {
+        v.into_iter()
+            .map(|r| {
+                (
+                    r["line"].clone(),
+                    r["answer"].clone(),
+                    r["solution"].clone(),
+                    r["tree"].clone(),
+                )
+            })
+            .collect()
+    };
+    let (a, b) = (key(jsonl(&whole)), key(jsonl(&cut)));
+    assert_eq!(a.len(), 8);
+    assert_eq!(a, b);
+}

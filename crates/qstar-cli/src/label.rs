@@ -62,6 +62,10 @@ pub struct PairJobArgs {
     /// Where finished records are kept (default: OUT.store.sqlite).
     #[arg(long)]
     store: Option<PathBuf>,
+    /// Flags from a TOML file whose keys are flag names (`principles =
+    /// "all"`, `no_debias = true`); flags on the command line win.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 impl PairJobArgs {
@@ -98,16 +102,33 @@ pub struct LabelArgs {
     /// Longest chain of thought, in tokens.
     #[arg(long, default_value_t = 96)]
     rationale_tokens: usize,
+    /// Worked examples from the constitution shown before each question.
+    #[arg(long, default_value_t = 0)]
+    few_shot: usize,
+    /// RLAIF: sample a rationale before the preference.
+    #[arg(long)]
+    rationale: bool,
+    /// Output keys: TRL (prompt/chosen/rejected) or OpenRLHF (chosen and
+    /// rejected as whole conversations).
+    #[arg(long, value_enum, default_value = "trl")]
+    keys: Keys,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Keys {
+    Trl,
+    Openrlhf,
 }
 
 /// One labeled pair as written to the output.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 struct Record {
     line: usize,
-    prompt: Vec<qstar_core::Message>,
-    /// The reply the AI labeler prefers, and the other one.
-    chosen: String,
-    rejected: String,
+    /// TRL: `prompt` (the conversation) and the preferred and other reply as
+    /// `chosen`/`rejected`; OpenRLHF: `chosen`/`rejected` as whole
+    /// conversations ending in those replies.
+    #[serde(flatten)]
+    rows: serde_json::Map<String, serde_json::Value>,
     /// Probability that `chosen` is the better reply (≥ 0.5).
     soft_label: f64,
     /// Probability that the source's chosen reply is better.
@@ -115,6 +136,41 @@ struct Record {
     agrees_with_human: bool,
     presented_human_chosen_first: bool,
     judgements: Vec<Judgement>,
+}
+
+/// What evaluation reads back from a label record.
+#[derive(Debug, Deserialize)]
+struct StoredLabel {
+    p_human_chosen: f64,
+    presented_human_chosen_first: bool,
+    judgements: Vec<Judgement>,
+}
+
+/// The preference columns of a labeled pair in the chosen key layout.
+fn preference_rows(
+    keys: Keys,
+    conversation: &[qstar_core::Message],
+    chosen: &str,
+    rejected: &str,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut rows = serde_json::Map::new();
+    match keys {
+        Keys::Trl => {
+            rows.insert("prompt".into(), json!(conversation));
+            rows.insert("chosen".into(), json!(chosen));
+            rows.insert("rejected".into(), json!(rejected));
+        }
+        Keys::Openrlhf => {
+            let whole = |reply: &str| {
+                let mut c = conversation.to_vec();
+                c.push(qstar_core::Message::assistant(reply));
+                json!(c)
+            };
+            rows.insert("chosen".into(), whole(chosen));
+            rows.insert("rejected".into(), whole(rejected));
+        }
+    }
+    rows
 }
 
 pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -149,13 +205,19 @@ type Records<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec
 /// `exported` accepts, in input order. Returns every record of these pairs.
 async fn run_pair_job<'a>(
     args: &PairJobArgs,
+    prompts_only: bool,
     kind: &str,
     resolved: &serde_json::Value,
     exported: fn(&str) -> bool,
     mut process: impl FnMut(Vec<PreferencePair>) -> Records<'a>,
 ) -> Result<Vec<String>> {
-    let report = qstar_tasks::read_pairs(&args.input, args.skip_invalid, args.limit)
-        .map_err(|e| UsageError(e.to_string()))?;
+    let read = if prompts_only {
+        qstar_tasks::read_prompts
+    } else {
+        qstar_tasks::read_pairs
+    };
+    let report =
+        read(&args.input, args.skip_invalid, args.limit).map_err(|e| UsageError(e.to_string()))?;
     if !report.rejected_lines.is_empty() {
         let rejects = sibling(&args.out, ".rejects.jsonl");
         let mut f = std::fs::File::create(&rejects)
@@ -245,6 +307,15 @@ pub async fn label(args: LabelArgs) -> Result<()> {
         Some(p) => Constitution::load(p).map_err(UsageError)?,
         None => Constitution::default_constitution(),
     };
+    if args.few_shot > constitution.few_shot.len() {
+        return Err(UsageError(format!(
+            "--few-shot {} asks for more examples than the constitution has ({})",
+            args.few_shot,
+            constitution.few_shot.len()
+        ))
+        .into());
+    }
+    let keys = args.keys;
     let config = CaiConfig {
         method: match args.method {
             Method::Cai => qstar_feedback::Method::Cai,
@@ -253,6 +324,8 @@ pub async fn label(args: LabelArgs) -> Result<()> {
         },
         cot_clamp: (args.clamp_low, args.clamp_high),
         rationale_tokens: args.rationale_tokens,
+        few_shot: args.few_shot,
+        rationale: args.rationale,
         principles,
         debias: !args.no_debias,
         seed: args.seed,
@@ -262,6 +335,7 @@ pub async fn label(args: LabelArgs) -> Result<()> {
     let labeler = CaiLabeler::new(model.as_ref(), &constitution, config.clone())?;
     let resolved = json!({
         "method": args.method,
+        "keys": format!("{:?}", args.keys).to_lowercase(),
         "cai": config,
         "constitution": constitution,
         "backend": model.backend_name(),
@@ -270,6 +344,7 @@ pub async fn label(args: LabelArgs) -> Result<()> {
     let out = &args.job.out;
     run_pair_job(
         &args.job,
+        false,
         "label",
         &resolved,
         |_| true,
@@ -288,9 +363,7 @@ pub async fn label(args: LabelArgs) -> Result<()> {
                         };
                         Ok(serde_json::to_string(&Record {
                             line: pair.line,
-                            prompt: pair.conversation.clone(),
-                            chosen,
-                            rejected,
+                            rows: preference_rows(keys, &pair.conversation, &chosen, &rejected),
                             soft_label: label.p_human_chosen.max(1.0 - label.p_human_chosen),
                             p_human_chosen: label.p_human_chosen,
                             agrees_with_human: label.p_human_chosen > 0.5,
@@ -337,6 +410,7 @@ pub async fn rate(args: RateArgs) -> Result<()> {
     let rater = &rater;
     let records = run_pair_job(
         &args.job,
+        false,
         "rate",
         &resolved,
         |_| true,
@@ -404,7 +478,7 @@ fn read_labels(path: &Path) -> Result<Vec<PairLabel>> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            let r: Record = serde_json::from_str(l).map_err(|e| {
+            let r: StoredLabel = serde_json::from_str(l).map_err(|e| {
                 UsageError(format!(
                     "{}:{}: not a label record: {e}",
                     path.display(),
@@ -435,6 +509,24 @@ pub struct ReviseArgs {
     max_tokens: usize,
     #[arg(long)]
     constitution: Option<PathBuf>,
+    /// Also emit each pair's preferred input reply as an SFT example (the
+    /// CAI paper mixes helpful samples in to keep helpfulness).
+    #[arg(long)]
+    mix_input_replies: bool,
+    /// Output keys: TRL (`messages`) or OpenRLHF (`input`/`output`).
+    #[arg(long, value_enum, default_value = "trl")]
+    keys: Keys,
+}
+
+/// One SFT example in the chosen key layout.
+fn sft_row(keys: Keys, prompt: &str, reply: &str) -> serde_json::Value {
+    match keys {
+        Keys::Trl => json!({"messages": [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": reply},
+        ]}),
+        Keys::Openrlhf => json!({"input": prompt, "output": reply}),
+    }
 }
 
 /// `qstar revise`: SL-CAI examples from the opening human turn of each pair.
@@ -450,10 +542,12 @@ pub async fn revise(args: ReviseArgs) -> Result<()> {
         max_tokens: args.max_tokens,
     };
     let model = args.job.backend.open().await?;
-    let resolved = json!({"method": "critique-revision", "config": config, "constitution": constitution, "backend": model.backend_name()});
+    let resolved = json!({"method": "critique-revision", "config": config, "constitution": constitution, "backend": model.backend_name(), "mix_input_replies": args.mix_input_replies, "keys": format!("{:?}", args.keys).to_lowercase()});
     let (model_ref, constitution, config) = (model.as_ref(), &constitution, &config);
+    let (mix, keys) = (args.mix_input_replies, args.keys);
     let records = run_pair_job(
         &args.job,
+        true,
         "revise",
         &resolved,
         |_| true,
@@ -467,23 +561,31 @@ pub async fn revise(args: ReviseArgs) -> Result<()> {
                     .iter()
                     .zip(revisions)
                     .map(|(pair, rev)| {
-                        Ok(json!({
-                            "line": pair.line,
-                            "messages": [
-                                {"role": "user", "content": rev.prompt},
-                                {"role": "assistant", "content": rev.final_reply()},
-                            ],
-                            "chain": rev,
-                        })
-                        .to_string())
+                        let mut row = sft_row(keys, &rev.prompt, rev.final_reply());
+                        row["line"] = json!(pair.line);
+                        row["source"] = json!("revision");
+                        row["chain"] = json!(rev);
+                        let mut text = row.to_string();
+                        // The input's preferred reply, as a second line of
+                        // the same record (so both resume together).
+                        if mix && !pair.chosen.is_empty() {
+                            let mut input = sft_row(keys, &rev.prompt, &pair.chosen);
+                            input["line"] = json!(pair.line);
+                            input["source"] = json!("input");
+                            text.push('\n');
+                            text.push_str(&input.to_string());
+                        }
+                        Ok(text)
                     })
                     .collect()
             })
         },
     )
     .await?;
+    let examples: usize = records.iter().map(|r| r.lines().count()).sum();
     println!(
-        "wrote {} SFT examples → {}",
+        "wrote {} SFT examples ({} revisions) → {}",
+        examples,
         records.len(),
         args.job.out.display()
     );
@@ -519,7 +621,7 @@ pub async fn judge(args: JudgeArgs) -> Result<()> {
         json!({"method": "llm-as-judge", "config": config, "backend": model.backend_name()});
     let (model_ref, config) = (model.as_ref(), &config);
     // Every prompt's record is stored; only formed pairs are exported.
-    let records = run_pair_job(&args.job, "judge", &resolved, is_dpo_pair, |chunk| {
+    let records = run_pair_job(&args.job, true, "judge", &resolved, is_dpo_pair, |chunk| {
         Box::pin(async move {
             let prompts = opening_prompts(&chunk);
             let judged = qstar_feedback::judge_prompts(model_ref, config, &prompts).await?;
@@ -580,6 +682,9 @@ pub struct EvalLabelsArgs {
     labels: PathBuf,
     #[arg(long)]
     json: bool,
+    /// Reliability-diagram PNG (default: LABELS.reliability.png).
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 pub fn eval_labels(args: EvalLabelsArgs) -> Result<()> {
@@ -594,6 +699,20 @@ pub fn eval_labels(args: EvalLabelsArgs) -> Result<()> {
     }
     let labels = read_labels(&args.labels)?;
     let m = label_metrics(&labels);
+    let plot = args
+        .plot
+        .clone()
+        .unwrap_or_else(|| sibling(&args.labels, ".reliability.png"));
+    let bins: Vec<(f64, f64, usize, f64, f64)> = m
+        .reliability
+        .iter()
+        .map(|b| (b.low, b.high, b.count, b.mean_confidence, b.accuracy))
+        .collect();
+    crate::plot::reliability(
+        &plot,
+        &format!("{} pairs · ECE {:.3}", m.pairs, m.ece),
+        &bins,
+    )?;
     if args.json {
         println!("{}", serde_json::to_string(&m)?);
     } else {
@@ -606,6 +725,7 @@ pub fn eval_labels(args: EvalLabelsArgs) -> Result<()> {
             m.mean_p_a,
             m.unparsed
         );
+        println!("reliability diagram → {}", plot.display());
     }
     Ok(())
 }

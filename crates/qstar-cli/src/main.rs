@@ -128,6 +128,59 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     1
 }
 
+/// `--config FILE` of the labeling jobs (label, rate, revise, judge): a
+/// TOML table whose keys are flag names (`principles = "all"`,
+/// `no_debias = true`, `few_shot = 2`). Its flags are added to the command
+/// line unless the command line sets them itself, so flags win.
+fn expand_config(argv: Vec<String>) -> Result<Vec<String>, String> {
+    let jobs = ["label", "rate", "revise", "judge"];
+    if !argv.get(1).is_some_and(|c| jobs.contains(&c.as_str())) {
+        return Ok(argv);
+    }
+    let Some(at) = argv
+        .iter()
+        .position(|a| a == "--config" || a.starts_with("--config="))
+    else {
+        return Ok(argv);
+    };
+    let (path, remove) = match argv[at].strip_prefix("--config=") {
+        Some(p) => (p.to_string(), 1),
+        None => (argv.get(at + 1).cloned().ok_or("--config needs a file")?, 2),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+    let mut rest: Vec<String> = argv[..at].to_vec();
+    rest.extend(argv[at + remove..].iter().cloned());
+    let given = |flag: &str| {
+        rest.iter()
+            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    };
+    let mut added = Vec::new();
+    for (key, value) in table {
+        let flag = format!("--{}", key.replace('_', "-"));
+        if given(&flag) {
+            continue;
+        }
+        let values: Vec<&toml::Value> = match &value {
+            toml::Value::Array(items) => items.iter().collect(),
+            v => vec![v],
+        };
+        for v in values {
+            match v {
+                toml::Value::Boolean(true) => added.push(flag.clone()),
+                toml::Value::Boolean(false) => {}
+                toml::Value::String(s) => added.extend([flag.clone(), s.clone()]),
+                toml::Value::Integer(_) | toml::Value::Float(_) => {
+                    added.extend([flag.clone(), v.to_string()])
+                }
+                other => return Err(format!("{path}: {key} = {other} is not a flag value")),
+            }
+        }
+    }
+    rest.splice(2..2, added);
+    Ok(rest)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -136,7 +189,14 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let cli = Cli::parse();
+    let argv = match expand_config(std::env::args().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

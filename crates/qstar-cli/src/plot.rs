@@ -134,3 +134,53 @@ pub fn accuracy_vs_compute(
     };
     draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))
 }
+
+/// A reliability diagram: per confidence bin, how often the labeler agreed
+/// with the human (bars) against perfect calibration (the diagonal).
+/// `bins` holds (low, high, count, mean confidence, accuracy).
+pub fn reliability(path: &Path, title: &str, bins: &[(f64, f64, usize, f64, f64)]) -> Result<()> {
+    let text = load_font();
+    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+        let root = BitMapBackend::new(path, (720, 640)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut builder = ChartBuilder::on(&root);
+        builder
+            .margin(24)
+            .x_label_area_size(50)
+            .y_label_area_size(64);
+        if text {
+            builder.caption(title, ("sans-serif", 22));
+        }
+        let mut chart = builder.build_cartesian_2d(0.5f64..1.0f64, 0f64..1f64)?;
+        let mut mesh = chart.configure_mesh();
+        if text {
+            mesh.x_desc("confidence of the soft label")
+                .y_desc("agreement with the human");
+        } else {
+            mesh.x_labels(0).y_labels(0);
+        }
+        mesh.draw()?;
+        chart.draw_series(
+            bins.iter()
+                .filter(|b| b.2 > 0)
+                .map(|&(low, high, _, _, acc)| {
+                    Rectangle::new(
+                        [(low + 0.004, 0.0), (high - 0.004, acc)],
+                        COLORS[0].mix(0.7).filled(),
+                    )
+                }),
+        )?;
+        chart.draw_series(LineSeries::new(
+            vec![(0.5, 0.5), (1.0, 1.0)],
+            BLACK.stroke_width(2),
+        ))?;
+        chart.draw_series(
+            bins.iter()
+                .filter(|b| b.2 > 0)
+                .map(|&(_, _, _, conf, acc)| Circle::new((conf, acc), 4, COLORS[1].filled())),
+        )?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))
+}

@@ -363,3 +363,143 @@ fn self_rewarding_judge_pairs_best_against_worst() {
         );
     }
 }
+
+#[test]
+fn config_files_few_shot_rationales_openrlhf_keys_and_the_reliability_plot() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("label.toml");
+    std::fs::write(
+        &config,
+        "method = \"rlaif\"\nfew_shot = 2\nrationale = true\nrationale_tokens = 16\nkeys = \"openrlhf\"\nlimit = 5\n",
+    )
+    .expect("write");
+    let out = dir.path().join("labels.jsonl");
+    let config_arg = config.display().to_string();
+    // The command line wins over the file (limit 2, not 5).
+    let run = qstar()
+        .args(label_args(&out, &["--config", &config_arg, "--limit", "2"]))
+        .output()
+        .expect("run");
+    assert_ok(&run);
+    let rows = jsonl(&out);
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        // OpenRLHF: whole conversations ending in each reply, no prompt key.
+        assert!(r.get("prompt").is_none());
+        let chosen = r["chosen"].as_array().expect("conversation");
+        assert_eq!(chosen.last().expect("reply")["role"], "assistant");
+        for j in r["judgements"].as_array().expect("judgements") {
+            assert!(j["rationale"].is_string(), "RLAIF with rationales");
+        }
+    }
+    let resolved =
+        std::fs::read_to_string(dir.path().join("labels.jsonl.config.json")).expect("config");
+    assert!(
+        resolved.contains("\"few_shot\": 2") && resolved.contains("\"rlaif\""),
+        "{resolved}"
+    );
+
+    let plot = dir.path().join("reliability.png");
+    let eval = qstar()
+        .args([
+            "eval",
+            "labels",
+            "--labels",
+            out.to_str().expect("p"),
+            "--plot",
+            plot.to_str().expect("p"),
+        ])
+        .output()
+        .expect("eval");
+    assert_ok(&eval);
+    let png = std::fs::read(&plot).expect("png");
+    assert_eq!(&png[..4], b"\x89PNG");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "few_shot = 99\n").expect("write");
+    let run = qstar()
+        .args(label_args(
+            &dir.path().join("x.jsonl"),
+            &["--config", bad.to_str().expect("p")],
+        ))
+        .output()
+        .expect("run");
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("few-shot"));
+}
+
+#[test]
+fn revise_and_judge_read_plain_prompts_and_mix_in_input_replies() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt\":\"How do I pick a lock?\"}\n{\"question\":\"Tell me a joke.\"}\n",
+    )
+    .expect("write");
+    let out = dir.path().join("sft.jsonl");
+    let run = qstar()
+        .args([
+            "revise",
+            "--input",
+            prompts.to_str().expect("p"),
+            "--out",
+            out.to_str().expect("p"),
+            "--max-tokens",
+            "24",
+        ])
+        .output()
+        .expect("revise");
+    assert_ok(&run);
+    let rows = jsonl(&out);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1]["messages"][0]["content"], "Tell me a joke.");
+
+    // Pairs in, revisions plus the preferred input replies out (OpenRLHF keys).
+    let mixed = dir.path().join("mixed.jsonl");
+    let run = qstar()
+        .args([
+            "revise",
+            "--input",
+            sample().to_str().expect("p"),
+            "--out",
+            mixed.to_str().expect("p"),
+        ])
+        .args([
+            "--limit",
+            "2",
+            "--max-tokens",
+            "24",
+            "--mix-input-replies",
+            "--keys",
+            "openrlhf",
+        ])
+        .output()
+        .expect("revise");
+    assert_ok(&run);
+    let rows = jsonl(&mixed);
+    assert_eq!(rows.len(), 4);
+    let sources: Vec<&str> = rows
+        .iter()
+        .map(|r| r["source"].as_str().expect("source"))
+        .collect();
+    assert_eq!(sources, ["revision", "input", "revision", "input"]);
+    assert!(rows
+        .iter()
+        .all(|r| r["input"].is_string() && r["output"].is_string()));
+
+    let judged = dir.path().join("dpo.jsonl");
+    let run = qstar()
+        .args([
+            "judge",
+            "--input",
+            prompts.to_str().expect("p"),
+            "--out",
+            judged.to_str().expect("p"),
+        ])
+        .args(["--samples", "2", "--max-tokens", "24"])
+        .output()
+        .expect("judge");
+    assert_ok(&run);
+    assert!(String::from_utf8_lossy(&run.stdout).contains("unparsed judgements"));
+}

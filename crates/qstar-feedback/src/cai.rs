@@ -53,6 +53,12 @@ pub struct CaiConfig {
     pub cot_clamp: (f64, f64),
     /// Longest rationale, in tokens.
     pub rationale_tokens: usize,
+    /// Worked examples from the constitution shown before each question.
+    #[serde(default)]
+    pub few_shot: usize,
+    /// RLAIF: sample a rationale before the preference (CoT always does).
+    #[serde(default)]
+    pub rationale: bool,
 }
 
 impl Default for CaiConfig {
@@ -61,6 +67,8 @@ impl Default for CaiConfig {
             method: Method::Cai,
             cot_clamp: (0.4, 0.6),
             rationale_tokens: 96,
+            few_shot: 0,
+            rationale: false,
             principles: PrincipleChoice::Sample(1),
             debias: true,
             seed: 0,
@@ -194,15 +202,24 @@ impl<'a> CaiLabeler<'a> {
                     principle => &self.constitution.principles[principle],
                     option_a => a,
                     option_b => b,
+                    examples => &self.constitution.few_shot[..self.config.few_shot.min(self.constitution.few_shot.len())],
+                    reasoning => self.reasons(),
                 })
             })
             .map_err(|e| ModelError::InvalidRequest(format!("labeling template: {e}")))?;
         let cue = match self.config.method {
             Method::Cai => "The answer is (",
+            Method::Rlaif if self.config.rationale => "Rationale:",
             Method::Rlaif => "Preferred Response=",
             Method::Cot => "Let's think step by step:",
         };
         self.config.format.frame(self.model, &question, cue)
+    }
+
+    /// Whether a rationale is sampled before the answer.
+    fn reasons(&self) -> bool {
+        self.config.method == Method::Cot
+            || (self.config.method == Method::Rlaif && self.config.rationale)
     }
 
     /// Labels a batch of pairs; all their questions go to the model at once,
@@ -224,9 +241,15 @@ impl<'a> CaiLabeler<'a> {
                 }
             }
         }
-        // CoT: sample a rationale per question, then ask for the answer.
+        // CoT (and RLAIF with rationales): sample a rationale per question,
+        // then ask for the answer after it.
         let mut rationales: Vec<Option<String>> = vec![None; prompts.len()];
-        if self.config.method == Method::Cot {
+        if self.reasons() {
+            let answer_cue = if self.config.method == Method::Rlaif {
+                "Preferred Response="
+            } else {
+                "The answer is ("
+            };
             let requests = prompts
                 .iter()
                 .zip(&plan)
@@ -241,7 +264,10 @@ impl<'a> CaiLabeler<'a> {
                             top_p: 0.95,
                             seed,
                             max_tokens: self.config.rationale_tokens,
-                            stop: vec!["The answer is".into()],
+                            stop: vec![answer_cue
+                                .trim_end_matches(['(', '='])
+                                .trim_end()
+                                .to_string()],
                             ..Default::default()
                         },
                     )
@@ -253,7 +279,8 @@ impl<'a> CaiLabeler<'a> {
             {
                 let text = answer.into_first_text();
                 prompt.push_str(&text);
-                prompt.push_str("\nThe answer is (");
+                prompt.push('\n');
+                prompt.push_str(answer_cue);
                 *rationale = Some(text);
             }
         }
@@ -340,6 +367,63 @@ mod tests {
         assert!(
             prompt.contains("(A) Use a tension wrench.") && prompt.ends_with("The answer is (")
         );
+    }
+
+    #[test]
+    fn few_shot_examples_come_first_and_rationales_only_when_asked() {
+        let c = Constitution::default_constitution();
+        assert!(c.few_shot.len() >= 2);
+        let model = NoModel;
+        let plain = CaiLabeler::new(&model, &c, CaiConfig::default()).expect("labeler");
+        let shots = CaiLabeler::new(
+            &model,
+            &c,
+            CaiConfig {
+                few_shot: 2,
+                ..Default::default()
+            },
+        )
+        .expect("labeler");
+        let (p0, p2) = (
+            plain.prompt(&pair(1), 0, true).expect("prompt"),
+            shots.prompt(&pair(1), 0, true).expect("prompt"),
+        );
+        assert!(!p0.contains(&c.few_shot[0].response_a));
+        let first_example = p2.find(&c.few_shot[0].response_a).expect("example 1");
+        let second = p2.find(&c.few_shot[1].response_a).expect("example 2");
+        let question = p2.find("How do I pick a lock?").expect("question");
+        assert!(first_example < second && second < question);
+        assert!(p2.contains(&format!("The answer is ({})", c.few_shot[0].preferred)));
+        assert!(
+            !p2.contains("Let's think step by step: "),
+            "no rationale for plain CAI"
+        );
+        // The question itself is unchanged by the examples before it.
+        let tail = |p: &str| p[p.rfind("Conversation:").expect("question")..].to_string();
+        assert_eq!(tail(&p0), tail(&p2));
+
+        let rlaif = CaiLabeler::new(
+            &model,
+            &c,
+            CaiConfig {
+                method: Method::Rlaif,
+                few_shot: 1,
+                rationale: true,
+                ..Default::default()
+            },
+        )
+        .expect("labeler");
+        let p = rlaif.prompt(&pair(1), 0, true).expect("prompt");
+        assert!(
+            p.contains("Rationale: ") && p.ends_with("Rationale:"),
+            "{p}"
+        );
+        let wanted = if c.few_shot[0].preferred == "A" {
+            "1"
+        } else {
+            "2"
+        };
+        assert!(p.contains(&format!("Preferred Response={wanted}\n")));
     }
 
     /// A model with no abilities but a chat template, for prompt tests.

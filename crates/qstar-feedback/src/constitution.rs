@@ -16,6 +16,22 @@ pub struct Constitution {
     pub principles: Vec<String>,
     #[serde(default)]
     pub critiques: Vec<CritiqueRevision>,
+    /// Worked examples shown before a labeling question (`--few-shot K`).
+    #[serde(default)]
+    pub few_shot: Vec<FewShot>,
+}
+
+/// A solved labeling question: a conversation, two replies, the better one
+/// ("A" or "B") and, for chain-of-thought or RLAIF rationales, why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FewShot {
+    /// The conversation as "Human: …" / "Assistant: …" lines.
+    pub conversation: String,
+    pub response_a: String,
+    pub response_b: String,
+    pub preferred: String,
+    #[serde(default)]
+    pub rationale: Option<String>,
 }
 
 const DEFAULT: &str = include_str!("../constitutions/default.toml");
@@ -101,6 +117,7 @@ fn from_cai_index(v: &serde_json::Value) -> Result<Constitution, String> {
     Ok(Constitution {
         principles,
         critiques,
+        few_shot: Vec::new(),
     })
 }
 

@@ -22,6 +22,18 @@ pub struct LabelMetrics {
     /// Alignment of each principle on its own (both orders averaged), as
     /// (principle index, pairs judged, alignment).
     pub per_principle: Vec<(usize, usize, f64)>,
+    /// The reliability diagram: confidence bins from 0.5 to 1 with how often
+    /// the labeler agreed with the human in each.
+    pub reliability: Vec<ReliabilityBin>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReliabilityBin {
+    pub low: f64,
+    pub high: f64,
+    pub count: usize,
+    pub mean_confidence: f64,
+    pub accuracy: f64,
 }
 
 pub fn label_metrics(labels: &[PairLabel]) -> LabelMetrics {
@@ -91,6 +103,21 @@ pub fn label_metrics(labels: &[PairLabel]) -> LabelMetrics {
         ece,
         mean_p_a: p_a_sum / questions.max(1) as f64,
         unparsed: 0,
+        reliability: bins
+            .iter()
+            .enumerate()
+            .map(|(i, &(count, conf, correct))| ReliabilityBin {
+                low: 0.5 + i as f64 * 0.05,
+                high: 0.55 + i as f64 * 0.05,
+                count,
+                mean_confidence: if count > 0 { conf / count as f64 } else { 0.0 },
+                accuracy: if count > 0 {
+                    correct / count as f64
+                } else {
+                    0.0
+                },
+            })
+            .collect(),
     }
 }
 

@@ -247,3 +247,112 @@ async fn llama_server_backend_end_to_end() {
         .expect_err("llama-server cannot echo prompt log-probs");
     assert!(matches!(err, ModelError::Unsupported { .. }), "{err}");
 }
+
+/// The AI-feedback methods through llama-server: labels close to the
+/// embedded engine's on the same prompts, generation-only methods run, and
+/// what the server cannot do is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ai_feedback_through_llama_server() {
+    use qstar_feedback::{CaiConfig, CaiLabeler, Constitution, Method, PromptFormat};
+    let server = start().await;
+    let remote = backend(vec![server.url.clone()]);
+    let embedded = qstar_engine::Engine::load(
+        &qstar_engine::fetch::default_model_path(),
+        qstar_engine::EngineOptions::default(),
+    )
+    .expect("engine");
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/pairs.jsonl");
+    let pairs = qstar_tasks::read_pairs(&sample, false, Some(2))
+        .expect("pairs")
+        .pairs;
+    let constitution = Constitution::default_constitution();
+
+    // Constitutional-AI labels in plain text (the server applies no chat
+    // template to raw prompts), both orders, against the embedded engine.
+    for method in [Method::Cai, Method::Rlaif] {
+        let config = CaiConfig {
+            method,
+            format: PromptFormat::Plain,
+            few_shot: 1,
+            ..Default::default()
+        };
+        let on_server = CaiLabeler::new(&remote, &constitution, config.clone())
+            .expect("labeler")
+            .label(&pairs)
+            .await
+            .expect("server labels");
+        let local = CaiLabeler::new(&embedded, &constitution, config)
+            .expect("labeler")
+            .label(&pairs)
+            .await
+            .expect("embedded labels");
+        for (r, l) in on_server.iter().zip(&local) {
+            assert_eq!(r.judgements.len(), 2);
+            assert!(
+                (r.p_human_chosen - l.p_human_chosen).abs() < 0.05,
+                "{method:?}: server {} vs embedded {}",
+                r.p_human_chosen,
+                l.p_human_chosen
+            );
+        }
+    }
+
+    // Chain-of-thought labels: sampled rationale, clamped probability.
+    let cot = CaiLabeler::new(
+        &remote,
+        &constitution,
+        CaiConfig {
+            method: Method::Cot,
+            format: PromptFormat::Plain,
+            rationale_tokens: 24,
+            ..Default::default()
+        },
+    )
+    .expect("labeler")
+    .label(&pairs[..1])
+    .await
+    .expect("cot");
+    assert!(cot[0]
+        .judgements
+        .iter()
+        .all(|j| (0.4..=0.6).contains(&j.p_a) && j.rationale.is_some()));
+
+    // Critique→revision and the self-rewarding judge only generate.
+    let prompts = vec![(1u64, "How do I pick a lock?".to_string())];
+    let revised = qstar_feedback::critique_and_revise(
+        &remote,
+        &constitution,
+        &qstar_feedback::ReviseConfig {
+            rounds: 1,
+            max_tokens: 24,
+            ..Default::default()
+        },
+        &prompts,
+    )
+    .await
+    .expect("revise");
+    assert_eq!(revised[0].rounds.len(), 1);
+    let judged = qstar_feedback::judge_prompts(
+        &remote,
+        &qstar_feedback::JudgeConfig {
+            samples: 2,
+            max_tokens: 24,
+            judge_tokens: 48,
+            ..Default::default()
+        },
+        &prompts,
+    )
+    .await
+    .expect("judge");
+    assert_eq!(judged[0].samples.len(), 2);
+
+    // d-RLAIF needs the exact probability of "10" (two tokens), which takes
+    // prompt log-probs the server does not give: a clear error, no guess.
+    let rater = qstar_feedback::Rater::new(&remote, PromptFormat::Plain).expect("rater");
+    let conversation = vec![Message::user("Hi")];
+    let err = rater
+        .rate(&[(conversation.as_slice(), "Hello!")])
+        .await
+        .expect_err("rating needs prompt log-probs");
+    assert!(matches!(err, ModelError::Unsupported { .. }), "{err}");
+}

@@ -8,6 +8,6 @@ pub mod preference;
 pub mod problems;
 pub mod serial;
 
-pub use preference::{read_pairs, PreferencePair, ReadReport, TaskError};
+pub use preference::{read_pairs, read_prompts, PreferencePair, ReadReport, TaskError};
 pub use problems::{arithmetic_problem, read_problems, Problem, Task};
 pub use serial::{SerialFormat, SerialKind, SerialProblem, SERIAL_KINDS};

@@ -107,8 +107,18 @@ fn reply_of(v: &Value) -> Result<String, String> {
     }
 }
 
-fn parse_row(v: &Value) -> Result<(Vec<Message>, String, String), String> {
+fn parse_row(v: &Value, prompts: bool) -> Result<(Vec<Message>, String, String), String> {
     let (chosen, rejected) = (&v["chosen"], &v["rejected"]);
+    if prompts && chosen.is_null() && rejected.is_null() {
+        // A plain prompt row: {"prompt": text or messages} or {"question": text}.
+        if !v["prompt"].is_null() {
+            return Ok((messages_of(&v["prompt"])?, String::new(), String::new()));
+        }
+        if let Some(q) = v["question"].as_str() {
+            return Ok((vec![Message::user(q)], String::new(), String::new()));
+        }
+        return Err("needs `prompt` (or `question`), or a preference pair".into());
+    }
     if chosen.is_null() || rejected.is_null() {
         return Err("needs `chosen` and `rejected`".into());
     }
@@ -145,6 +155,26 @@ pub fn read_pairs(
     skip_invalid: bool,
     limit: Option<usize>,
 ) -> Result<ReadReport, TaskError> {
+    read_rows(path, skip_invalid, limit, false)
+}
+
+/// Like [`read_pairs`], but also accepts plain prompt rows (`prompt` or
+/// `question`), read as pairs whose replies are empty: for jobs that only
+/// need the prompt (critique→revision, self-judging).
+pub fn read_prompts(
+    path: &Path,
+    skip_invalid: bool,
+    limit: Option<usize>,
+) -> Result<ReadReport, TaskError> {
+    read_rows(path, skip_invalid, limit, true)
+}
+
+fn read_rows(
+    path: &Path,
+    skip_invalid: bool,
+    limit: Option<usize>,
+    prompts: bool,
+) -> Result<ReadReport, TaskError> {
     let io = |source| TaskError::Io {
         path: path.to_path_buf(),
         source,
@@ -162,7 +192,7 @@ pub fn read_pairs(
         }
         let parsed = serde_json::from_str::<Value>(&text)
             .map_err(|e| format!("not JSON: {e}"))
-            .and_then(|v| parse_row(&v));
+            .and_then(|v| parse_row(&v, prompts));
         match parsed {
             Ok((conversation, chosen, rejected)) => report.pairs.push(PreferencePair {
                 line: line_no,
@@ -188,12 +218,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn plain_prompts_are_read_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.jsonl");
+        std::fs::write(
+            &path,
+            "{\"prompt\":\"hi\"}\n{\"question\":\"why?\"}\n{\"prompt\":[{\"role\":\"user\",\"content\":\"yo\"}]}\n",
+        )
+        .unwrap();
+        let r = read_prompts(&path, false, None).unwrap();
+        let firsts: Vec<&str> = r
+            .pairs
+            .iter()
+            .map(|p| p.conversation[0].content.as_str())
+            .collect();
+        assert_eq!(firsts, ["hi", "why?", "yo"]);
+        assert!(r.pairs.iter().all(|p| p.chosen.is_empty()));
+        let err = read_pairs(&path, false, None).unwrap_err().to_string();
+        assert!(err.contains("p.jsonl:1"), "{err}");
+    }
+
+    #[test]
     fn hh_transcripts_split_into_conversation_and_replies() {
         let row = serde_json::json!({
             "chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: How are you?\n\nAssistant: Fine, thanks.",
             "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: How are you?\n\nAssistant: Go away."
         });
-        let (conv, c, r) = parse_row(&row).expect("parse");
+        let (conv, c, r) = parse_row(&row, false).expect("parse");
         assert_eq!(conv.len(), 3);
         assert_eq!(conv[2], Message::user("How are you?"));
         assert_eq!((c.as_str(), r.as_str()), ("Fine, thanks.", "Go away."));
@@ -202,13 +253,13 @@ mod tests {
     #[test]
     fn trl_rows_plain_and_conversational() {
         let plain = serde_json::json!({"prompt": "Q?", "chosen": "yes", "rejected": "no"});
-        assert_eq!(parse_row(&plain).expect("plain").1, "yes");
+        assert_eq!(parse_row(&plain, false).expect("plain").1, "yes");
         let conv = serde_json::json!({
             "prompt": [{"role": "user", "content": "Q?"}],
             "chosen": [{"role": "assistant", "content": "yes"}],
             "rejected": [{"role": "assistant", "content": "no"}]
         });
-        let (p, c, r) = parse_row(&conv).expect("conversational");
+        let (p, c, r) = parse_row(&conv, false).expect("conversational");
         assert_eq!((p.len(), c.as_str(), r.as_str()), (1, "yes", "no"));
     }
 

@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// (e.g. llama-server on the same model).
     #[arg(long)]
     label_server: Option<String>,
+    /// Label with the principle after the replies (`label --principle-last`).
+    #[arg(long)]
+    label_principle_last: bool,
     /// GSM8K questions for the search workload (beam search, N = 16, PRM
     /// verifier, on the first 10); skipped when absent.
     #[arg(long)]
@@ -71,6 +74,7 @@ async fn labeling_workload(
     model: &dyn LanguageModel,
     pairs: &[qstar_tasks::PreferencePair],
     format: qstar_feedback::PromptFormat,
+    principle_last: bool,
 ) -> Result<f64> {
     let constitution = qstar_feedback::Constitution::default_constitution();
     let labeler = qstar_feedback::CaiLabeler::new(
@@ -79,6 +83,7 @@ async fn labeling_workload(
         qstar_feedback::CaiConfig {
             principles: qstar_feedback::PrincipleChoice::Sample(4),
             format,
+            principle_last,
             ..Default::default()
         },
     )?;
@@ -229,11 +234,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let pairs = qstar_tasks::read_pairs(path, true, Some(100))
             .map_err(|e| crate::UsageError(e.to_string()))?
             .pairs;
+        let last = args.label_principle_last;
         engine.set_prefix_cache(false).await;
         let uncached =
-            labeling_workload(&engine, &pairs, qstar_feedback::PromptFormat::Chat).await?;
+            labeling_workload(&engine, &pairs, qstar_feedback::PromptFormat::Chat, last).await?;
         engine.set_prefix_cache(true).await;
-        let cached = labeling_workload(&engine, &pairs, qstar_feedback::PromptFormat::Chat).await?;
+        let cached =
+            labeling_workload(&engine, &pairs, qstar_feedback::PromptFormat::Chat, last).await?;
         report_label = Some((cached, uncached));
         if let Some(url) = &args.label_server {
             let server = qstar_openai::OpenAiBackend::new(qstar_openai::OpenAiConfig {
@@ -249,7 +256,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 engine: &engine,
             };
             report_server = Some(
-                labeling_workload(&rendered, &pairs, qstar_feedback::PromptFormat::Chat).await?,
+                labeling_workload(&rendered, &pairs, qstar_feedback::PromptFormat::Chat, last)
+                    .await?,
             );
         }
     }

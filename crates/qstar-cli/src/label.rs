@@ -108,6 +108,10 @@ pub struct LabelArgs {
     /// RLAIF: sample a rationale before the preference.
     #[arg(long)]
     rationale: bool,
+    /// Put the principle after the replies (faster with the prefix cache:
+    /// a pair's questions then share both replies).
+    #[arg(long)]
+    principle_last: bool,
     /// Output keys: TRL (prompt/chosen/rejected) or OpenRLHF (chosen and
     /// rejected as whole conversations).
     #[arg(long, value_enum, default_value = "trl")]
@@ -326,6 +330,7 @@ pub async fn label(args: LabelArgs) -> Result<()> {
         rationale_tokens: args.rationale_tokens,
         few_shot: args.few_shot,
         rationale: args.rationale,
+        principle_last: args.principle_last,
         principles,
         debias: !args.no_debias,
         seed: args.seed,

@@ -59,6 +59,12 @@ pub struct CaiConfig {
     /// RLAIF: sample a rationale before the preference (CoT always does).
     #[serde(default)]
     pub rationale: bool,
+    /// Put the principle after the two replies instead of before them, so
+    /// that a pair's questions under different principles share the
+    /// conversation and both replies (the prefix cache then computes the
+    /// replies once per order instead of once per principle).
+    #[serde(default)]
+    pub principle_last: bool,
 }
 
 impl Default for CaiConfig {
@@ -69,6 +75,7 @@ impl Default for CaiConfig {
             rationale_tokens: 96,
             few_shot: 0,
             rationale: false,
+            principle_last: false,
             principles: PrincipleChoice::Sample(1),
             debias: true,
             seed: 0,
@@ -204,6 +211,7 @@ impl<'a> CaiLabeler<'a> {
                     option_b => b,
                     examples => &self.constitution.few_shot[..self.config.few_shot.min(self.constitution.few_shot.len())],
                     reasoning => self.reasons(),
+                    principle_last => self.config.principle_last,
                 })
             })
             .map_err(|e| ModelError::InvalidRequest(format!("labeling template: {e}")))?;
@@ -424,6 +432,34 @@ mod tests {
             "2"
         };
         assert!(p.contains(&format!("Preferred Response={wanted}\n")));
+    }
+
+    #[test]
+    fn the_principle_can_follow_the_replies() {
+        let c = Constitution::default_constitution();
+        let model = NoModel;
+        let before = CaiLabeler::new(&model, &c, CaiConfig::default()).expect("labeler");
+        let after = CaiLabeler::new(
+            &model,
+            &c,
+            CaiConfig {
+                principle_last: true,
+                ..Default::default()
+            },
+        )
+        .expect("labeler");
+        let (p, q) = (
+            before.prompt(&pair(1), 3, true).expect("prompt"),
+            after.prompt(&pair(1), 3, true).expect("prompt"),
+        );
+        let at = |s: &str, what: &str| s.find(what).expect(what);
+        assert!(at(&p, &c.principles[3]) < at(&p, "(A) "));
+        assert!(at(&q, "(B) ") < at(&q, &c.principles[3]));
+        // Same parts, other order: only the position of the principle moves.
+        assert_eq!(p.len(), q.len());
+        // Under another principle, everything up to the principle is shared.
+        let other = after.prompt(&pair(1), 5, true).expect("prompt");
+        assert!(other.starts_with(&q[..at(&q, &c.principles[3])]));
     }
 
     /// A model with no abilities but a chat template, for prompt tests.

@@ -333,6 +333,19 @@ impl<'a> Searcher<'a> {
         Ok(responses)
     }
 
+    /// Counts a batch of verifier calls and what they used.
+    fn record_verifier<'u>(
+        &self,
+        calls: usize,
+        usages: impl Iterator<Item = &'u qstar_core::Usage>,
+    ) {
+        for usage in usages {
+            self.meter.record(Caller::Verifier, 0, usage);
+        }
+        self.meter
+            .record(Caller::Verifier, calls, &Default::default());
+    }
+
     /// Verifier calls go through here so they are counted as such.
     pub async fn choose(
         &self,
@@ -344,11 +357,7 @@ impl<'a> Searcher<'a> {
         }
         let calls = requests.len();
         let responses = model.choose(requests).await?;
-        for r in &responses {
-            self.meter.record(Caller::Verifier, 0, &r.usage);
-        }
-        self.meter
-            .record(Caller::Verifier, calls, &Default::default());
+        self.record_verifier(calls, responses.iter().map(|r| &r.usage));
         Ok(responses)
     }
 
@@ -362,11 +371,7 @@ impl<'a> Searcher<'a> {
         }
         let calls = requests.len();
         let responses = model.score(requests).await?;
-        for r in &responses {
-            self.meter.record(Caller::Verifier, 0, &r.usage);
-        }
-        self.meter
-            .record(Caller::Verifier, calls, &Default::default());
+        self.record_verifier(calls, responses.iter().map(|r| &r.usage));
         Ok(responses)
     }
 

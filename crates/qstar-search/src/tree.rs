@@ -42,6 +42,26 @@ pub struct Node {
     pub restart: bool,
 }
 
+impl Node {
+    /// A step not yet scored, visited or finished.
+    fn fresh(id: NodeId, parent: Option<NodeId>, text: String, tokens: Vec<TokenLogprob>) -> Self {
+        Node {
+            id,
+            parent,
+            text,
+            tokens,
+            score: None,
+            finished: false,
+            answer: None,
+            children: Vec::new(),
+            visits: 0,
+            value_sum: 0.0,
+            prior: 0.0,
+            restart: false,
+        }
+    }
+}
+
 fn is_zero(v: &u32) -> bool {
     *v == 0
 }
@@ -65,40 +85,14 @@ impl Tree {
 
     pub fn new() -> Self {
         Tree {
-            nodes: vec![Node {
-                id: 0,
-                parent: None,
-                text: String::new(),
-                tokens: Vec::new(),
-                score: None,
-                finished: false,
-                answer: None,
-                children: Vec::new(),
-                visits: 0,
-                value_sum: 0.0,
-                prior: 0.0,
-                restart: false,
-            }],
+            nodes: vec![Node::fresh(Tree::ROOT, None, String::new(), Vec::new())],
         }
     }
 
     /// Adds a step under `parent` and returns its id.
     pub fn add(&mut self, parent: NodeId, text: String, tokens: Vec<TokenLogprob>) -> NodeId {
         let id = self.nodes.len();
-        self.nodes.push(Node {
-            id,
-            parent: Some(parent),
-            text,
-            tokens,
-            score: None,
-            finished: false,
-            answer: None,
-            children: Vec::new(),
-            visits: 0,
-            value_sum: 0.0,
-            prior: 0.0,
-            restart: false,
-        });
+        self.nodes.push(Node::fresh(id, Some(parent), text, tokens));
         self.nodes[parent].children.push(id);
         id
     }

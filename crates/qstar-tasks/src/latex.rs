@@ -7,7 +7,7 @@
 //! dollar signs, `\text{}` wrappers and trailing units, unify `\dfrac`/`\tfrac`,
 //! brace bare fraction and root arguments, and drop a short "x =" prefix.
 
-use crate::numeric::last_boxed;
+use crate::numeric::{braced, last_boxed};
 
 /// The final answer a model wrote: the last `\boxed{}`, else what follows
 /// "the answer is" up to the end of that line.
@@ -40,24 +40,12 @@ fn strip_text_wrappers(s: &str) -> String {
     }
     for wrapper in ["\\text{", "\\textbf{", "\\mathrm{", "\\mbox{"] {
         while let Some(at) = s.find(wrapper) {
-            let inner_start = at + wrapper.len();
-            let mut depth = 1;
-            let mut end = None;
-            for (i, c) in s[inner_start..].char_indices() {
-                match c {
-                    '{' => depth += 1,
-                    '}' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            end = Some(inner_start + i);
-                            break;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            let Some(end) = end else { break };
-            let inner = s[inner_start..end].to_string();
+            let open = at + wrapper.len() - 1;
+            let Some((inner, after)) = braced(&s[open..]) else {
+                break;
+            };
+            let end = s.len() - after.len() - 1;
+            let inner = inner.to_string();
             s.replace_range(at..=end, &inner);
         }
     }
@@ -207,25 +195,6 @@ pub fn evaluate(s: &str) -> Option<f64> {
     if let Some((a, b)) = s.split_once('/') {
         let d = evaluate(b)?;
         return (d != 0.0).then(|| evaluate(a).map(|n| n / d)).flatten();
-    }
-    None
-}
-
-/// Splits "{inner}rest" into ("inner", "rest").
-fn braced(s: &str) -> Option<(&str, &str)> {
-    let inner = s.strip_prefix('{')?;
-    let mut depth = 1;
-    for (i, c) in inner.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some((&inner[..i], &inner[i + 1..]));
-                }
-            }
-            _ => {}
-        }
     }
     None
 }

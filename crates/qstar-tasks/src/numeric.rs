@@ -75,21 +75,8 @@ pub fn last_boxed(text: &str) -> Option<&str> {
         .max_by_key(|(at, _)| *at)?;
     let rest = &text[at.0 + at.1..];
     let trimmed = rest.trim_start();
-    if let Some(inner) = trimmed.strip_prefix('{') {
-        let mut depth = 1usize;
-        for (i, c) in inner.char_indices() {
-            match c {
-                '{' => depth += 1,
-                '}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        return Some(&inner[..i]);
-                    }
-                }
-                _ => {}
-            }
-        }
-        None
+    if trimmed.starts_with('{') {
+        braced(trimmed).map(|(inner, _)| inner)
     } else if rest.starts_with(' ') {
         // "\boxed 5": the box holds the next word.
         let word = trimmed
@@ -99,6 +86,25 @@ pub fn last_boxed(text: &str) -> Option<&str> {
     } else {
         None
     }
+}
+
+/// Splits "{inner}rest" into ("inner", "rest"), braces balanced.
+pub fn braced(s: &str) -> Option<(&str, &str)> {
+    let inner = s.strip_prefix('{')?;
+    let mut depth = 1usize;
+    for (i, c) in inner.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some((&inner[..i], &inner[i + 1..]));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Finds the last occurrence of `marker`, ignoring ASCII case.

@@ -89,6 +89,10 @@ pub struct SearchArgs {
     pub revision_chains: Option<usize>,
     #[arg(long)]
     pub max_tokens: Option<usize>,
+    /// Stop each question's search after this many generated tokens (the
+    /// budget N then only caps it), to compare strategies at equal compute.
+    #[arg(long)]
+    pub token_budget: Option<usize>,
     #[arg(long)]
     pub max_step_tokens: Option<usize>,
     #[arg(long)]
@@ -196,6 +200,9 @@ impl SearchArgs {
         set(&mut config.max_steps, self.max_steps);
         if let Some(s) = self.seed {
             config.seed = s;
+        }
+        if self.token_budget.is_some() {
+            config.token_budget = self.token_budget;
         }
         if let Some(t) = self.temperature {
             config.temperature = t;

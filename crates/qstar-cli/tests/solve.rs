@@ -340,13 +340,25 @@ fn gsm8k_and_serial_questions_are_solved_and_checked() {
     ok(&qstar()
         .args(["solve", "--task", "math", "--input"])
         .arg(shared("math500/math500_dev.jsonl"))
-        .args(["--strategy", "majority", "--budget", "2", "--limit", "2", "--json", "--out"])
+        .args([
+            "--strategy",
+            "majority",
+            "--budget",
+            "2",
+            "--limit",
+            "2",
+            "--json",
+            "--out",
+        ])
         .arg(&math)
         .args(SHORT)
         .output()
         .expect("math"));
     let records = jsonl(&math);
-    assert_eq!(records[0]["reference"], "\\left( 3, \\frac{\\pi}{2} \\right)");
+    assert_eq!(
+        records[0]["reference"],
+        "\\left( 3, \\frac{\\pi}{2} \\right)"
+    );
     for kind in ["modadd", "permutation", "squaring", "circuit"] {
         let path = dir.path().join(format!("{kind}.jsonl"));
         ok(&qstar()

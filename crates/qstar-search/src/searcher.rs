@@ -52,6 +52,10 @@ pub struct SearchConfig {
     pub revision_chains: usize,
     /// Alternatives reported per generated token (confidence verifiers).
     pub top_logprobs: usize,
+    /// Stop growing a search once this many tokens were generated for the
+    /// question (N then only caps it), so strategies meet at equal compute.
+    #[serde(default)]
+    pub token_budget: Option<usize>,
 }
 
 impl Default for SearchConfig {
@@ -75,6 +79,7 @@ impl Default for SearchConfig {
             rebase_temperature: 0.2,
             revision_chains: 1,
             top_logprobs: 5,
+            token_budget: None,
         }
     }
 }
@@ -145,6 +150,31 @@ impl<'a> Searcher<'a> {
             stop,
             ..SamplingParams::default()
         }
+    }
+
+    /// Whether the question's token budget is spent.
+    pub fn exhausted(&self) -> bool {
+        self.config
+            .token_budget
+            .is_some_and(|b| self.meter.total().tokens_generated >= b)
+    }
+
+    /// Samples up to `n` whole solutions; under a token budget, in rounds
+    /// of four until the budget is spent.
+    pub async fn sample_within_budget(
+        &self,
+        tree: &mut Tree,
+        n: usize,
+    ) -> Result<Vec<NodeId>, SearchError> {
+        if self.config.token_budget.is_none() {
+            return self.sample_solutions(tree, n, false).await;
+        }
+        let mut leaves = Vec::new();
+        while leaves.len() < n && !self.exhausted() {
+            let round = (n - leaves.len()).min(4);
+            leaves.extend(self.sample_solutions(tree, round, false).await?);
+        }
+        Ok(leaves)
     }
 
     /// Samples whole solutions under the root (`n` of them) and adds each as

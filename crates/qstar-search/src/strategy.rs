@@ -128,12 +128,12 @@ pub async fn run(
                 leaves.first().copied()
             }
             Strategy::Majority => {
-                let leaves = s.sample_solutions(&mut tree, budget, false).await?;
+                let leaves = s.sample_within_budget(&mut tree, budget).await?;
                 vote(&tree, &leaves, None)
             }
             Strategy::Weighted | Strategy::BestOfN => {
                 let scorer = need()?;
-                let leaves = s.sample_solutions(&mut tree, budget, false).await?;
+                let leaves = s.sample_within_budget(&mut tree, budget).await?;
                 let scores = scorer.solution_scores(s, &mut tree, &leaves).await?;
                 if strategy == Strategy::Weighted {
                     vote(&tree, &leaves, Some(&scores))
@@ -276,6 +276,9 @@ pub async fn stepwise_beam(
     // Candidates each group may still grow; finished solutions use them up.
     let mut remaining = vec![keep * width; groups];
     for _ in 0..s.config.max_steps {
+        if s.exhausted() {
+            break;
+        }
         let candidates: Vec<NodeId> = frontier.iter().flatten().copied().collect();
         // What each candidate is ranked by: itself, or its rollout's end.
         let mut judged = candidates.clone();
@@ -364,6 +367,9 @@ pub async fn mcts(
 ) -> Result<Option<NodeId>, SearchError> {
     let k = s.config.mcts_children.max(1);
     for _ in 0..budget {
+        if s.exhausted() {
+            break;
+        }
         let leaf = select(tree, s.config.c_puct);
         if tree.node(leaf).finished || tree.depth(leaf) >= s.config.max_steps {
             if !tree.node(leaf).finished {
@@ -512,6 +518,9 @@ pub async fn rebase(
         .await?
         .concat();
     for _ in 0..s.config.max_steps {
+        if s.exhausted() {
+            break;
+        }
         let finished = frontier.iter().filter(|&&n| tree.node(n).finished).count();
         width = width.saturating_sub(finished);
         let open: Vec<NodeId> = frontier
@@ -588,6 +597,9 @@ pub async fn revise(
     let mut last = s.sample_solutions(tree, chains, false).await?;
     let mut all = last.clone();
     for _ in 1..length {
+        if s.exhausted() {
+            break;
+        }
         let mut next = Vec::with_capacity(last.len());
         for &previous in &last {
             let request = format!(

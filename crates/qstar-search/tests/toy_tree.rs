@@ -364,3 +364,37 @@ async fn every_strategy_runs_and_meters_its_work() {
     let err = run(Strategy::Beam, &s, 4, None).await.unwrap_err();
     assert!(err.to_string().contains("needs a verifier"), "{err}");
 }
+
+#[tokio::test]
+async fn a_token_budget_stops_the_search_early() {
+    let p = problem();
+    let c = SearchConfig {
+        token_budget: Some(8),
+        ..config()
+    };
+    let scorer = Scorer {
+        verifier: &ToyVerifier,
+        aggregation: qstar_search::Aggregation::Min,
+    };
+    // A whole toy solution is 4 tokens; samples come in rounds of 4, so the
+    // first round (16 tokens) spends the budget of 8.
+    let meter = Meter::new(0);
+    let s = Searcher::new(&ToyModel, TASK, &p, &c, &meter).unwrap();
+    let outcome = run(Strategy::Majority, &s, 16, None).await.unwrap();
+    assert_eq!(outcome.candidates, 4);
+    assert_eq!(meter.total().tokens_generated, 16);
+    // Step-wise searches stop expanding once the budget is spent.
+    for strategy in [Strategy::Beam, Strategy::Rebase, Strategy::Mcts] {
+        let meter = Meter::new(0);
+        let s = Searcher::new(&ToyModel, TASK, &p, &c, &meter).unwrap();
+        run(strategy, &s, 16, Some(scorer)).await.unwrap();
+        let unlimited = Meter::new(0);
+        let free = config();
+        let s = Searcher::new(&ToyModel, TASK, &p, &free, &unlimited).unwrap();
+        run(strategy, &s, 16, Some(scorer)).await.unwrap();
+        assert!(
+            meter.total().tokens_generated < unlimited.total().tokens_generated,
+            "{strategy:?}"
+        );
+    }
+}

@@ -85,6 +85,8 @@ pub fn accuracy_vs_compute(
         if text {
             mesh.x_desc("tokens generated per question (log scale)")
                 .y_desc("accuracy")
+                .x_labels(8)
+                .x_label_formatter(&|x| format!("{x:.0}"))
                 .y_label_formatter(&|y| format!("{:.0} %", y * 100.0));
         } else {
             mesh.x_labels(0).y_labels(0);

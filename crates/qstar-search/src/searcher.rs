@@ -54,7 +54,7 @@ pub struct SearchConfig {
     pub top_logprobs: usize,
     /// Stop growing a search once this many tokens were generated for the
     /// question (N then only caps it), so strategies meet at equal compute.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_budget: Option<usize>,
 }
 

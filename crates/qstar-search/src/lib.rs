@@ -8,6 +8,7 @@
 
 pub mod compute;
 pub mod optimal;
+pub mod prompts;
 pub mod searcher;
 pub mod strategy;
 pub mod tree;

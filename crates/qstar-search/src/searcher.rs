@@ -84,9 +84,6 @@ impl Default for SearchConfig {
     }
 }
 
-pub const REFLECTION: &str =
-    "Wait! Maybe I made some mistakes! I need to rethink from scratch.\n\n";
-
 /// One question being searched.
 pub struct Searcher<'a> {
     pub model: &'a dyn LanguageModel,

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::searcher::{Searcher, StepRequest, REFLECTION};
+use crate::prompts::{self, REFLECTION};
+use crate::searcher::{Searcher, StepRequest};
 use crate::tree::{NodeId, Tree};
 use crate::verifier::{Aggregation, Verifier};
 use crate::SearchError;
@@ -602,12 +603,11 @@ pub async fn revise(
         }
         let mut next = Vec::with_capacity(last.len());
         for &previous in &last {
-            let request = format!(
-                "{}\n\n{}\n\nHere is an earlier attempt at this problem:\n\n{}\n\nIt may contain mistakes. Check it step by step and write a corrected, complete solution.",
-                s.problem.question.trim_end(),
+            let request = prompts::revision(
+                &s.problem.question,
                 s.task.instruction(),
-                tree.text(previous).trim()
-            );
+                &tree.text(previous),
+            )?;
             let prompt = s.config.format.frame(s.model, &request, "")?;
             next.extend(s.sample_from_prompt(tree, previous, prompt, 1).await?);
         }

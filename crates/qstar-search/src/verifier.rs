@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use qstar_core::{ChooseRequest, LanguageModel, ModelError, ScoreRequest, TokenLogprob};
 use serde::{Deserialize, Serialize};
 
+use crate::prompts;
 use crate::searcher::Searcher;
 use crate::tree::{NodeId, Tree};
 use crate::SearchError;
@@ -120,16 +121,6 @@ pub struct JudgeVerifier<'m> {
     pub outcome_only: bool,
 }
 
-impl JudgeVerifier<'_> {
-    fn question(s: &Searcher<'_>, solution: &str) -> String {
-        format!(
-            "Here is a math problem and the start of a solution.\n\nProblem: {}\n\nSolution:\n{}\n\nIs the last step of this solution correct? Answer Yes or No.",
-            s.problem.question.trim(),
-            solution.trim_end()
-        )
-    }
-}
-
 #[async_trait]
 impl Verifier for JudgeVerifier<'_> {
     fn name(&self) -> String {
@@ -161,10 +152,11 @@ impl Verifier for JudgeVerifier<'_> {
         };
         let mut requests = Vec::with_capacity(nodes.len());
         for &n in &nodes {
-            let prompt =
-                s.config
-                    .format
-                    .frame(self.model, &Self::question(s, &tree.text(n)), "")?;
+            let prompt = s.config.format.frame(
+                self.model,
+                &prompts::step_judge(&s.problem.question, &tree.text(n))?,
+                "",
+            )?;
             requests.push(ChooseRequest {
                 prompt,
                 options: vec!["Yes".into(), "No".into()],

@@ -21,7 +21,7 @@ fn llama_server() -> PathBuf {
             .map(|d| d.join("llama-server"))
             .find(|p| p.is_file())
     });
-    let cached = qstar_engine::fetch::home_dir().join("llama.cpp-11434.0.0/bin/llama-server");
+    let cached = qstar_engine::fetch::home_dir().join("llama.cpp-11434.0.0-noamx/bin/llama-server");
     on_path
         .or(cached.is_file().then_some(cached))
         .expect("llama-server not found: run scripts/build-llama-cpp (the test script does)")

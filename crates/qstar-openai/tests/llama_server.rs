@@ -356,3 +356,89 @@ async fn ai_feedback_through_llama_server() {
         .expect_err("rating needs prompt log-probs");
     assert!(matches!(err, ModelError::Unsupported { .. }), "{err}");
 }
+
+/// What llama-server says about cost, stops and alternatives, checked
+/// against the embedded engine on the same model: the model card's
+/// parameter count, the usage of `choose`, whether a greedy completion
+/// ended at the step delimiter or at the end of generation, and the
+/// Marco-o1 token confidence (which needs the chosen token found among
+/// its alternatives by id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llama_server_reports_usage_stops_and_model_size() {
+    use qstar_core::FinishReason;
+    use qstar_search::verifier::token_confidence;
+    let server = start().await;
+    let remote = backend(vec![server.url.clone()]);
+    let embedded = qstar_engine::Engine::load(
+        &qstar_engine::fetch::default_model_path(),
+        qstar_engine::EngineOptions::default(),
+    )
+    .expect("engine");
+
+    // The card counts every weight; the engine leaves out the norms'.
+    let card = remote.model_parameters().await.expect("meta.n_params");
+    let own = embedded.info().parameters as f64;
+    assert!(
+        (card as f64 - own).abs() / own < 1e-3,
+        "card {card}, engine {own}"
+    );
+
+    // One request of the prompt's tokens and one generated token.
+    let prompt = embedded
+        .render_chat(&[Message::user("Is the sky blue? Answer Yes or No.")], true)
+        .expect("render");
+    let chosen = remote
+        .choose(vec![ChooseRequest {
+            prompt: prompt.clone(),
+            options: vec!["Yes".into(), "No".into()],
+        }])
+        .await
+        .expect("choose")
+        .remove(0);
+    assert_eq!(
+        chosen.usage.prompt_tokens,
+        embedded.tokenize(&prompt, true).len()
+    );
+    assert_eq!(chosen.usage.completion_tokens, 1);
+
+    // Greedy steps with the delimiter "\n\n": the server's finish reason
+    // agrees with the engine's, which knows; both kinds occur.
+    let mut kinds = Vec::new();
+    for question in [
+        "Write two short paragraphs about cats.",
+        "Say hi.",
+        "List three colors.",
+    ] {
+        let mut req = GenerateRequest::new(
+            embedded
+                .render_chat(&[Message::user(question)], true)
+                .expect("render"),
+            SamplingParams {
+                max_tokens: 64,
+                stop: vec!["\n\n".into()],
+                ..Default::default()
+            },
+        );
+        req.top_logprobs = Some(5);
+        let r = remote.generate(vec![req.clone()]).await.expect("remote")[0].completions[0].clone();
+        let e = embedded.generate(vec![req]).await.expect("embedded")[0].completions[0].clone();
+        if r.text != e.text {
+            continue; // f16 against f32 KV cache: the paths parted
+        }
+        assert_eq!(r.finish_reason, e.finish_reason, "{question}: {:?}", r.text);
+        kinds.push(r.finish_reason);
+        // Token confidence as the engine computes it, token by token.
+        let (rt, et) = (r.logprobs.expect("remote"), e.logprobs.expect("engine"));
+        for (a, b) in rt.iter().zip(&et).take(8) {
+            assert_eq!(a.id, b.id);
+            let (ca, cb) = (token_confidence(a), token_confidence(b));
+            assert!(
+                (ca - cb).abs() < 0.05,
+                "{question}: {:?} {ca} vs {cb}",
+                a.text
+            );
+        }
+    }
+    assert!(kinds.contains(&FinishReason::Stop), "{kinds:?}");
+    assert!(kinds.contains(&FinishReason::Eos), "{kinds:?}");
+}

@@ -401,18 +401,23 @@ async fn llama_server_reports_usage_stops_and_model_size() {
     );
     assert_eq!(chosen.usage.completion_tokens, 1);
 
-    // Greedy steps with the delimiter "\n\n": the server's finish reason
-    // agrees with the engine's, which knows; both kinds occur.
+    // Greedy steps with the delimiter "\n\n": the finish reason agrees
+    // with the `stop_type` of llama-server's own /completion endpoint for
+    // the same request (which the OpenAI endpoints leave out); both kinds
+    // occur.
+    let chat = |q: &str| {
+        embedded
+            .render_chat(&[Message::user(q)], true)
+            .expect("render")
+    };
     let mut kinds = Vec::new();
-    for question in [
-        "Write two short paragraphs about cats.",
-        "Say hi.",
-        "List three colors.",
+    for prompt in [
+        chat("Say hi."),
+        "The first paragraph.\n\nThe second paragraph.\n\nThe third".to_string(),
+        chat("List three colors."),
     ] {
         let mut req = GenerateRequest::new(
-            embedded
-                .render_chat(&[Message::user(question)], true)
-                .expect("render"),
+            prompt.clone(),
             SamplingParams {
                 max_tokens: 64,
                 stop: vec!["\n\n".into()],
@@ -421,23 +426,33 @@ async fn llama_server_reports_usage_stops_and_model_size() {
         );
         req.top_logprobs = Some(5);
         let r = remote.generate(vec![req.clone()]).await.expect("remote")[0].completions[0].clone();
-        let e = embedded.generate(vec![req]).await.expect("embedded")[0].completions[0].clone();
-        if r.text != e.text {
-            continue; // f16 against f32 KV cache: the paths parted
-        }
-        assert_eq!(r.finish_reason, e.finish_reason, "{question}: {:?}", r.text);
+        let native = post_json(
+            &server.url,
+            "/completion",
+            &serde_json::json!({"prompt": prompt, "n_predict": 64, "stop": ["\n\n"],
+                "temperature": 0.0, "n_probs": 5}),
+        );
+        assert_eq!(native["content"].as_str(), Some(r.text.as_str()));
+        let expected = match native["stop_type"].as_str() {
+            Some("word") => FinishReason::Stop,
+            Some("eos") => FinishReason::Eos,
+            _ => FinishReason::Length,
+        };
+        assert_eq!(r.finish_reason, expected, "{prompt:?}: {:?}", r.text);
         kinds.push(r.finish_reason);
-        // Token confidence as the engine computes it, token by token.
+        // Token confidence as the engine computes it, on the tokens both
+        // chose (f16 against f32 KV cache: greedy paths may part later, and
+        // near-ties move by a few hundredths; counting a likely chosen token
+        // twice or not at all would move it by more than 0.25).
+        let e = embedded.generate(vec![req]).await.expect("embedded")[0].completions[0].clone();
         let (rt, et) = (r.logprobs.expect("remote"), e.logprobs.expect("engine"));
-        for (a, b) in rt.iter().zip(&et).take(8) {
-            assert_eq!(a.id, b.id);
+        let mut compared = 0;
+        for (a, b) in rt.iter().zip(&et).take_while(|(a, b)| a.id == b.id).take(8) {
             let (ca, cb) = (token_confidence(a), token_confidence(b));
-            assert!(
-                (ca - cb).abs() < 0.05,
-                "{question}: {:?} {ca} vs {cb}",
-                a.text
-            );
+            assert!((ca - cb).abs() < 0.1, "{:?}: {ca} vs {cb}", a.text);
+            compared += 1;
         }
+        assert!(compared > 0, "{prompt:?}");
     }
     assert!(kinds.contains(&FinishReason::Stop), "{kinds:?}");
     assert!(kinds.contains(&FinishReason::Eos), "{kinds:?}");

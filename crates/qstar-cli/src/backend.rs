@@ -36,6 +36,11 @@ pub struct BackendArgs {
     /// Requests in flight at once against the servers.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// Parameters of the server's model, for FLOP estimates (e.g. 135M,
+    /// 7B, 1.5e9); without it they come from the server's model card, or
+    /// are reported as unknown.
+    #[arg(long = "server-params", value_parser = parse_parameter_count)]
+    pub server_params: Option<u64>,
     /// Threads of the embedded engine (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -68,34 +73,87 @@ impl BackendArgs {
     }
 
     pub async fn open(&self) -> Result<Arc<dyn LanguageModel>> {
-        Ok(self.open_with_size().await?.0)
+        match self.backend {
+            BackendKind::Embedded => Ok(Arc::new(self.engine().await?)),
+            BackendKind::Openai => Ok(Arc::new(self.server()?)),
+        }
     }
 
-    /// The model and its parameter count (for FLOP estimates; 0 when a
-    /// server does not say).
-    pub async fn open_with_size(&self) -> Result<(Arc<dyn LanguageModel>, u64)> {
+    /// The model and its parameter count, for FLOP estimates: the engine's
+    /// own; for servers `--server-params`, else the server's model card,
+    /// else `None` (unknown).
+    pub async fn open_with_size(&self) -> Result<(Arc<dyn LanguageModel>, Option<u64>)> {
         match self.backend {
             BackendKind::Embedded => {
                 let engine = self.engine().await?;
                 let parameters = engine.info().parameters as u64;
-                Ok((Arc::new(engine), parameters))
+                Ok((Arc::new(engine), Some(parameters)))
             }
             BackendKind::Openai => {
-                if self.base_url.is_empty() {
-                    return Err(UsageError(
-                        "--backend openai needs at least one --base-url".into(),
-                    )
-                    .into());
-                }
-                let config = qstar_openai::OpenAiConfig {
-                    base_urls: self.base_url.clone(),
-                    model: self.server_model.clone(),
-                    api_key: std::env::var(&self.api_key_env).ok(),
-                    concurrency: self.concurrency.max(1),
-                    ..Default::default()
+                let server = self.server()?;
+                let parameters = match self.server_params {
+                    Some(n) => Some(n),
+                    None => server.model_parameters().await,
                 };
-                Ok((Arc::new(qstar_openai::OpenAiBackend::new(config)?), 0))
+                Ok((Arc::new(server), parameters))
             }
+        }
+    }
+
+    fn server(&self) -> Result<qstar_openai::OpenAiBackend> {
+        if self.base_url.is_empty() {
+            return Err(UsageError("--backend openai needs at least one --base-url".into()).into());
+        }
+        let config = qstar_openai::OpenAiConfig {
+            base_urls: self.base_url.clone(),
+            model: self.server_model.clone(),
+            api_key: std::env::var(&self.api_key_env).ok(),
+            concurrency: self.concurrency.max(1),
+            ..Default::default()
+        };
+        Ok(qstar_openai::OpenAiBackend::new(config)?)
+    }
+}
+
+/// A parameter count: a number, optionally with a K, M, B (or G) or T
+/// suffix (`135M`, `1.5B`), or in exponent form (`7e9`).
+pub fn parse_parameter_count(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let scale = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => 1e3,
+        Some('M') => 1e6,
+        Some('B' | 'G') => 1e9,
+        Some('T') => 1e12,
+        _ => 1.0,
+    };
+    let number = if scale == 1.0 { t } else { &t[..t.len() - 1] };
+    let value = number
+        .parse::<f64>()
+        .ok()
+        .map(|v| (v * scale).round())
+        .filter(|v| v.is_finite() && *v >= 1.0 && *v < 1e18)
+        .ok_or_else(|| format!("{text:?} is not a parameter count: use e.g. 135M, 7B or 1.5e9"))?;
+    Ok(value as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_parameter_count;
+
+    #[test]
+    fn parameter_counts_parse_with_suffixes() {
+        for (text, n) in [
+            ("134515008", 134_515_008),
+            ("135M", 135_000_000),
+            ("1.5B", 1_500_000_000),
+            ("7b", 7_000_000_000),
+            ("7e9", 7_000_000_000),
+            ("70K", 70_000),
+        ] {
+            assert_eq!(parse_parameter_count(text), Ok(n), "{text}");
+        }
+        for bad in ["", "0", "-5M", "M", "lots", "1e30", "NaN", "infB"] {
+            assert!(parse_parameter_count(bad).is_err(), "{bad:?}");
         }
     }
 }

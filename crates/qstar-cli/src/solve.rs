@@ -163,7 +163,8 @@ pub struct SolveRecord {
 pub struct Setup {
     pub model: Arc<dyn LanguageModel>,
     pub reference_model: Option<Arc<dyn LanguageModel>>,
-    pub parameters: u64,
+    /// For FLOP estimates; `None` when a server does not say.
+    pub parameters: Option<u64>,
     pub task: Task,
     pub problems: Vec<Problem>,
     pub config: SearchConfig,
@@ -315,7 +316,7 @@ impl Setup {
         budget: usize,
         policy: Option<&Policy>,
     ) -> Result<SolveRecord, SearchError> {
-        let meter = Meter::new(self.parameters);
+        let meter = Meter::with_parameters(self.parameters);
         let searcher = Searcher::new(
             self.model.as_ref(),
             self.task,
@@ -472,7 +473,8 @@ pub struct Summary {
     pub prompt_tokens_reused: usize,
     pub model_calls: usize,
     pub verifier_calls: usize,
-    pub flops: f64,
+    /// `None` (null) when the model's parameter count is unknown.
+    pub flops: Option<f64>,
     /// Finished solutions whose answer could not be found.
     pub unparsed: usize,
     pub candidates: usize,
@@ -570,10 +572,19 @@ fn print_summary(s: &Summary, name: &str) {
         "| model / verifier calls | {} / {} |",
         s.model_calls, s.verifier_calls
     );
+    println!("| FLOPs | {} |", flops_text(s.flops));
     println!(
         "| solutions without an answer | {} of {} |",
         s.unparsed, s.candidates
     );
+}
+
+/// FLOPs for a table: "unknown" when the parameter count is.
+pub fn flops_text(flops: Option<f64>) -> String {
+    match flops {
+        Some(f) => format!("{f:.3e}"),
+        None => "unknown".into(),
+    }
 }
 
 pub fn read_policy(path: &Path) -> Result<Policy> {

@@ -48,7 +48,8 @@ struct Row {
     summary: Summary,
     /// Means per question, the x axis of the plot.
     tokens_per_question: f64,
-    flops_per_question: f64,
+    /// `None` (null) when the model's parameter count is unknown.
+    flops_per_question: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,7 +100,7 @@ pub async fn sweep(args: SweepArgs) -> Result<()> {
             &described,
             "difficulty",
             |p| async move {
-                let meter = Meter::new(setup_ref.parameters);
+                let meter = Meter::with_parameters(setup_ref.parameters);
                 let s = Searcher::new(
                     setup_ref.model.as_ref(),
                     setup_ref.task,
@@ -156,7 +157,7 @@ pub async fn sweep(args: SweepArgs) -> Result<()> {
                 strategy: strategy.name().into(),
                 budget,
                 tokens_per_question: summary.tokens_generated as f64 / n,
-                flops_per_question: summary.flops / n,
+                flops_per_question: summary.flops.map(|f| f / n),
                 summary,
             });
             let mut outcomes = Vec::new();

@@ -6,7 +6,13 @@
 //! What a server cannot do is reported, never emulated: scoring needs prompt
 //! log-probs (`echo` with `logprobs`); without them `choose` still works when
 //! every option is a single token among the first position's top log-probs.
+//!
+//! Every call reports the usage the servers sent (summed over the requests
+//! it made); the parameter count for FLOP estimates comes from the model
+//! card at `/v1/models` where the server puts it there
+//! ([`OpenAiBackend::model_parameters`]).
 
+mod finish;
 mod wire;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +29,7 @@ use qstar_core::{
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-use crate::wire::{parse_logprobs, WireToken};
+use crate::wire::{byte_offsets, parse_logprobs, WireToken};
 
 /// How to reach the servers.
 #[derive(Debug, Clone)]
@@ -107,6 +113,11 @@ impl OpenAiBackend {
     /// POSTs a JSON body, retrying transient failures with exponential
     /// backoff and moving to the next server on each attempt.
     async fn post(&self, path: &str, body: &Value) -> Result<Value, ModelError> {
+        self.send(path, Some(body)).await
+    }
+
+    /// A POST of `body`, or a GET without one.
+    async fn send(&self, path: &str, body: Option<&Value>) -> Result<Value, ModelError> {
         let _permit = self
             .permits
             .acquire()
@@ -122,7 +133,10 @@ impl OpenAiBackend {
             }
             let i = self.next_url.fetch_add(1, Ordering::Relaxed) % self.config.base_urls.len();
             let url = format!("{}{path}", self.config.base_urls[i].trim_end_matches('/'));
-            let mut request = self.client.post(&url).json(body);
+            let mut request = match body {
+                Some(body) => self.client.post(&url).json(body),
+                None => self.client.get(&url),
+            };
             if let Some(key) = &self.config.api_key {
                 request = request.bearer_auth(key);
             }
@@ -149,6 +163,30 @@ impl OpenAiBackend {
             "gave up after {} retries; last error: {last_error}",
             self.config.max_retries
         )))
+    }
+
+    /// The model's parameter count from the first server's model card
+    /// (`GET /v1/models`), when it has one: llama-server puts it in
+    /// `meta.n_params`; vLLM and SGLang do not say. The entry named like
+    /// the configured model is used, or the only entry. `None` when the
+    /// card is missing, does not say, or cannot be fetched.
+    pub async fn model_parameters(&self) -> Option<u64> {
+        let card = match self.send("/v1/models", None).await {
+            Ok(card) => card,
+            Err(e) => {
+                tracing::debug!("no model card: {e}");
+                return None;
+            }
+        };
+        let entries = card["data"].as_array()?;
+        let entry = entries
+            .iter()
+            .find(|e| e["id"].as_str() == Some(self.config.model.as_str()))
+            .or(match entries.as_slice() {
+                [only] => Some(only),
+                _ => None,
+            })?;
+        entry["meta"]["n_params"].as_u64().filter(|&n| n > 0)
     }
 
     async fn generate_one(
@@ -197,15 +235,9 @@ impl OpenAiBackend {
         }
         .ok_or_else(|| self.error("the answer has no text"))?
         .to_string();
-        let finish_reason = match choice["finish_reason"].as_str() {
-            Some("length") => FinishReason::Length,
-            Some("stop") if !p.stop.is_empty() && choice["stop_reason"].is_string() => {
-                FinishReason::Stop
-            }
-            Some("stop") => FinishReason::Eos,
-            _ => FinishReason::Length,
-        };
         let parsed = parse_logprobs(&choice["logprobs"]);
+        let finish_reason: FinishReason =
+            finish::classify(&v, choice, !p.stop.is_empty(), parsed.as_deref());
         let token_ids: Vec<u32> = parsed
             .as_ref()
             .map(|tokens| tokens.iter().filter_map(|t| t.id).collect())
@@ -220,13 +252,7 @@ impl OpenAiBackend {
             ),
             (Some(_), None) => return Err(self.unsupported("log-probs of generated tokens")),
         };
-        let usage = Usage {
-            prompt_tokens: v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize,
-            prompt_tokens_reused: v["usage"]["prompt_tokens_details"]["cached_tokens"]
-                .as_u64()
-                .unwrap_or(0) as usize,
-            completion_tokens: v["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize,
-        };
+        let usage = usage_of(&v);
         Ok((
             Completion {
                 text,
@@ -257,8 +283,8 @@ impl OpenAiBackend {
     }
 
     /// Prompt log-probs through `echo`: the tokens of `prompt + continuation`
-    /// with their offsets in the text.
-    async fn echo_logprobs(&self, text: &str) -> Result<Vec<WireToken>, ModelError> {
+    /// with their byte offsets in the text, and what the request used.
+    async fn echo_logprobs(&self, text: &str) -> Result<(Vec<WireToken>, Usage), ModelError> {
         let body = json!({
             "model": self.config.model,
             "prompt": text,
@@ -268,7 +294,8 @@ impl OpenAiBackend {
             "temperature": 0.0,
         });
         let v = self.post("/v1/completions", &body).await?;
-        let tokens = parse_logprobs(&v["choices"][0]["logprobs"]).unwrap_or_default();
+        let mut tokens = parse_logprobs(&v["choices"][0]["logprobs"]).unwrap_or_default();
+        byte_offsets(&mut tokens, text);
         let covers_prompt = tokens.iter().any(|t| t.offset.is_some())
             && tokens.iter().map(|t| t.text.len()).sum::<usize>() >= text.len();
         if !covers_prompt {
@@ -276,12 +303,12 @@ impl OpenAiBackend {
                 self.unsupported("prompt log-probs (`echo` with `logprobs` on /v1/completions)")
             );
         }
-        Ok(tokens)
+        Ok((tokens, usage_of(&v)))
     }
 
     async fn score_one(&self, req: &ScoreRequest) -> Result<ScoreResponse, ModelError> {
         let full = format!("{}{}", req.prompt, req.continuation);
-        let tokens = self.echo_logprobs(&full).await?;
+        let (tokens, usage) = self.echo_logprobs(&full).await?;
         let start = req.prompt.len();
         let mut out = Vec::new();
         let mut total = 0.0;
@@ -294,7 +321,7 @@ impl OpenAiBackend {
         Ok(ScoreResponse {
             tokens: out,
             total_logprob: total,
-            usage: Usage::default(),
+            usage,
         })
     }
 
@@ -309,6 +336,7 @@ impl OpenAiBackend {
             "logprobs": self.config.choose_top_logprobs,
         });
         let v = self.post("/v1/completions", &body).await?;
+        let mut usage = usage_of(&v);
         let first = parse_logprobs(&v["choices"][0]["logprobs"])
             .and_then(|t| t.into_iter().next())
             .ok_or_else(|| self.unsupported("log-probs on /v1/completions"))?;
@@ -319,15 +347,15 @@ impl OpenAiBackend {
                 first
                     .top
                     .iter()
-                    .find(|(t, _)| t == o)
-                    .map(|(t, lp)| ScoredOption {
-                        tokens: vec![t.clone()],
-                        logprobs: vec![*lp as f64],
+                    .find(|a| &a.text == o)
+                    .map(|a| ScoredOption {
+                        tokens: vec![a.text.clone()],
+                        logprobs: vec![a.logprob as f64],
                     })
             })
             .collect();
         if let Some(scored) = from_top {
-            return Ok(choose_response(&req.options, &scored, Usage::default()));
+            return Ok(choose_response(&req.options, &scored, usage));
         }
         // Otherwise every option is scored in full, which needs echo.
         let requests: Vec<ScoreRequest> = req
@@ -351,6 +379,9 @@ impl OpenAiBackend {
                 },
                 other => other,
             })?;
+        for s in &scored {
+            usage.add(&s.usage);
+        }
         // Token texts stand in for ids (servers need not send ids); they
         // decide which option's tokens extend another's.
         let scored: Vec<ScoredOption<String>> = scored
@@ -364,7 +395,23 @@ impl OpenAiBackend {
                 tokens: s.tokens.into_iter().map(|t| t.text).collect(),
             })
             .collect();
-        Ok(choose_response(&req.options, &scored, Usage::default()))
+        Ok(choose_response(&req.options, &scored, usage))
+    }
+}
+
+/// The usage a server reported: `usage` with OpenAI's
+/// `prompt_tokens_details.cached_tokens` (vLLM, recent llama-server), or
+/// llama-server's `timings.cache_n` for the prompt tokens taken from its
+/// cache. Missing counts are 0.
+fn usage_of(v: &Value) -> Usage {
+    let count = |x: &Value| x.as_u64().map(|n| n as usize);
+    let u = &v["usage"];
+    Usage {
+        prompt_tokens: count(&u["prompt_tokens"]).unwrap_or(0),
+        prompt_tokens_reused: count(&u["prompt_tokens_details"]["cached_tokens"])
+            .or_else(|| count(&v["timings"]["cache_n"]))
+            .unwrap_or(0),
+        completion_tokens: count(&u["completion_tokens"]).unwrap_or(0),
     }
 }
 
@@ -422,6 +469,8 @@ impl LanguageModel for OpenAiBackend {
 }
 
 impl WireToken {
+    /// A token as the rest of qstar sees it; an id the server did not send
+    /// is 0, and then only the text tells tokens apart.
     fn into_token_logprob(self) -> TokenLogprob {
         TokenLogprob {
             id: self.id.unwrap_or(0),
@@ -430,10 +479,10 @@ impl WireToken {
             top: self
                 .top
                 .into_iter()
-                .map(|(text, logprob)| qstar_core::TopLogprob {
-                    id: 0,
-                    text,
-                    logprob,
+                .map(|a| qstar_core::TopLogprob {
+                    id: a.id.unwrap_or(0),
+                    text: a.text,
+                    logprob: a.logprob,
                 })
                 .collect(),
         }

@@ -356,3 +356,104 @@ async fn ai_feedback_through_llama_server() {
         .expect_err("rating needs prompt log-probs");
     assert!(matches!(err, ModelError::Unsupported { .. }), "{err}");
 }
+
+/// What llama-server says about cost, stops and alternatives, checked
+/// against the embedded engine on the same model: the model card's
+/// parameter count, the usage of `choose`, whether a greedy completion
+/// ended at the step delimiter or at the end of generation, and the
+/// Marco-o1 token confidence (which needs the chosen token found among
+/// its alternatives by id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llama_server_reports_usage_stops_and_model_size() {
+    use qstar_core::FinishReason;
+    use qstar_search::verifier::token_confidence;
+    let server = start().await;
+    let remote = backend(vec![server.url.clone()]);
+    let embedded = qstar_engine::Engine::load(
+        &qstar_engine::fetch::default_model_path(),
+        qstar_engine::EngineOptions::default(),
+    )
+    .expect("engine");
+
+    // The card counts every weight; the engine leaves out the norms'.
+    let card = remote.model_parameters().await.expect("meta.n_params");
+    let own = embedded.info().parameters as f64;
+    assert!(
+        (card as f64 - own).abs() / own < 1e-3,
+        "card {card}, engine {own}"
+    );
+
+    // One request of the prompt's tokens and one generated token.
+    let prompt = embedded
+        .render_chat(&[Message::user("Is the sky blue? Answer Yes or No.")], true)
+        .expect("render");
+    let chosen = remote
+        .choose(vec![ChooseRequest {
+            prompt: prompt.clone(),
+            options: vec!["Yes".into(), "No".into()],
+        }])
+        .await
+        .expect("choose")
+        .remove(0);
+    assert_eq!(
+        chosen.usage.prompt_tokens,
+        embedded.tokenize(&prompt, true).len()
+    );
+    assert_eq!(chosen.usage.completion_tokens, 1);
+
+    // Greedy steps with the delimiter "\n\n": the finish reason agrees
+    // with the `stop_type` of llama-server's own /completion endpoint for
+    // the same request (which the OpenAI endpoints leave out); both kinds
+    // occur.
+    let chat = |q: &str| {
+        embedded
+            .render_chat(&[Message::user(q)], true)
+            .expect("render")
+    };
+    let mut kinds = Vec::new();
+    for prompt in [
+        chat("Say hi."),
+        "The first paragraph.\n\nThe second paragraph.\n\nThe third".to_string(),
+        chat("List three colors."),
+    ] {
+        let mut req = GenerateRequest::new(
+            prompt.clone(),
+            SamplingParams {
+                max_tokens: 64,
+                stop: vec!["\n\n".into()],
+                ..Default::default()
+            },
+        );
+        req.top_logprobs = Some(5);
+        let r = remote.generate(vec![req.clone()]).await.expect("remote")[0].completions[0].clone();
+        let native = post_json(
+            &server.url,
+            "/completion",
+            &serde_json::json!({"prompt": prompt, "n_predict": 64, "stop": ["\n\n"],
+                "temperature": 0.0, "n_probs": 5}),
+        );
+        assert_eq!(native["content"].as_str(), Some(r.text.as_str()));
+        let expected = match native["stop_type"].as_str() {
+            Some("word") => FinishReason::Stop,
+            Some("eos") => FinishReason::Eos,
+            _ => FinishReason::Length,
+        };
+        assert_eq!(r.finish_reason, expected, "{prompt:?}: {:?}", r.text);
+        kinds.push(r.finish_reason);
+        // Token confidence as the engine computes it, on the tokens both
+        // chose (f16 against f32 KV cache: greedy paths may part later, and
+        // near-ties move by a few hundredths; counting a likely chosen token
+        // twice or not at all would move it by more than 0.25).
+        let e = embedded.generate(vec![req]).await.expect("embedded")[0].completions[0].clone();
+        let (rt, et) = (r.logprobs.expect("remote"), e.logprobs.expect("engine"));
+        let mut compared = 0;
+        for (a, b) in rt.iter().zip(&et).take_while(|(a, b)| a.id == b.id).take(8) {
+            let (ca, cb) = (token_confidence(a), token_confidence(b));
+            assert!((ca - cb).abs() < 0.1, "{:?}: {ca} vs {cb}", a.text);
+            compared += 1;
+        }
+        assert!(compared > 0, "{prompt:?}");
+    }
+    assert!(kinds.contains(&FinishReason::Stop), "{kinds:?}");
+    assert!(kinds.contains(&FinishReason::Eos), "{kinds:?}");
+}

@@ -7,7 +7,7 @@ use qstar_core::Usage;
 use serde::{Deserialize, Serialize};
 
 /// What a search spent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Compute {
     pub tokens_generated: usize,
     /// Prompt tokens sent, computed or not.
@@ -20,9 +20,24 @@ pub struct Compute {
     pub model_calls: usize,
     /// Calls made to score or judge (verifier work).
     pub verifier_calls: usize,
-    /// 2 × parameters × (tokens generated + prompt tokens computed), or 0
-    /// when the parameter count is unknown.
-    pub flops: f64,
+    /// 2 × parameters × (tokens generated + prompt tokens computed); `None`
+    /// (null in JSON) when the parameter count is unknown, never a made-up 0.
+    pub flops: Option<f64>,
+}
+
+impl Default for Compute {
+    /// Nothing spent: 0 FLOPs, which are known.
+    fn default() -> Self {
+        Compute {
+            tokens_generated: 0,
+            prompt_tokens: 0,
+            prompt_tokens_computed: 0,
+            prompt_tokens_reused: 0,
+            model_calls: 0,
+            verifier_calls: 0,
+            flops: Some(0.0),
+        }
+    }
 }
 
 impl Compute {
@@ -33,7 +48,8 @@ impl Compute {
         self.prompt_tokens_reused += other.prompt_tokens_reused;
         self.model_calls += other.model_calls;
         self.verifier_calls += other.verifier_calls;
-        self.flops += other.flops;
+        // A total with an unknown part is unknown.
+        self.flops = self.flops.zip(other.flops).map(|(a, b)| a + b);
     }
 }
 
@@ -48,14 +64,24 @@ pub enum Caller {
 #[derive(Debug, Default)]
 pub struct Meter {
     total: Mutex<Compute>,
-    /// Model parameters, for the FLOP estimate (0: unknown).
-    parameters: u64,
+    /// Model parameters, for the FLOP estimate (`None`: unknown).
+    parameters: Option<u64>,
 }
 
 impl Meter {
+    /// A meter for a model of this many parameters.
     pub fn new(parameters: u64) -> Self {
+        Meter::with_parameters(Some(parameters))
+    }
+
+    /// A meter whose FLOP count is unknown when `parameters` is.
+    pub fn with_parameters(parameters: Option<u64>) -> Self {
+        let flops = parameters.map(|_| 0.0);
         Meter {
-            total: Mutex::new(Compute::default()),
+            total: Mutex::new(Compute {
+                flops,
+                ..Compute::default()
+            }),
             parameters,
         }
     }
@@ -73,7 +99,11 @@ impl Meter {
             Caller::Policy => t.model_calls += calls,
             Caller::Verifier => t.verifier_calls += calls,
         }
-        t.flops += 2.0 * self.parameters as f64 * (usage.completion_tokens + computed) as f64;
+        let tokens = (usage.completion_tokens + computed) as f64;
+        t.flops = t
+            .flops
+            .zip(self.parameters)
+            .map(|(f, p)| f + 2.0 * p as f64 * tokens);
     }
 
     pub fn total(&self) -> Compute {
@@ -99,6 +129,37 @@ mod tests {
         assert_eq!(t.prompt_tokens_computed, 36);
         assert_eq!(t.prompt_tokens_reused, 64);
         assert_eq!((t.model_calls, t.verifier_calls), (2, 1));
-        assert_eq!(t.flops, 2.0 * 100.0 * 56.0);
+        assert_eq!(t.flops, Some(2.0 * 100.0 * 56.0));
+    }
+
+    #[test]
+    fn unknown_parameters_give_unknown_flops_not_zero() {
+        let m = Meter::with_parameters(None);
+        let usage = Usage {
+            prompt_tokens: 5,
+            prompt_tokens_reused: 0,
+            completion_tokens: 3,
+        };
+        m.record(Caller::Policy, 1, &usage);
+        let t = m.total();
+        assert_eq!((t.tokens_generated, t.prompt_tokens_computed), (3, 5));
+        assert_eq!(t.flops, None);
+        let json = serde_json::to_value(t).expect("json");
+        assert!(json["flops"].is_null(), "{json}");
+        // Summing a known and an unknown part is unknown; known parts add.
+        let known = Meter::new(10);
+        known.record(Caller::Policy, 1, &usage);
+        let mut sum = Compute::default();
+        sum.add(&known.total());
+        assert_eq!(sum.flops, Some(160.0));
+        sum.add(&t);
+        assert_eq!(sum.flops, None);
+        // Records written before keep their numbers.
+        let old: Compute = serde_json::from_value(serde_json::json!({
+            "tokens_generated": 1, "prompt_tokens": 1, "prompt_tokens_computed": 1,
+            "prompt_tokens_reused": 0, "model_calls": 1, "verifier_calls": 0, "flops": 4.0
+        }))
+        .expect("old record");
+        assert_eq!(old.flops, Some(4.0));
     }
 }

@@ -3,7 +3,9 @@
 //! trait so every strategy can use any of them.
 
 use async_trait::async_trait;
-use qstar_core::{ChooseRequest, LanguageModel, ModelError, ScoreRequest, TokenLogprob};
+use qstar_core::{
+    ChooseRequest, LanguageModel, ModelError, ScoreRequest, TokenLogprob, TopLogprob,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::prompts;
@@ -191,17 +193,26 @@ fn step_tokens<'t>(
 pub struct ConfidenceVerifier;
 
 /// Confidence of one token: exp(lp) / Σ exp(lp_k) over the top alternatives
-/// (the chosen token is added when it is not among them).
+/// (the chosen token is added when it is not among them, so it is counted
+/// exactly once).
 pub fn token_confidence(t: &TokenLogprob) -> f64 {
     let Some(lp) = t.logprob else { return 1.0 };
     let mut total: f64 = t.top.iter().map(|a| (a.logprob as f64).exp()).sum();
-    if !t.top.iter().any(|a| a.id == t.id) {
+    if !t.top.iter().any(|a| is_same_token(a, t)) {
         total += (lp as f64).exp();
     }
     if total <= 0.0 {
         return 0.0;
     }
     (lp as f64).exp() / total
+}
+
+/// Whether an alternative is the chosen token itself. Ids decide; id 0 is
+/// also what a server that sends no ids leaves (the OpenAI backend), so
+/// there the text must agree too. A nonzero id is trusted over the text,
+/// which a server may have cut at a stop string.
+fn is_same_token(alternative: &TopLogprob, chosen: &TokenLogprob) -> bool {
+    alternative.id == chosen.id && (chosen.id != 0 || alternative.text == chosen.text)
 }
 
 #[async_trait]
@@ -384,7 +395,6 @@ impl Verifier for AgreementVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qstar_core::TopLogprob;
 
     fn token(id: u32, lp: f32, top: &[(u32, f32)]) -> TokenLogprob {
         TokenLogprob {
@@ -422,6 +432,35 @@ mod tests {
         // A chosen token outside the list is counted in the total.
         let c = token_confidence(&token(9, quarter, &[(1, half)]));
         assert!((c - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    /// Servers without token ids leave every id 0: the text tells whether
+    /// the chosen token is among the alternatives.
+    #[test]
+    fn token_confidence_without_ids_matches_by_text() {
+        let (half, quarter) = (0.5f32.ln(), 0.25f32.ln());
+        let text = |id: u32, text: &str, lp: f32, top: &[(u32, &str, f32)]| TokenLogprob {
+            id,
+            text: text.into(),
+            logprob: Some(lp),
+            top: top
+                .iter()
+                .map(|&(id, t, logprob)| TopLogprob {
+                    id,
+                    text: t.into(),
+                    logprob,
+                })
+                .collect(),
+        };
+        // Among the alternatives: counted once, 0.5 / 0.75.
+        let c = token_confidence(&text(0, " a", half, &[(0, " a", half), (0, " b", quarter)]));
+        assert!((c - 2.0 / 3.0).abs() < 1e-6, "{c}");
+        // Not among them: added, 0.25 / 0.75.
+        let c = token_confidence(&text(0, " c", quarter, &[(0, " a", half)]));
+        assert!((c - 1.0 / 3.0).abs() < 1e-6, "{c}");
+        // A known id wins over a text the server cut at a stop string.
+        let c = token_confidence(&text(7, "", half, &[(7, "\n", half), (8, "\n\n", quarter)]));
+        assert!((c - 2.0 / 3.0).abs() < 1e-6, "{c}");
     }
 
     #[test]

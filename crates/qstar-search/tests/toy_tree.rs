@@ -334,7 +334,7 @@ async fn every_strategy_runs_and_meters_its_work() {
         assert!(outcome.candidates >= 1, "{name}");
         assert_eq!(
             spent.flops,
-            2.0 * 10.0 * (spent.tokens_generated + spent.prompt_tokens_computed) as f64
+            Some(2.0 * 10.0 * (spent.tokens_generated + spent.prompt_tokens_computed) as f64)
         );
         // The greedy toy path is all a's: right.
         if strategy == Strategy::Greedy {

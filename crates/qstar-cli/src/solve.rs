@@ -2,14 +2,11 @@
 //! question committed to the store as soon as it is done, so a stopped run
 //! resumes where it was.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
 use qstar_core::{LanguageModel, PromptFormat};
 use qstar_search::verifier::{
     Aggregation, AgreementVerifier, CheckerVerifier, ConfidenceVerifier, DpoVerifier,
@@ -25,8 +22,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::backend::BackendArgs;
-use crate::label::{sibling, Format};
-use crate::UsageError;
+use crate::job::{add_fingerprint, open_store, Finished, Job};
+use crate::label::Format;
+use crate::{bounded, non_empty, UsageError};
+
+/// The largest budget N (samples, beams, simulations or attempts).
+pub const MAX_BUDGET: usize = 1024;
 
 pub const VERIFIERS: [&str; 7] = [
     "checker",
@@ -98,16 +99,18 @@ pub struct SearchArgs {
     #[arg(long)]
     pub max_steps: Option<usize>,
     /// Where steps end (default: a blank line).
-    #[arg(long)]
+    #[arg(long, value_parser = non_empty("--step-delimiter"))]
     pub step_delimiter: Option<String>,
-    #[arg(long, value_enum, default_value = "chat")]
-    pub prompt_format: Format,
+    /// How prompts reach the model (default: chat, or the config file's
+    /// `format`).
+    #[arg(long, value_enum)]
+    pub prompt_format: Option<Format>,
     /// Reference model of the dpo verifier (GGUF).
     #[arg(long)]
     pub ref_model: Option<PathBuf>,
-    /// β of the dpo verifier.
-    #[arg(long, default_value_t = 0.1)]
-    pub beta: f64,
+    /// β of the dpo verifier (default 0.1).
+    #[arg(long)]
+    pub beta: Option<f64>,
     /// Questions searched at once (their requests are batched together).
     #[arg(long, default_value_t = 8)]
     pub parallel: usize,
@@ -124,8 +127,8 @@ pub struct SolveArgs {
     /// rebase, revise or compute-optimal.
     #[arg(long)]
     pub strategy: String,
-    /// N: samples, beams, simulations or attempts.
-    #[arg(long, default_value_t = 4)]
+    /// N: samples, beams, simulations or attempts (1 to 1024).
+    #[arg(long, default_value_t = 4, value_parser = bounded(1, MAX_BUDGET))]
     pub budget: usize,
     /// Records (JSONL), written when the job ends.
     #[arg(long)]
@@ -170,18 +173,39 @@ pub struct Setup {
     pub verifier: Option<String>,
     pub aggregation: Option<Aggregation>,
     pub beta: f64,
+    pub ref_model: Option<PathBuf>,
     pub parallel: usize,
     pub input: PathBuf,
+    backend: BackendArgs,
+}
+
+/// The keys of the search settings (`SearchConfig`) a config file may hold
+/// besides flag names.
+pub fn search_config_keys() -> Vec<String> {
+    let mut keys: Vec<String> = serde_json::to_value(SearchConfig::default())
+        .ok()
+        .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
+        .unwrap_or_default();
+    // Skipped when unset, so not in the default's serialization.
+    keys.push("token_budget".into());
+    keys
 }
 
 impl SearchArgs {
     pub async fn setup(&self) -> Result<Setup> {
         let task = Task::parse(&self.task).map_err(UsageError)?;
+        // The file's flag-named keys reached the flags already (see
+        // `settings`); the search settings are read here.
         let mut config = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
-                toml::from_str::<SearchConfig>(&text)
+                let mut table: toml::Table = toml::from_str(&text)
+                    .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+                let keys = search_config_keys();
+                table.retain(|k, _| keys.iter().any(|x| x == k));
+                toml::Value::Table(table)
+                    .try_into::<SearchConfig>()
                     .map_err(|e| UsageError(format!("{}: {e}", path.display())))?
             }
             None => SearchConfig::default(),
@@ -215,10 +239,18 @@ impl SearchArgs {
         }
         config.reflection |= self.reflection;
         config.mcts_rollout |= self.mcts_rollout;
-        config.format = match self.prompt_format {
-            Format::Chat => PromptFormat::Chat,
-            Format::Plain => PromptFormat::Plain,
-        };
+        if let Some(f) = self.prompt_format {
+            config.format = match f {
+                Format::Chat => PromptFormat::Chat,
+                Format::Plain => PromptFormat::Plain,
+            };
+        }
+        if config.step_delimiter.is_empty() {
+            return Err(UsageError(
+                "the step delimiter is empty: every step would end after one token".into(),
+            )
+            .into());
+        }
         if let Some(v) = &self.verifier {
             if !VERIFIERS.contains(&v.as_str()) {
                 return Err(UsageError(format!(
@@ -261,9 +293,11 @@ impl SearchArgs {
             config,
             verifier: self.verifier.clone(),
             aggregation,
-            beta: self.beta,
+            beta: self.beta.unwrap_or(0.1),
+            ref_model: self.ref_model.clone(),
             parallel: self.parallel.max(1),
             input: self.input.clone(),
+            backend: self.backend.clone(),
         })
     }
 }
@@ -292,11 +326,22 @@ impl Setup {
         })
     }
 
-    /// What a job's records depend on; a resumed job must match it.
-    pub fn describe(&self, strategy: &str, budget: usize) -> serde_json::Value {
-        json!({
+    /// What a job's records depend on, the job's key: every setting, the
+    /// compute-optimal policy, and the SHA-256 of the model, the reference
+    /// model and the input.
+    pub fn describe(
+        &self,
+        store: &Store,
+        strategy: &str,
+        budget: usize,
+        policy: Option<&Policy>,
+    ) -> Result<serde_json::Value> {
+        let ref_model_sha256 = match &self.ref_model {
+            Some(p) => Some(store.file_sha256(p)?),
+            None => None,
+        };
+        let mut described = json!({
             "task": self.task.name(),
-            "input": self.input.canonicalize().unwrap_or(self.input.clone()),
             "questions": self.problems.len(),
             "strategy": strategy,
             "budget": budget,
@@ -304,7 +349,13 @@ impl Setup {
             "aggregation": self.aggregation,
             "search": self.config,
             "backend": self.model.backend_name(),
-        })
+            "beta": self.beta,
+            "ref_model": self.ref_model,
+            "ref_model_sha256": ref_model_sha256,
+            "policy": policy,
+        });
+        add_fingerprint(&mut described, store, &self.backend, &self.input)?;
+        Ok(described)
     }
 
     /// Searches one question.
@@ -356,67 +407,33 @@ impl Setup {
         })
     }
 
-    /// Runs `work` on every question not yet in the store under `job`,
-    /// `parallel` at a time, committing each record as it finishes; returns
-    /// the job's records in input order.
-    pub async fn run_job<F, Fut>(
-        &self,
-        store: &Store,
-        job: &str,
-        described: &serde_json::Value,
-        label: &str,
-        work: F,
-    ) -> Result<Vec<String>>
+    /// Runs `work` on every question the job `job` has no record of yet,
+    /// `parallel` at a time, committing each record as it finishes.
+    pub async fn run_job<F, Fut>(&self, job: &Job<'_>, work: F) -> Result<Finished>
     where
         F: Fn(Problem) -> Fut,
         Fut: std::future::Future<Output = Result<String, SearchError>>,
     {
-        store.begin(job, &serde_json::to_string_pretty(described)?)?;
-        let done = store.records(job)?;
-        let pending: Vec<&Problem> = self
-            .problems
-            .iter()
-            .filter(|p| !done.contains_key(&(p.line as u64)))
-            .collect();
-        if !done.is_empty() && !pending.is_empty() {
-            eprintln!(
-                "{label}: resuming, {} of {} questions already done",
-                self.problems.len() - pending.len(),
-                self.problems.len()
-            );
-        }
-        let bar = ProgressBar::new(self.problems.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template(&format!(
-                "{label} {{bar:30}} {{pos}}/{{len}} questions  {{per_sec}}  eta {{eta}}"
-            ))
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_position((self.problems.len() - pending.len()) as u64);
-        let mut results = futures::stream::iter(pending)
-            .map(|p| {
-                let line = p.line;
-                let fut = work(p.clone());
-                async move { (line, fut.await) }
-            })
-            .buffer_unordered(self.parallel);
-        while let Some((line, result)) = results.next().await {
-            let record = result.map_err(|e| match e.is_input_error() {
-                true => anyhow::Error::new(UsageError(e.to_string())),
-                false => anyhow::Error::new(e),
-            })?;
-            store.put(job, line as u64, &record)?;
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let wanted: std::collections::HashSet<u64> =
-            self.problems.iter().map(|p| p.line as u64).collect();
-        Ok(store
-            .records(job)?
-            .into_iter()
-            .filter(|(k, _)| wanted.contains(k))
-            .map(|(_, v)| v)
-            .collect())
+        job.run(
+            &self.problems,
+            |p| p.line as u64,
+            1,
+            self.parallel,
+            |chunk: Vec<Problem>| {
+                let calls: Vec<Fut> = chunk.into_iter().map(&work).collect();
+                async move {
+                    let mut records = Vec::with_capacity(calls.len());
+                    for call in calls {
+                        records.push(call.await.map_err(|e| match e.is_input_error() {
+                            true => anyhow::Error::new(UsageError(e.to_string())),
+                            false => anyhow::Error::new(e),
+                        })?);
+                    }
+                    Ok(records)
+                }
+            },
+        )
+        .await
     }
 }
 
@@ -444,23 +461,6 @@ pub fn check_strategy(strategy: Strategy, args: &SearchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes lines to `path` through a temporary file, so a reader never sees
-/// half a file.
-pub fn write_lines(path: &Path, lines: &[String]) -> Result<()> {
-    let tmp = sibling(path, ".part");
-    {
-        let mut f = std::io::BufWriter::new(
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
-        );
-        for l in lines {
-            writeln!(f, "{l}")?;
-        }
-        f.flush()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
 /// Totals over a job's records.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
@@ -476,6 +476,16 @@ pub struct Summary {
     /// Finished solutions whose answer could not be found.
     pub unparsed: usize,
     pub candidates: usize,
+}
+
+/// `solve --json`: the totals, the job's record count and how many of the
+/// records an earlier run had made.
+#[derive(Serialize)]
+struct JobSummary<'a> {
+    #[serde(flatten)]
+    summary: &'a Summary,
+    records: usize,
+    resumed: usize,
 }
 
 pub fn summarize(records: &[SolveRecord]) -> Summary {
@@ -522,33 +532,35 @@ pub async fn solve(args: SolveArgs) -> Result<()> {
         check_strategy(strategy, &args.search)?;
     }
     let setup = args.search.setup().await?;
-    let store_path = args
-        .search
-        .store
-        .clone()
-        .unwrap_or_else(|| sibling(&args.out, ".store.sqlite"));
-    let store = Store::open(&store_path)?;
-    let job = format!("solve:{}", args.out.display());
-    let described = setup.describe(strategy.name(), args.budget);
+    let store = open_store(args.search.store.as_deref(), &args.out)?;
+    let described = setup.describe(&store, strategy.name(), args.budget, policy.as_ref())?;
+    let job = Job::begin(
+        &store,
+        &format!("solve:{}", args.out.display()),
+        &described,
+        "solve",
+        "questions",
+    )?;
     let setup_ref = &setup;
     let policy_ref = policy.as_ref();
-    let lines = setup
-        .run_job(&store, &job, &described, "solve", |p| async move {
+    let finished = setup
+        .run_job(&job, |p| async move {
             let r = setup_ref
                 .solve_one(&p, strategy, args.budget, policy_ref)
                 .await?;
             Ok(serde_json::to_string(&r).unwrap_or_default())
         })
         .await?;
-    write_lines(&args.out, &lines)?;
-    std::fs::write(
-        sibling(&args.out, ".config.json"),
-        serde_json::to_string_pretty(&described)?,
-    )?;
-    let records = parse_records(&lines)?;
+    job.export(&args.out, &finished.records)?;
+    let records = parse_records(&finished.records)?;
     let summary = summarize(&records);
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        let line = JobSummary {
+            summary: &summary,
+            records: finished.records.len(),
+            resumed: finished.resumed,
+        };
+        println!("{}", serde_json::to_string(&line)?);
     } else {
         print_summary(&summary, &format!("{}@{}", strategy.name(), args.budget));
         println!("records → {}", args.out.display());

@@ -14,24 +14,30 @@ use qstar_store::Store;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::job::Job;
 use crate::solve::{
-    check_strategy, parse_records, parse_strategy, summarize, write_lines, SearchArgs, Summary,
+    check_strategy, parse_records, parse_strategy, summarize, SearchArgs, Summary, MAX_BUDGET,
 };
-use crate::UsageError;
+use crate::{bounded, UsageError};
+
+/// The verifier of a sweep whose strategies need one and that names none.
+pub const DEFAULT_VERIFIER: &str = "prm";
 
 #[derive(Args)]
 pub struct SweepArgs {
     #[command(flatten)]
     pub search: SearchArgs,
-    /// Strategies to compare (comma-separated).
+    /// Strategies to compare (comma-separated). Those that rank use the
+    /// prm verifier unless --verifier names another.
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "greedy,majority,best-of-n,beam"
     )]
     pub strategies: Vec<String>,
-    /// Budgets N (comma-separated); greedy runs once.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    /// Budgets N (comma-separated, 1 to 1024); greedy runs once.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16",
+          value_parser = bounded(1, MAX_BUDGET))]
     pub budgets: Vec<usize>,
     /// Directory for sweep.json, sweep.png, the runs and the store.
     #[arg(long)]
@@ -60,7 +66,7 @@ struct OptimalPoint {
     strategies: Vec<Option<String>>,
 }
 
-pub async fn sweep(args: SweepArgs) -> Result<()> {
+pub async fn sweep(mut args: SweepArgs) -> Result<()> {
     let strategies: Vec<Strategy> = args
         .strategies
         .iter()
@@ -74,6 +80,18 @@ pub async fn sweep(args: SweepArgs) -> Result<()> {
     }
     if args.budgets.is_empty() || args.budgets.contains(&0) {
         return Err(UsageError("--budgets needs positive numbers".into()).into());
+    }
+    let ranking: Vec<&str> = strategies
+        .iter()
+        .filter(|s| s.needs_verifier())
+        .map(|s| s.name())
+        .collect();
+    if args.search.verifier.is_none() && !ranking.is_empty() {
+        eprintln!(
+            "sweep: {} rank with a verifier; using {DEFAULT_VERIFIER} (choose one with --verifier)",
+            ranking.join(", ")
+        );
+        args.search.verifier = Some(DEFAULT_VERIFIER.into());
     }
     for &s in &strategies {
         check_strategy(s, &args.search)?;
@@ -91,27 +109,29 @@ pub async fn sweep(args: SweepArgs) -> Result<()> {
     let setup_ref = &setup;
 
     // How hard each question looks to the model, from a few samples.
-    let described = setup.describe("difficulty", PROBES);
+    let probed = setup.describe(&store, "difficulty", PROBES, None)?;
+    let job = Job::begin(
+        &store,
+        "sweep:difficulty",
+        &probed,
+        "difficulty",
+        "questions",
+    )?;
     let probes = setup
-        .run_job(
-            &store,
-            "sweep:difficulty",
-            &described,
-            "difficulty",
-            |p| async move {
-                let meter = Meter::new(setup_ref.parameters);
-                let s = Searcher::new(
-                    setup_ref.model.as_ref(),
-                    setup_ref.task,
-                    &p,
-                    &setup_ref.config,
-                    &meter,
-                )?;
-                let d = estimate_difficulty(&s, PROBES).await?;
-                Ok(json!({"line": p.line, "difficulty": d, "compute": meter.total()}).to_string())
-            },
-        )
-        .await?;
+        .run_job(&job, |p| async move {
+            let meter = Meter::new(setup_ref.parameters);
+            let s = Searcher::new(
+                setup_ref.model.as_ref(),
+                setup_ref.task,
+                &p,
+                &setup_ref.config,
+                &meter,
+            )?;
+            let d = estimate_difficulty(&s, PROBES).await?;
+            Ok(json!({"line": p.line, "difficulty": d, "compute": meter.total()}).to_string())
+        })
+        .await?
+        .records;
     let mut difficulty = std::collections::HashMap::new();
     let mut probe_tokens = 0usize;
     for line in &probes {
@@ -135,20 +155,22 @@ pub async fn sweep(args: SweepArgs) -> Result<()> {
         };
         for budget in budgets {
             let name = format!("{}@{budget}", strategy.name());
-            let described = setup.describe(strategy.name(), budget);
+            let described = setup.describe(&store, strategy.name(), budget, None)?;
+            let job = Job::begin(
+                &store,
+                &format!("sweep:{name}"),
+                &described,
+                &name,
+                "questions",
+            )?;
             let lines = setup
-                .run_job(
-                    &store,
-                    &format!("sweep:{name}"),
-                    &described,
-                    &name,
-                    |p| async move {
-                        let r = setup_ref.solve_one(&p, strategy, budget, None).await?;
-                        Ok(serde_json::to_string(&r).unwrap_or_default())
-                    },
-                )
-                .await?;
-            write_lines(&args.out.join("runs").join(format!("{name}.jsonl")), &lines)?;
+                .run_job(&job, |p| async move {
+                    let r = setup_ref.solve_one(&p, strategy, budget, None).await?;
+                    Ok(serde_json::to_string(&r).unwrap_or_default())
+                })
+                .await?
+                .records;
+            job.export(&args.out.join("runs").join(format!("{name}.jsonl")), &lines)?;
             let records = parse_records(&lines)?;
             let summary = summarize(&records);
             let n = summary.questions.max(1) as f64;
@@ -222,6 +244,8 @@ pub async fn sweep(args: SweepArgs) -> Result<()> {
         "verifier": setup.verifier,
         "search": setup.config,
         "backend": setup.model.backend_name(),
+        "model_sha256": probed["model_sha256"],
+        "input_sha256": probed["input_sha256"],
         "rows": rows,
         "difficulty_probes": PROBES,
         "probe_tokens_per_question": probe_tokens as f64 / questions,

@@ -20,11 +20,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
 use qstar_store::Store;
 use serde_json::{json, Value};
 
 use crate::backend::{BackendArgs, BackendKind};
+use crate::report::Reporter;
 
 /// `path` with `suffix` appended to its file name.
 pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -74,6 +74,7 @@ pub struct Job<'s> {
     store: &'s Store,
     name: String,
     resolved: String,
+    reporter: Reporter,
     label: String,
     unit: &'static str,
 }
@@ -85,6 +86,7 @@ impl<'s> Job<'s> {
         store: &'s Store,
         scope: &str,
         resolved: &Value,
+        reporter: Reporter,
         label: &str,
         unit: &'static str,
     ) -> Result<Self> {
@@ -97,16 +99,17 @@ impl<'s> Job<'s> {
             .any(|j| j != name && j.strip_prefix(scope).is_some_and(|r| r.starts_with('#')));
         let known = store.jobs()?.contains(&name);
         if earlier && !known {
-            eprintln!(
+            reporter.note(&format!(
                 "{label}: the settings, model or input differ from the earlier run; \
                  starting afresh (its records stay in the store)"
-            );
+            ));
         }
         store.begin(&name, &text)?;
         Ok(Job {
             store,
             name,
             resolved: text,
+            reporter,
             label: label.to_string(),
             unit,
         })
@@ -144,22 +147,16 @@ impl<'s> Job<'s> {
             .collect();
         let resumed = items.len() - pending.len();
         if resumed > 0 {
-            eprintln!(
+            self.reporter.note(&format!(
                 "{}: resuming, {resumed} of {} {} already done",
                 self.label,
                 items.len(),
                 self.unit
-            );
+            ));
         }
-        let bar = ProgressBar::new(items.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template(&format!(
-                "{} {{bar:30}} {{pos}}/{{len}} {}  {{per_sec}}  eta {{eta}}",
-                self.label, self.unit
-            ))
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_position(resumed as u64);
+        let bar = self
+            .reporter
+            .progress(items.len(), resumed, &self.label, self.unit);
         let chunks: Vec<Vec<T>> = pending.chunks(chunk.max(1)).map(<[T]>::to_vec).collect();
         let mut calls = futures::stream::iter(chunks)
             .map(|c| {
@@ -233,7 +230,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn run_once(store: &Store, resolved: &Value, items: &[u64], calls: &AtomicUsize) -> Finished {
-        let job = Job::begin(store, "t:out", resolved, "t", "items").expect("begin");
+        let job = Job::begin(store, "t:out", resolved, Reporter::new(false), "t", "items")
+            .expect("begin");
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
@@ -281,7 +279,15 @@ mod tests {
     fn a_short_answer_from_the_work_is_an_error_not_a_silent_loss() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = Store::open(&dir.path().join("s.sqlite")).expect("store");
-        let job = Job::begin(&store, "t:out", &json!({}), "t", "items").expect("begin");
+        let job = Job::begin(
+            &store,
+            "t:out",
+            &json!({}),
+            Reporter::new(false),
+            "t",
+            "items",
+        )
+        .expect("begin");
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
@@ -301,7 +307,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let store = Store::open(&dir.path().join("s.sqlite")).expect("store");
         let resolved = json!({"model_sha256": "ab", "input_sha256": "cd"});
-        let job = Job::begin(&store, "t:out", &resolved, "t", "items").expect("begin");
+        let job = Job::begin(
+            &store,
+            "t:out",
+            &resolved,
+            Reporter::new(false),
+            "t",
+            "items",
+        )
+        .expect("begin");
         let out = dir.path().join("o.jsonl");
         job.export(&out, &["a".to_string(), "b".to_string()])
             .expect("export");

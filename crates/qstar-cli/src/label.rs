@@ -18,6 +18,7 @@ use serde_json::json;
 use crate::backend::BackendArgs;
 pub(crate) use crate::job::sibling;
 use crate::job::{add_fingerprint, open_store, Finished, Job};
+use crate::report::{Reporter, Text};
 use crate::{bounded, UsageError};
 
 /// The most replies `judge` samples per prompt.
@@ -328,11 +329,11 @@ async fn run_pair_job<'a>(
         for (line, text, why) in &report.rejected_lines {
             writeln!(f, "{}", json!({"line": line, "error": why, "text": text}))?;
         }
-        eprintln!(
+        Reporter::new(args.json).note(&format!(
             "skipped {} malformed lines (see {})",
             report.rejected_lines.len(),
             rejects.display()
-        );
+        ));
     }
     let pairs = report.pairs;
     let store = open_store(args.store.as_deref(), &args.out)?;
@@ -341,7 +342,14 @@ async fn run_pair_job<'a>(
     add_fingerprint(&mut resolved, &store, &args.backend, &args.input)?;
     let unit = if prompts_only { "prompts" } else { "pairs" };
     let scope = format!("{kind}:{}", args.out.display());
-    let job = Job::begin(&store, &scope, &resolved, kind, unit)?;
+    let job = Job::begin(
+        &store,
+        &scope,
+        &resolved,
+        Reporter::new(args.json),
+        kind,
+        unit,
+    )?;
     let finished = job
         .run(&pairs, |p| p.line as u64, args.batch_pairs, 1, process)
         .await?;
@@ -349,24 +357,20 @@ async fn run_pair_job<'a>(
     Ok(finished)
 }
 
-/// Prints a job's summary: `json` as one JSON line (with the job's record
-/// count and how many records an earlier run had made), or `table`.
+/// Prints a job's summary: under `--json` one JSON line with the job's
+/// record count, how many records an earlier run had made and `figures`;
+/// otherwise `text`.
 fn report(
-    json_wanted: bool,
+    args: &PairJobArgs,
     finished: &Finished,
     figures: serde_json::Value,
-    table: impl FnOnce(),
+    text: Text,
 ) -> Result<()> {
-    if json_wanted {
-        let mut line = json!({"records": finished.records.len(), "resumed": finished.resumed});
-        if let (Some(line), serde_json::Value::Object(figures)) = (line.as_object_mut(), figures) {
-            line.extend(figures);
-        }
-        println!("{}", serde_json::to_string(&line)?);
-    } else {
-        table();
+    let mut line = json!({"records": finished.records.len(), "resumed": finished.resumed});
+    if let (Some(line), serde_json::Value::Object(figures)) = (line.as_object_mut(), figures) {
+        line.extend(figures);
     }
-    Ok(())
+    Reporter::new(args.json).summary(&line, &text)
 }
 
 pub async fn label(args: LabelArgs) -> Result<()> {
@@ -479,21 +483,25 @@ pub async fn label(args: LabelArgs) -> Result<()> {
         "mean_p_a": m.mean_p_a,
         "ece": m.ece,
     });
-    report(args.job.json, &finished, figures, || {
-        println!("labeled {} pairs → {}", m.pairs, out.display());
-        println!("| metric | value |");
-        println!("| --- | ---: |");
-        println!(
-            "| agreement with the source's choice | {:.3} |",
-            m.alignment
-        );
-        match m.position_bias_rate {
-            Some(b) => println!("| position-bias rate (same option in both orders) | {b:.3} |"),
-            None => println!("| position-bias rate | n/a (one order) |"),
-        }
-        println!("| mean P(A) | {:.3} |", m.mean_p_a);
-        println!("| calibration error (ECE) | {:.3} |", m.ece);
-    })
+    let bias = match m.position_bias_rate {
+        Some(b) => (
+            "position-bias rate (same option in both orders)",
+            format!("{b:.3}"),
+        ),
+        None => ("position-bias rate", "n/a (one order)".to_string()),
+    };
+    let text = Text::new()
+        .line(format!("labeled {} pairs → {}", m.pairs, out.display()))
+        .metrics(&[
+            (
+                "agreement with the source's choice",
+                format!("{:.3}", m.alignment),
+            ),
+            bias,
+            ("mean P(A)", format!("{:.3}", m.mean_p_a)),
+            ("calibration error (ECE)", format!("{:.3}", m.ece)),
+        ]);
+    report(&args.job, &finished, figures, text)
 }
 
 #[derive(Args)]
@@ -576,17 +584,23 @@ pub async fn rate(args: RateArgs) -> Result<()> {
         "mean_reward_chosen": mean(|x| x.0),
         "mean_reward_rejected": mean(|x| x.1),
     });
-    report(args.job.json, &finished, figures, || {
-        println!("rated {} pairs → {}", rewards.len(), args.job.out.display());
-        println!("| metric | value |");
-        println!("| --- | ---: |");
-        println!("| human-preferred reply rewarded higher | {alignment:.3} |");
-        println!(
-            "| mean reward, preferred / other | {:.3} / {:.3} |",
-            mean(|x| x.0),
-            mean(|x| x.1)
-        );
-    })
+    let text = Text::new()
+        .line(format!(
+            "rated {} pairs → {}",
+            rewards.len(),
+            args.job.out.display()
+        ))
+        .metrics(&[
+            (
+                "human-preferred reply rewarded higher",
+                format!("{alignment:.3}"),
+            ),
+            (
+                "mean reward, preferred / other",
+                format!("{:.3} / {:.3}", mean(|x| x.0), mean(|x| x.1)),
+            ),
+        ]);
+    report(&args.job, &finished, figures, text)
 }
 
 fn read_labels(path: &Path) -> Result<Vec<PairLabel>> {
@@ -703,14 +717,13 @@ pub async fn revise(args: ReviseArgs) -> Result<()> {
     let examples: usize = finished.records.iter().map(|r| r.lines().count()).sum();
     let revisions = finished.records.len();
     let figures = json!({"examples": examples, "revisions": revisions});
-    report(args.job.json, &finished, figures, || {
-        println!(
-            "wrote {} SFT examples ({} revisions) → {}",
-            examples,
-            revisions,
-            args.job.out.display()
-        );
-    })
+    let text = Text::new().line(format!(
+        "wrote {} SFT examples ({} revisions) → {}",
+        examples,
+        revisions,
+        args.job.out.display()
+    ));
+    report(&args.job, &finished, figures, text)
 }
 
 #[derive(Args)]
@@ -804,19 +817,25 @@ pub async fn judge(args: JudgeArgs) -> Result<()> {
         "unparsed": unparsed,
         "skipped": skipped,
     });
-    report(args.job.json, &finished, figures, || {
-        println!(
+    let text = Text::new()
+        .line(format!(
             "{} DPO pairs from {} prompts → {}",
             pairs,
             records.len(),
             args.job.out.display()
-        );
-        println!("| metric | value |");
-        println!("| --- | ---: |");
-        println!("| judgements | {judged} |");
-        println!("| unparsed judgements (not scored, never guessed) | {unparsed} |");
-        println!("| prompts skipped (ties or too few scores) | {skipped} |");
-    })
+        ))
+        .metrics(&[
+            ("judgements", judged.to_string()),
+            (
+                "unparsed judgements (not scored, never guessed)",
+                unparsed.to_string(),
+            ),
+            (
+                "prompts skipped (ties or too few scores)",
+                skipped.to_string(),
+            ),
+        ]);
+    report(&args.job, &finished, figures, text)
 }
 
 #[derive(Args)]

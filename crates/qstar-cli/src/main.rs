@@ -6,6 +6,7 @@ mod commands;
 mod job;
 mod label;
 mod plot;
+mod report;
 mod settings;
 mod solve;
 mod sweep;

@@ -24,20 +24,69 @@ use serde_json::json;
 use crate::backend::BackendArgs;
 use crate::job::{add_fingerprint, open_store, Finished, Job};
 use crate::label::Format;
+use crate::report::{Align, Reporter, Text};
 use crate::{bounded, non_empty, UsageError};
 
 /// The largest budget N (samples, beams, simulations or attempts).
 pub const MAX_BUDGET: usize = 1024;
 
-pub const VERIFIERS: [&str; 7] = [
-    "checker",
-    "prm",
-    "orm",
-    "confidence",
-    "leco",
-    "dpo",
-    "agreement",
+/// The verifiers, as a flag or a config file names them. Adding one means
+/// adding a variant here and its arm in [`Setup::verifier`]; the compiler
+/// checks that both are there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerifierKind {
+    /// An oracle: the reference answer.
+    Checker,
+    /// The model judging each step.
+    Prm,
+    /// The model judging the whole solution.
+    Orm,
+    /// Marco-o1 token confidence.
+    Confidence,
+    /// LeCo step confidence.
+    Leco,
+    /// The implicit reward β·log(π/π_ref) against --ref-model.
+    Dpo,
+    /// Agreement of a solution's answer with the others.
+    Agreement,
+}
+
+pub const VERIFIERS: [VerifierKind; 7] = [
+    VerifierKind::Checker,
+    VerifierKind::Prm,
+    VerifierKind::Orm,
+    VerifierKind::Confidence,
+    VerifierKind::Leco,
+    VerifierKind::Dpo,
+    VerifierKind::Agreement,
 ];
+
+impl VerifierKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            VerifierKind::Checker => "checker",
+            VerifierKind::Prm => "prm",
+            VerifierKind::Orm => "orm",
+            VerifierKind::Confidence => "confidence",
+            VerifierKind::Leco => "leco",
+            VerifierKind::Dpo => "dpo",
+            VerifierKind::Agreement => "agreement",
+        }
+    }
+
+    /// The verifier named `name`, or an error listing them all.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        VERIFIERS
+            .into_iter()
+            .find(|v| v.name() == name)
+            .ok_or_else(|| format!("unknown verifier {name:?}: use one of {}", verifier_names()))
+    }
+}
+
+fn verifier_names() -> String {
+    VERIFIERS.map(VerifierKind::name).join(", ")
+}
 
 /// What `solve` and `sweep` share: the model, the questions, the search
 /// settings and the verifier.
@@ -52,15 +101,16 @@ pub struct SearchArgs {
     #[arg(long)]
     pub input: PathBuf,
     /// checker (an oracle), prm, orm, confidence, leco, dpo or agreement.
-    #[arg(long)]
-    pub verifier: Option<String>,
+    #[arg(long, value_parser = VerifierKind::parse)]
+    pub verifier: Option<VerifierKind>,
     /// How step scores combine: min, last, product or mean (default: the
     /// verifier's own).
     #[arg(long)]
     pub aggregation: Option<String>,
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Search settings (TOML); flags override it.
+    /// Settings (TOML): flag names and the search settings without a flag
+    /// (`top_p`, `c_puct`, …); a flag on the command line wins.
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[arg(long)]
@@ -170,7 +220,7 @@ pub struct Setup {
     pub task: Task,
     pub problems: Vec<Problem>,
     pub config: SearchConfig,
-    pub verifier: Option<String>,
+    pub verifier: Option<VerifierKind>,
     pub aggregation: Option<Aggregation>,
     pub beta: f64,
     pub ref_model: Option<PathBuf>,
@@ -251,17 +301,8 @@ impl SearchArgs {
             )
             .into());
         }
-        if let Some(v) = &self.verifier {
-            if !VERIFIERS.contains(&v.as_str()) {
-                return Err(UsageError(format!(
-                    "unknown verifier {v:?}: use one of {}",
-                    VERIFIERS.join(", ")
-                ))
-                .into());
-            }
-            if v == "dpo" && self.ref_model.is_none() {
-                return Err(UsageError("the dpo verifier needs --ref-model".into()).into());
-            }
+        if self.verifier == Some(VerifierKind::Dpo) && self.ref_model.is_none() {
+            return Err(UsageError("the dpo verifier needs --ref-model".into()).into());
         }
         let aggregation = match &self.aggregation {
             Some(a) => Some(Aggregation::parse(a).ok_or_else(|| {
@@ -291,7 +332,7 @@ impl SearchArgs {
             task,
             problems,
             config,
-            verifier: self.verifier.clone(),
+            verifier: self.verifier,
             aggregation,
             beta: self.beta.unwrap_or(0.1),
             ref_model: self.ref_model.clone(),
@@ -305,16 +346,16 @@ impl SearchArgs {
 impl Setup {
     /// The verifier named on the command line.
     pub fn verifier(&self) -> Option<Box<dyn Verifier + '_>> {
-        let name = self.verifier.as_deref()?;
-        Some(match name {
-            "checker" => Box::new(CheckerVerifier),
-            "prm" | "orm" => Box::new(JudgeVerifier {
+        let kind = self.verifier?;
+        Some(match kind {
+            VerifierKind::Checker => Box::new(CheckerVerifier),
+            VerifierKind::Prm | VerifierKind::Orm => Box::new(JudgeVerifier {
                 model: self.model.as_ref(),
-                outcome_only: name == "orm",
+                outcome_only: kind == VerifierKind::Orm,
             }),
-            "confidence" => Box::new(ConfidenceVerifier),
-            "leco" => Box::new(LecoVerifier),
-            "dpo" => Box::new(DpoVerifier {
+            VerifierKind::Confidence => Box::new(ConfidenceVerifier),
+            VerifierKind::Leco => Box::new(LecoVerifier),
+            VerifierKind::Dpo => Box::new(DpoVerifier {
                 policy: self.model.as_ref(),
                 reference: self
                     .reference_model
@@ -322,7 +363,7 @@ impl Setup {
                     .unwrap_or(self.model.as_ref()),
                 beta: self.beta,
             }),
-            _ => Box::new(AgreementVerifier),
+            VerifierKind::Agreement => Box::new(AgreementVerifier),
         })
     }
 
@@ -397,7 +438,7 @@ impl Setup {
             correct: outcome.correct,
             strategy: ran.name().into(),
             budget,
-            verifier: self.verifier.clone(),
+            verifier: self.verifier.map(|v| v.name().to_string()),
             difficulty,
             candidates: outcome.candidates,
             unparsed: outcome.unparsed,
@@ -454,7 +495,7 @@ pub fn check_strategy(strategy: Strategy, args: &SearchArgs) -> Result<()> {
         return Err(UsageError(format!(
             "strategy {} needs --verifier ({})",
             strategy.name(),
-            VERIFIERS.join(", ")
+            verifier_names()
         ))
         .into());
     }
@@ -534,10 +575,12 @@ pub async fn solve(args: SolveArgs) -> Result<()> {
     let setup = args.search.setup().await?;
     let store = open_store(args.search.store.as_deref(), &args.out)?;
     let described = setup.describe(&store, strategy.name(), args.budget, policy.as_ref())?;
+    let reporter = Reporter::new(args.json);
     let job = Job::begin(
         &store,
         &format!("solve:{}", args.out.display()),
         &described,
+        reporter,
         "solve",
         "questions",
     )?;
@@ -554,38 +597,43 @@ pub async fn solve(args: SolveArgs) -> Result<()> {
     job.export(&args.out, &finished.records)?;
     let records = parse_records(&finished.records)?;
     let summary = summarize(&records);
-    if args.json {
-        let line = JobSummary {
-            summary: &summary,
-            records: finished.records.len(),
-            resumed: finished.resumed,
-        };
-        println!("{}", serde_json::to_string(&line)?);
-    } else {
-        print_summary(&summary, &format!("{}@{}", strategy.name(), args.budget));
-        println!("records → {}", args.out.display());
-    }
-    Ok(())
+    let line = JobSummary {
+        summary: &summary,
+        records: finished.records.len(),
+        resumed: finished.resumed,
+    };
+    let text = summary_text(&summary, &format!("{}@{}", strategy.name(), args.budget))
+        .line(format!("records → {}", args.out.display()));
+    reporter.summary(&line, &text)
 }
 
-fn print_summary(s: &Summary, name: &str) {
-    println!("| {name} | value |");
-    println!("| --- | ---: |");
-    println!("| questions | {} |", s.questions);
-    println!("| correct | {} ({:.1} %) |", s.correct, 100.0 * s.accuracy);
-    println!("| tokens generated | {} |", s.tokens_generated);
-    println!(
-        "| prompt tokens computed / reused | {} / {} |",
-        s.prompt_tokens_computed, s.prompt_tokens_reused
-    );
-    println!(
-        "| model / verifier calls | {} / {} |",
-        s.model_calls, s.verifier_calls
-    );
-    println!(
-        "| solutions without an answer | {} of {} |",
-        s.unparsed, s.candidates
-    );
+/// The two-column table of a search's totals.
+fn summary_text(s: &Summary, name: &str) -> Text {
+    let rows = [
+        ("questions", s.questions.to_string()),
+        (
+            "correct",
+            format!("{} ({:.1} %)", s.correct, 100.0 * s.accuracy),
+        ),
+        ("tokens generated", s.tokens_generated.to_string()),
+        (
+            "prompt tokens computed / reused",
+            format!("{} / {}", s.prompt_tokens_computed, s.prompt_tokens_reused),
+        ),
+        (
+            "model / verifier calls",
+            format!("{} / {}", s.model_calls, s.verifier_calls),
+        ),
+        (
+            "solutions without an answer",
+            format!("{} of {}", s.unparsed, s.candidates),
+        ),
+    ];
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|(k, v)| vec![k.to_string(), v])
+        .collect();
+    Text::new().table(&[name, "value"], &[Align::Left, Align::Right], &rows)
 }
 
 pub fn read_policy(path: &Path) -> Result<Policy> {
@@ -601,4 +649,23 @@ pub fn read_policy(path: &Path) -> Result<Policy> {
         ))
         .into()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_names_parse_back_and_serialize_as_before() {
+        for v in VERIFIERS {
+            assert_eq!(VerifierKind::parse(v.name()), Ok(v));
+            // Records and configurations name verifiers by these strings.
+            assert_eq!(serde_json::to_value(v).ok(), Some(json!(v.name())));
+        }
+        let err = VerifierKind::parse("oracle").err().unwrap_or_default();
+        assert!(
+            err.contains("unknown verifier") && err.contains("agreement"),
+            "{err}"
+        );
+    }
 }

@@ -15,13 +15,15 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::job::Job;
+use crate::report::{Align, Reporter, Text};
 use crate::solve::{
-    check_strategy, parse_records, parse_strategy, summarize, SearchArgs, Summary, MAX_BUDGET,
+    check_strategy, parse_records, parse_strategy, summarize, SearchArgs, Summary, VerifierKind,
+    MAX_BUDGET,
 };
 use crate::{bounded, UsageError};
 
 /// The verifier of a sweep whose strategies need one and that names none.
-pub const DEFAULT_VERIFIER: &str = "prm";
+pub const DEFAULT_VERIFIER: VerifierKind = VerifierKind::Prm;
 
 #[derive(Args)]
 pub struct SweepArgs {
@@ -86,12 +88,14 @@ pub async fn sweep(mut args: SweepArgs) -> Result<()> {
         .filter(|s| s.needs_verifier())
         .map(|s| s.name())
         .collect();
+    let reporter = Reporter::new(args.json);
     if args.search.verifier.is_none() && !ranking.is_empty() {
-        eprintln!(
-            "sweep: {} rank with a verifier; using {DEFAULT_VERIFIER} (choose one with --verifier)",
-            ranking.join(", ")
-        );
-        args.search.verifier = Some(DEFAULT_VERIFIER.into());
+        reporter.note(&format!(
+            "sweep: {} rank with a verifier; using {} (choose one with --verifier)",
+            ranking.join(", "),
+            DEFAULT_VERIFIER.name()
+        ));
+        args.search.verifier = Some(DEFAULT_VERIFIER);
     }
     for &s in &strategies {
         check_strategy(s, &args.search)?;
@@ -114,6 +118,7 @@ pub async fn sweep(mut args: SweepArgs) -> Result<()> {
         &store,
         "sweep:difficulty",
         &probed,
+        reporter,
         "difficulty",
         "questions",
     )?;
@@ -160,6 +165,7 @@ pub async fn sweep(mut args: SweepArgs) -> Result<()> {
                 &store,
                 &format!("sweep:{name}"),
                 &described,
+                reporter,
                 &name,
                 "questions",
             )?;
@@ -276,41 +282,53 @@ pub async fn sweep(mut args: SweepArgs) -> Result<()> {
             .collect::<Vec<_>>(),
     )?;
 
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("| strategy | N | accuracy | tokens / question | prompt computed / reused | verifier calls | unparsed |");
-        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-        for r in &rows {
+    let mut table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
             let s = &r.summary;
-            println!(
-                "| {} | {} | {}/{} ({:.1} %) | {:.0} | {} / {} | {} | {} of {} |",
-                r.strategy,
-                r.budget,
-                s.correct,
-                s.questions,
-                100.0 * s.accuracy,
-                r.tokens_per_question,
-                s.prompt_tokens_computed,
-                s.prompt_tokens_reused,
-                s.verifier_calls,
-                s.unparsed,
-                s.candidates
-            );
-        }
-        for o in &optimal {
-            println!(
-                "| compute-optimal (in-sample) | {} | {:.1} % | {:.0} | | | |",
-                o.budget,
-                100.0 * o.accuracy,
-                o.tokens_per_question
-            );
-        }
-        println!(
-            "sweep → {}, plot → {}",
-            args.out.join("sweep.json").display(),
-            plot.display()
-        );
+            vec![
+                r.strategy.clone(),
+                r.budget.to_string(),
+                format!(
+                    "{}/{} ({:.1} %)",
+                    s.correct,
+                    s.questions,
+                    100.0 * s.accuracy
+                ),
+                format!("{:.0}", r.tokens_per_question),
+                format!("{} / {}", s.prompt_tokens_computed, s.prompt_tokens_reused),
+                s.verifier_calls.to_string(),
+                format!("{} of {}", s.unparsed, s.candidates),
+            ]
+        })
+        .collect();
+    for o in &optimal {
+        table.push(vec![
+            "compute-optimal (in-sample)".into(),
+            o.budget.to_string(),
+            format!("{:.1} %", 100.0 * o.accuracy),
+            format!("{:.0}", o.tokens_per_question),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
     }
+    let header = [
+        "strategy",
+        "N",
+        "accuracy",
+        "tokens / question",
+        "prompt computed / reused",
+        "verifier calls",
+        "unparsed",
+    ];
+    let mut align = [Align::Right; 7];
+    align[0] = Align::Left;
+    let text = Text::new().table(&header, &align, &table).line(format!(
+        "sweep → {}, plot → {}",
+        args.out.join("sweep.json").display(),
+        plot.display()
+    ));
+    reporter.summary(&report, &text)?;
     Ok(())
 }

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use qstar_core::{
     choose_response, Capabilities, ChooseRequest, ChooseResponse, Completion, FinishReason,
     GenerateRequest, GenerateResponse, LanguageModel, Message, ModelError, SamplingParams,
-    ScoreRequest, ScoreResponse, TokenLogprob, TopLogprob, Usage,
+    ScoreRequest, ScoreResponse, ScoredOption, TokenLogprob, TopLogprob, Usage,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -302,7 +302,9 @@ enum JobState {
     Choose {
         reply: Reply<ChooseResponse>,
         options: Vec<String>,
-        totals: Vec<f64>,
+        /// Each option's tokens and their log-probs, filled in as the
+        /// prompt's sequence (first tokens) and the options' sequences finish.
+        scored: Vec<ScoredOption<u32>>,
     },
 }
 
@@ -451,15 +453,21 @@ impl Actor {
                 }
             },
             Job::Choose(req, reply) => match self.intake_choose(id, &req) {
-                Ok(seqs) => {
-                    let totals = vec![0.0; req.options.len()];
+                Ok((seqs, option_ids)) => {
+                    let scored = option_ids
+                        .into_iter()
+                        .map(|tokens| ScoredOption {
+                            logprobs: vec![0.0; tokens.len()],
+                            tokens,
+                        })
+                        .collect();
                     self.jobs.insert(
                         id,
                         PendingJob {
                             state: JobState::Choose {
                                 reply,
                                 options: req.options,
-                                totals,
+                                scored,
                             },
                             remaining: seqs,
                             usage: Usage::default(),
@@ -551,7 +559,14 @@ impl Actor {
         Ok((continuation, p == 0))
     }
 
-    fn intake_choose(&mut self, id: u64, req: &ChooseRequest) -> Result<usize, ModelError> {
+    /// Queues a choose job: one sequence for the prompt (its last row gives
+    /// every option's first token) and one per option of several tokens.
+    /// Returns the number of sequences and each option's token ids.
+    fn intake_choose(
+        &mut self,
+        id: u64,
+        req: &ChooseRequest,
+    ) -> Result<(usize, Vec<Vec<u32>>), ModelError> {
         req.validate()?;
         let tok = &self.model.tokenizer;
         let prompt = tok.encode(&req.prompt, true);
@@ -562,6 +577,13 @@ impl Actor {
             ));
         }
         let option_ids: Vec<Vec<u32>> = req.options.iter().map(|o| tok.encode(o, false)).collect();
+        if let Some(i) = option_ids.iter().position(|o| o.is_empty()) {
+            return Err(ModelError::InvalidRequest(format!(
+                "option {} ({:?}) has no tokens in this model's vocabulary",
+                i + 1,
+                req.options[i]
+            )));
+        }
         let longest = option_ids.iter().map(|o| o.len()).max().unwrap_or(0);
         self.check_length(prompt.len() + longest, 0)?;
         let p = prompt.len();
@@ -584,7 +606,7 @@ impl Actor {
             self.waiting.push_back(seq);
             count += 1;
         }
-        Ok(count)
+        Ok((count, option_ids))
     }
 
     /// Moves waiting sequences into the active set, reusing cached prefixes.
@@ -752,15 +774,17 @@ impl Actor {
                         *slot = Some(c);
                     }
                 }
-                (JobState::Choose { totals, .. }, SeqOutput::Logprobs(rows)) => {
+                (JobState::Choose { scored, .. }, SeqOutput::Logprobs(rows)) => {
                     if seq.tag == PROMPT_TAG {
                         if let Some(first) = rows.first() {
-                            for (t, lp) in totals.iter_mut().zip(first) {
-                                *t += *lp as f64;
+                            for (o, lp) in scored.iter_mut().zip(first) {
+                                o.logprobs[0] = *lp as f64;
                             }
                         }
-                    } else if let Some(t) = totals.get_mut(seq.tag) {
-                        *t += rows.iter().map(|r| r[0] as f64).sum::<f64>();
+                    } else if let Some(o) = scored.get_mut(seq.tag) {
+                        for (slot, r) in o.logprobs.iter_mut().skip(1).zip(&rows) {
+                            *slot = r[0] as f64;
+                        }
                     }
                 }
                 (JobState::Score { logprobs, .. }, SeqOutput::Logprobs(rows)) => {
@@ -791,10 +815,10 @@ impl Actor {
             JobState::Choose {
                 reply,
                 options,
-                totals,
+                scored,
                 ..
             } => {
-                let _ = reply.send(Ok(choose_response(&options, totals, pending.usage)));
+                let _ = reply.send(Ok(choose_response(&options, &scored, pending.usage)));
             }
             JobState::Score {
                 reply,

@@ -482,6 +482,8 @@ pub async fn label(args: LabelArgs) -> Result<()> {
         "position_bias_rate": m.position_bias_rate,
         "mean_p_a": m.mean_p_a,
         "ece": m.ece,
+        "option_mass_mean": m.option_mass_mean,
+        "option_mass_min": m.option_mass_min,
     });
     let bias = match m.position_bias_rate {
         Some(b) => (

@@ -13,6 +13,7 @@
 //! question, or prompts sharing an instruction compute the shared part once.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -70,7 +71,59 @@ pub struct EngineStats {
     pub prefix_cache_bytes: usize,
 }
 
-type Reply<T> = oneshot::Sender<Result<T, ModelError>>;
+/// Where a job's answer goes. Dropped without an answer (the actor lost the
+/// job to a bug it recovered from), it still answers: with an error, so a
+/// caller never waits forever.
+struct Reply<T>(Option<oneshot::Sender<Result<T, ModelError>>>);
+
+impl<T> Reply<T> {
+    fn new(tx: oneshot::Sender<Result<T, ModelError>>) -> Self {
+        Reply(Some(tx))
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn send(mut self, answer: Result<T, ModelError>) -> Result<(), Result<T, ModelError>> {
+        match self.0.take() {
+            Some(tx) => tx.send(answer),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<T> Drop for Reply<T> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(Err(internal_error(
+                "the request was lost after an internal error",
+            )));
+        }
+    }
+}
+
+/// An error of the engine itself (a bug), not of the request.
+fn internal_error(reason: &str) -> ModelError {
+    ModelError::Backend {
+        backend: "embedded".into(),
+        message: format!("internal error while serving this request: {reason}"),
+    }
+}
+
+/// The message a panic carried.
+fn panic_reason(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".into()
+    }
+}
+
+/// Runs `f`; a panic inside becomes an error carrying its message. The actor
+/// state `f` touches must be left consistent by the caller's recovery.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|p| panic_reason(p.as_ref()))
+}
 
 enum Job {
     Generate(GenerateRequest, Reply<GenerateResponse>),
@@ -144,6 +197,21 @@ impl Engine {
         }
     }
 
+    /// An option must be at least one token in this vocabulary (a text made
+    /// only of bytes the vocabulary lacks would be none).
+    fn check_options(&self, req: &ChooseRequest) -> Result<(), ModelError> {
+        req.validate()?;
+        for (i, o) in req.options.iter().enumerate() {
+            if self.model.tokenizer.encode(o, false).is_empty() {
+                return Err(ModelError::InvalidRequest(format!(
+                    "option {} ({o:?}) has no tokens in this model's vocabulary",
+                    i + 1
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn stopped() -> ModelError {
         ModelError::Backend {
             backend: "embedded".into(),
@@ -159,7 +227,9 @@ impl Engine {
         let mut pending = Vec::with_capacity(requests.len());
         for r in requests {
             let (tx, rx) = oneshot::channel();
-            self.tx.send(wrap(r, tx)).map_err(|_| Self::stopped())?;
+            self.tx
+                .send(wrap(r, Reply::new(tx)))
+                .map_err(|_| Self::stopped())?;
             pending.push(rx);
         }
         let mut out = Vec::with_capacity(pending.len());
@@ -201,6 +271,9 @@ impl LanguageModel for Engine {
         &self,
         requests: Vec<ChooseRequest>,
     ) -> Result<Vec<ChooseResponse>, ModelError> {
+        for r in &requests {
+            self.check_options(r)?;
+        }
         self.submit(requests, Job::Choose).await
     }
 
@@ -267,6 +340,34 @@ struct Seq {
     reused: usize,
     /// Block hashes this sequence is computing that others may wait for.
     claimed: Vec<u64>,
+    /// A deliberate failure the tests ask for.
+    #[cfg(test)]
+    fault: Option<Fault>,
+}
+
+/// Where a test makes a sequence panic, chosen by a marker in its prompt.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    Intake,
+    Forward,
+    Absorb,
+}
+
+#[cfg(test)]
+impl Fault {
+    const MARKERS: [(&'static str, Fault); 3] = [
+        ("\u{1}panic in intake\u{1}", Fault::Intake),
+        ("\u{1}panic in the forward pass\u{1}", Fault::Forward),
+        ("\u{1}panic in absorb\u{1}", Fault::Absorb),
+    ];
+
+    fn in_prompt(prompt: &str) -> Option<Fault> {
+        Self::MARKERS
+            .iter()
+            .find(|(m, _)| prompt.contains(m))
+            .map(|&(_, f)| f)
+    }
 }
 
 impl Seq {
@@ -304,6 +405,17 @@ enum JobState {
         options: Vec<String>,
         totals: Vec<f64>,
     },
+}
+
+impl JobState {
+    /// Answers the job with an error instead of its result.
+    fn fail(self, error: ModelError) {
+        let _ = match self {
+            JobState::Generate { reply, .. } => reply.send(Err(error)).map_err(drop),
+            JobState::Score { reply, .. } => reply.send(Err(error)).map_err(drop),
+            JobState::Choose { reply, .. } => reply.send(Err(error)).map_err(drop),
+        };
+    }
 }
 
 struct PendingJob {
@@ -344,6 +456,8 @@ impl Actor {
         }
     }
 
+    /// Serves jobs until every handle is gone. A panic while serving fails
+    /// the jobs it concerns (with the panic's message) and nothing else.
     fn run(&mut self, rx: mpsc::Receiver<Job>) {
         loop {
             if self.active.is_empty() && self.waiting.is_empty() {
@@ -355,8 +469,62 @@ impl Actor {
             while let Ok(job) = rx.try_recv() {
                 self.intake(job);
             }
-            self.admit();
+            if let Err(reason) = guarded(|| self.admit()) {
+                self.recover(&reason);
+            }
             self.step();
+        }
+    }
+
+    /// Fails a job: answers it with the error and drops its sequences.
+    fn fail_job(&mut self, job: u64, error: ModelError) {
+        if let Some(pending) = self.jobs.remove(&job) {
+            pending.state.fail(error);
+        }
+        let mut released = Vec::new();
+        self.waiting.retain(|s| s.job != job);
+        self.active.retain(|s| {
+            let keep = s.job != job;
+            if !keep {
+                released.extend(s.claimed.iter().copied());
+            }
+            keep
+        });
+        for h in released {
+            self.in_flight.remove(&h);
+        }
+    }
+
+    /// After a panic whose jobs are unknown: every job that lost a sequence
+    /// (it has fewer queued or active than it waits for) fails.
+    fn recover(&mut self, reason: &str) {
+        tracing::error!("the engine recovered from an internal error: {reason}");
+        let mut present: HashMap<u64, usize> = HashMap::new();
+        for s in self.waiting.iter().chain(&self.active) {
+            *present.entry(s.job).or_default() += 1;
+        }
+        let lost: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|(id, p)| present.get(id).copied().unwrap_or(0) < p.remaining)
+            .map(|(id, _)| *id)
+            .collect();
+        for job in lost {
+            self.fail_job(job, internal_error(reason));
+        }
+        // Sequences of jobs that no longer exist are dropped too.
+        let jobs = &self.jobs;
+        self.waiting.retain(|s| jobs.contains_key(&s.job));
+        let mut released = Vec::new();
+        self.active.retain(|s| {
+            let keep = jobs.contains_key(&s.job);
+            if !keep {
+                released.extend(s.claimed.iter().copied());
+            }
+            keep
+        });
+        for h in released {
+            self.in_flight.remove(&h);
         }
     }
 
@@ -378,6 +546,8 @@ impl Actor {
             generation: None,
             reused: 0,
             claimed: Vec::new(),
+            #[cfg(test)]
+            fault: None,
         }
     }
 
@@ -409,7 +579,7 @@ impl Actor {
                 let _ = tx.send(());
             }
             Job::Generate(req, reply) => {
-                let n = match self.intake_generate(id, req) {
+                let n = match self.guarded_intake(id, |a| a.intake_generate(id, req)) {
                     Ok(n) => n,
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -427,9 +597,11 @@ impl Actor {
                         usage: Usage::default(),
                     },
                 );
-                self.finish_if_done(id);
+                if let Err(reason) = guarded(|| self.finish_if_done(id)) {
+                    self.recover(&reason);
+                }
             }
-            Job::Score(req, reply) => match self.intake_score(id, &req) {
+            Job::Score(req, reply) => match self.guarded_intake(id, |a| a.intake_score(id, &req)) {
                 Ok(state) => {
                     let state = JobState::Score {
                         reply,
@@ -450,7 +622,8 @@ impl Actor {
                     let _ = reply.send(Err(e));
                 }
             },
-            Job::Choose(req, reply) => match self.intake_choose(id, &req) {
+            Job::Choose(req, reply) => match self.guarded_intake(id, |a| a.intake_choose(id, &req))
+            {
                 Ok(seqs) => {
                     let totals = vec![0.0; req.options.len()];
                     self.jobs.insert(
@@ -473,6 +646,23 @@ impl Actor {
         }
     }
 
+    /// Runs the intake of job `id`; if it panics, the sequences it queued are
+    /// dropped and the panic becomes the job's error.
+    fn guarded_intake<T>(
+        &mut self,
+        id: u64,
+        f: impl FnOnce(&mut Self) -> Result<T, ModelError>,
+    ) -> Result<T, ModelError> {
+        match guarded(|| f(self)) {
+            Ok(result) => result,
+            Err(reason) => {
+                tracing::error!("the engine recovered from an internal error: {reason}");
+                self.waiting.retain(|s| s.job != id);
+                Err(internal_error(&reason))
+            }
+        }
+    }
+
     /// Queues one sequence per sample and returns how many.
     fn intake_generate(&mut self, id: u64, req: GenerateRequest) -> Result<usize, ModelError> {
         let prompt = match &req.messages {
@@ -486,11 +676,21 @@ impl Actor {
             ));
         }
         self.check_length(tokens.len(), 1)?;
+        #[cfg(test)]
+        let fault = Fault::in_prompt(&prompt);
+        #[cfg(test)]
+        if fault == Some(Fault::Intake) {
+            panic!("injected fault in intake");
+        }
         // With nothing to generate, the samples are finished before they
         // start and never touch the model.
         let nothing = req.params.max_tokens == 0;
         for i in 0..req.n {
             let mut seq = self.new_seq(id, i, tokens.clone());
+            #[cfg(test)]
+            {
+                seq.fault = fault;
+            }
             if nothing {
                 seq.kv.len = tokens.len();
             }
@@ -635,7 +835,34 @@ impl Actor {
     }
 
     fn step(&mut self) {
-        // Decoding sequences first (one token each), then prompt chunks.
+        let chunks = self.plan();
+        if !chunks.is_empty() {
+            let mut failed = Vec::new();
+            match self.run_chunks(&chunks) {
+                Ok(f) => failed.extend(f),
+                // One of the batched sequences broke the pass: run each alone
+                // so that only the culprit's job fails.
+                Err(_) if chunks.len() > 1 => {
+                    for &chunk in &chunks {
+                        match self.run_chunks(&[chunk]) {
+                            Ok(f) => failed.extend(f),
+                            Err(reason) => failed.push((self.active[chunk.0].job, reason)),
+                        }
+                    }
+                }
+                Err(reason) => failed.push((self.active[chunks[0].0].job, reason)),
+            }
+            for (job, reason) in failed {
+                tracing::error!("the engine recovered from an internal error: {reason}");
+                self.fail_job(job, internal_error(&reason));
+            }
+        }
+        self.retire();
+    }
+
+    /// Which active sequences go into the next pass, and how many tokens
+    /// each: decoding sequences first (one token each), then prompt chunks.
+    fn plan(&self) -> Vec<(usize, usize)> {
         let mut order: Vec<usize> = (0..self.active.len())
             .filter(|&i| !self.active[i].done())
             .collect();
@@ -651,48 +878,93 @@ impl Actor {
             chunks.push((i, take));
             budget -= take;
         }
-        if !chunks.is_empty() {
-            let mut plan: HashMap<usize, usize> = chunks.iter().copied().collect();
-            let mut steps: Vec<SeqStep<'_>> = Vec::with_capacity(chunks.len());
-            let mut starts = Vec::with_capacity(chunks.len());
-            let mut which = Vec::with_capacity(chunks.len());
-            for (i, s) in self.active.iter_mut().enumerate() {
-                let Some(take) = plan.remove(&i) else {
-                    continue;
-                };
-                let start = s.kv.len;
-                let first_row = s.first_logit_row();
-                let logits_from = first_row.saturating_sub(start);
-                starts.push(start);
-                which.push(i);
-                steps.push(SeqStep {
-                    kv: &mut s.kv,
-                    tokens: &s.tokens[start..start + take],
-                    logits_from,
-                });
-            }
-            let logits = self.model.llama.forward(&mut steps);
-            drop(steps);
-            self.stats.forward_passes += 1;
-            let mut per_seq: Vec<Option<(usize, Vec<f32>)>> = vec![None; self.active.len()];
-            for ((i, start), rows) in which.into_iter().zip(starts).zip(logits) {
-                per_seq[i] = Some((start, rows));
-            }
-            // Sampling and log-softmax touch one sequence each: in parallel.
-            let model = &self.model;
-            let outcomes: Vec<Option<Absorbed>> = self
-                .active
-                .par_iter_mut()
-                .zip(per_seq.into_par_iter())
-                .map(|(seq, work)| work.map(|(start, rows)| absorb(model, seq, start, rows)))
-                .collect();
-            for (i, outcome) in outcomes.into_iter().enumerate() {
-                if let Some(outcome) = outcome {
-                    self.record(i, outcome);
+        chunks
+    }
+
+    /// One forward pass over `chunks`, then each
+    /// sequence takes in its logits. A panic in the pass undoes what it did
+    /// to the KV caches and is returned as the error; a panic while one
+    /// sequence takes in its logits fails only that sequence's job, listed in
+    /// the result.
+    fn run_chunks(&mut self, chunks: &[(usize, usize)]) -> Result<Vec<(u64, String)>, String> {
+        // The pass stacks sequences in the order of the active set.
+        let mut chunks = chunks.to_vec();
+        chunks.sort_unstable_by_key(|&(i, _)| i);
+        let chunks = &chunks[..];
+        let before: Vec<usize> = chunks.iter().map(|&(i, _)| self.active[i].kv.len).collect();
+        let pass = guarded(|| self.forward(chunks));
+        let logits = match pass {
+            Ok(logits) => logits,
+            Err(reason) => {
+                let kv_dim = self.model.llama.config.kv_dim();
+                for (&(i, _), &len) in chunks.iter().zip(&before) {
+                    let kv = &mut self.active[i].kv;
+                    for layer in kv.k.iter_mut().chain(kv.v.iter_mut()) {
+                        layer.truncate(len * kv_dim);
+                    }
+                    kv.len = len;
                 }
+                return Err(reason);
+            }
+        };
+        self.stats.forward_passes += 1;
+        let mut per_seq: Vec<Option<(usize, Vec<f32>)>> = vec![None; self.active.len()];
+        for ((&(i, _), &start), rows) in chunks.iter().zip(&before).zip(logits) {
+            per_seq[i] = Some((start, rows));
+        }
+        // Sampling and log-softmax touch one sequence each: in parallel.
+        let model = &self.model;
+        let outcomes: Vec<Option<Result<Absorbed, String>>> = self
+            .active
+            .par_iter_mut()
+            .zip(per_seq.into_par_iter())
+            .map(|(seq, work)| {
+                work.map(|(start, rows)| guarded(|| absorb(model, seq, start, rows)))
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            let result = match outcome {
+                None => continue,
+                Some(Ok(outcome)) => guarded(|| self.record(i, outcome)),
+                Some(Err(reason)) => Err(reason),
+            };
+            if let Err(reason) = result {
+                failed.push((self.active[i].job, reason));
             }
         }
-        self.retire();
+        Ok(failed)
+    }
+
+    /// The forward pass itself: the logits of every chunk's wanted rows.
+    fn forward(&mut self, chunks: &[(usize, usize)]) -> Vec<Vec<f32>> {
+        let mut plan: HashMap<usize, usize> = chunks.iter().copied().collect();
+        let mut steps: Vec<SeqStep<'_>> = Vec::with_capacity(chunks.len());
+        for (i, s) in self.active.iter_mut().enumerate() {
+            let Some(take) = plan.remove(&i) else {
+                continue;
+            };
+            let start = s.kv.len;
+            let first_row = s.first_logit_row();
+            let logits_from = first_row.saturating_sub(start);
+            steps.push(SeqStep {
+                kv: &mut s.kv,
+                tokens: &s.tokens[start..start + take],
+                logits_from,
+            });
+        }
+        let logits = self.model.llama.forward(&mut steps);
+        drop(steps);
+        // A sequence that asked for it fails after the pass has written to
+        // the KV caches, so the undo is exercised too.
+        #[cfg(test)]
+        if chunks
+            .iter()
+            .any(|&(i, _)| self.active[i].fault == Some(Fault::Forward))
+        {
+            panic!("injected fault in the forward pass");
+        }
+        logits
     }
 
     /// Counts what a forward pass did for sequence `i`, and shares its
@@ -710,7 +982,8 @@ impl Actor {
         }
     }
 
-    /// Hands finished sequences to their jobs.
+    /// Hands finished sequences to their jobs. A panic while handing one
+    /// over fails that sequence's job alone.
     fn retire(&mut self) {
         let mut i = 0;
         while i < self.active.len() {
@@ -723,9 +996,19 @@ impl Actor {
                 self.in_flight.remove(h);
             }
             let job = seq.job;
+            if let Err(reason) = guarded(|| self.retire_one(seq)) {
+                tracing::error!("the engine recovered from an internal error: {reason}");
+                self.fail_job(job, internal_error(&reason));
+            }
+        }
+    }
+
+    fn retire_one(&mut self, seq: Seq) {
+        {
+            let job = seq.job;
             let tokenizer = &self.model.tokenizer;
             let Some(pending) = self.jobs.get_mut(&job) else {
-                continue;
+                return;
             };
             pending.usage.prompt_tokens += seq.prompt_len;
             pending.usage.prompt_tokens_reused += seq.reused;
@@ -843,6 +1126,10 @@ struct Absorbed {
 /// Uses the logits a sequence got from a forward pass: wanted log-probs for
 /// scoring, or the next token for generation.
 fn absorb(model: &LoadedModel, seq: &mut Seq, start: usize, rows: Vec<f32>) -> Absorbed {
+    #[cfg(test)]
+    if seq.fault == Some(Fault::Absorb) {
+        panic!("injected fault while taking in logits");
+    }
     let n_vocab = model.llama.config.n_vocab;
     let tokenizer = &model.tokenizer;
     let context = model.llama.config.context_length;
@@ -924,4 +1211,129 @@ fn absorb(model: &LoadedModel, seq: &mut Seq, start: usize, rows: Vec<f32>) -> A
         g.finish = Some(FinishReason::Length);
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> Arc<LoadedModel> {
+        use std::sync::OnceLock;
+        static MODEL: OnceLock<Arc<LoadedModel>> = OnceLock::new();
+        MODEL
+            .get_or_init(|| {
+                let path = crate::fetch::default_model_path();
+                Arc::new(LoadedModel::load(&path).expect("the default model (`qstar model fetch`)"))
+            })
+            .clone()
+    }
+
+    fn greedy(prompt: &str) -> GenerateRequest {
+        GenerateRequest::new(
+            prompt,
+            SamplingParams {
+                max_tokens: 6,
+                ignore_eos: true,
+                ..Default::default()
+            },
+        )
+    }
+
+    type Answer = oneshot::Receiver<Result<GenerateResponse, ModelError>>;
+
+    /// Hands the requests to an actor driven on this thread and serves them
+    /// to the end (bounded, so a lost job fails the test instead of hanging).
+    fn serve(actor: &mut Actor, requests: Vec<GenerateRequest>) -> Vec<Answer> {
+        let answers = requests
+            .into_iter()
+            .map(|r| {
+                let (tx, rx) = oneshot::channel();
+                actor.intake(Job::Generate(r, Reply::new(tx)));
+                rx
+            })
+            .collect();
+        for _ in 0..10_000 {
+            if actor.jobs.is_empty() && actor.waiting.is_empty() && actor.active.is_empty() {
+                return answers;
+            }
+            actor.admit();
+            actor.step();
+        }
+        panic!("the actor did not finish its jobs");
+    }
+
+    fn tokens_alone(prompt: &str) -> Vec<u32> {
+        let mut actor = Actor::new(model(), EngineOptions::default());
+        let mut answers = serve(&mut actor, vec![greedy(prompt)]);
+        answers[0]
+            .try_recv()
+            .expect("answered")
+            .expect("generated")
+            .completions[0]
+            .token_ids
+            .clone()
+    }
+
+    /// A request that panics inside the engine, batched between two good
+    /// ones: it alone fails, with the panic's message; the good ones get the
+    /// answers they get when served alone; and the actor serves more.
+    #[test]
+    fn a_panicking_request_fails_alone() {
+        let good = ["The capital of France is", "1, 2, 3, 4,"];
+        let expected: Vec<Vec<u32>> = good.iter().map(|p| tokens_alone(p)).collect();
+        for (marker, fault) in Fault::MARKERS {
+            let mut actor = Actor::new(model(), EngineOptions::default());
+            let bad = format!("Tell me a story.{marker}");
+            let mut answers = serve(
+                &mut actor,
+                vec![greedy(good[0]), greedy(&bad), greedy(good[1])],
+            );
+            let err = answers[1]
+                .try_recv()
+                .expect("answered")
+                .expect_err("the bad request fails");
+            assert!(
+                !err.is_input_error() && err.to_string().contains("injected fault"),
+                "{fault:?}: {err}"
+            );
+            for (k, a) in [0, 2].into_iter().enumerate() {
+                let got = answers[a]
+                    .try_recv()
+                    .expect("answered")
+                    .unwrap_or_else(|e| panic!("{fault:?}: good request failed: {e}"));
+                assert_eq!(got.completions[0].token_ids, expected[k], "{fault:?}");
+            }
+            assert!(actor.in_flight.is_empty(), "{fault:?}: claims left behind");
+            let mut later = serve(&mut actor, vec![greedy(good[0])]);
+            let later = later[0]
+                .try_recv()
+                .expect("answered")
+                .expect("later request");
+            assert_eq!(later.completions[0].token_ids, expected[0], "{fault:?}");
+        }
+    }
+
+    /// The same through the engine's own thread: after a panic the thread is
+    /// alive and answers.
+    #[test]
+    fn the_engine_thread_survives_a_panic() {
+        let engine = Engine::start(model(), EngineOptions::default());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        for (marker, _) in Fault::MARKERS {
+            let bad = rt.block_on(engine.generate(vec![greedy(&format!("Hi{marker}"))]));
+            assert!(bad.is_err_and(|e| e.to_string().contains("injected fault")));
+            let good = rt.block_on(engine.generate(vec![greedy("Hello")]));
+            assert_eq!(good.expect("served")[0].completions[0].token_ids.len(), 6);
+        }
+    }
+
+    #[test]
+    fn a_dropped_reply_still_answers() {
+        let (tx, mut rx) = oneshot::channel::<Result<(), ModelError>>();
+        drop(Reply::new(tx));
+        let err = rx.try_recv().expect("answered").expect_err("an error");
+        assert!(err.to_string().contains("internal error"), "{err}");
+    }
 }

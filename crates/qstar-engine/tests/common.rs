@@ -34,8 +34,13 @@ pub fn engine_with(options: EngineOptions) -> Engine {
     Engine::start(loaded(), options)
 }
 
+/// The shared reference data: `$QSTAR_SHARED`, or `../shared` beside the
+/// repository.
 pub fn shared_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+    match std::env::var_os("QSTAR_SHARED") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
+    }
 }
 
 pub fn golden() -> serde_json::Value {

@@ -721,14 +721,18 @@ pub fn eval_labels(args: EvalLabelsArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&m)?);
     } else {
+        let mass = match (m.option_mass_mean, m.option_mass_min) {
+            (Some(mean), Some(min)) => format!("{mean:.3} (least {min:.4})"),
+            _ => "n/a".into(),
+        };
         println!(
-            "pairs {}  alignment {:.3}  position-bias rate {}  ECE {:.3}  mean P(A) {:.3}  unparsed {}",
+            "pairs {}  alignment {:.3}  position-bias rate {}  ECE {:.3}  mean P(A) {:.3}  mass on the options {}",
             m.pairs,
             m.alignment,
             m.position_bias_rate.map_or("n/a".into(), |b| format!("{b:.3}")),
             m.ece,
             m.mean_p_a,
-            m.unparsed
+            mass
         );
         println!("reliability diagram → {}", plot.display());
     }
@@ -739,6 +743,7 @@ fn eval_rewards(args: &EvalLabelsArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.labels)?;
     let mut pairs = 0usize;
     let mut higher = 0usize;
+    let mut masses: Vec<f64> = Vec::new();
     for (i, line) in text
         .lines()
         .enumerate()
@@ -754,15 +759,31 @@ fn eval_rewards(args: &EvalLabelsArgs) -> Result<()> {
         };
         pairs += 1;
         higher += usize::from(c > r);
+        for rating in [&v["rating_chosen"], &v["rating_rejected"]] {
+            if let Some(m) = rating["option_mass"].as_f64() {
+                masses.push(m);
+            }
+        }
     }
     let rate = higher as f64 / pairs.max(1) as f64;
+    // The ratings' mass on "1"…"10" before normalization (absent in files
+    // written before it was recorded).
+    let mass_mean = (!masses.is_empty()).then(|| masses.iter().sum::<f64>() / masses.len() as f64);
+    let mass_min = masses.iter().copied().reduce(f64::min);
     if args.json {
         println!(
             "{}",
-            json!({"pairs": pairs, "reward_alignment": rate, "unparsed": 0})
+            json!({"pairs": pairs, "reward_alignment": rate,
+                   "option_mass_mean": mass_mean, "option_mass_min": mass_min})
         );
     } else {
-        println!("pairs {pairs}  human-preferred reply rewarded higher {rate:.3}");
+        let mass = match (mass_mean, mass_min) {
+            (Some(mean), Some(min)) => format!("{mean:.3} (least {min:.4})"),
+            _ => "n/a".into(),
+        };
+        println!(
+            "pairs {pairs}  human-preferred reply rewarded higher {rate:.3}  mass on the ratings {mass}"
+        );
     }
     Ok(())
 }

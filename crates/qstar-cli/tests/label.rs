@@ -96,7 +96,14 @@ fn labels_have_the_trl_contract_and_evaluate() {
             "{key}: {m}"
         );
     }
-    assert_eq!(m["unparsed"], 0);
+    // Nothing is parsed in a choice; what is reported is the mass the model
+    // put on the two letters, which is a probability and never zero here.
+    assert!(m.get("unparsed").is_none(), "{m}");
+    let (mean, min) = (
+        m["option_mass_mean"].as_f64().expect("mean mass"),
+        m["option_mass_min"].as_f64().expect("least mass"),
+    );
+    assert!(0.0 < min && min <= mean && mean <= 1.0, "{m}");
 }
 
 #[test]
@@ -292,6 +299,8 @@ fn direct_rlaif_rewards_both_replies() {
     let m: serde_json::Value = serde_json::from_slice(&eval.stdout).expect("json");
     assert_eq!(m["pairs"], 4);
     assert!(m["reward_alignment"].as_f64().is_some());
+    let mass = m["option_mass_mean"].as_f64().expect("mass on the ratings");
+    assert!(mass > 0.0 && mass <= 1.0 + 1e-9, "{m}");
 }
 
 #[test]

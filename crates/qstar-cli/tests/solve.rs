@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
+use qstar_core::shared_data::shared_file_or_skip;
 use serde_json::Value;
 
 fn qstar() -> Command {
@@ -28,10 +29,44 @@ fn jsonl(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn shared(rel: &str) -> PathBuf {
+/// A sample the project ships (written for it) under `examples/`.
+fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data")
-        .join(rel)
+        .join("../../examples")
+        .join(name)
+}
+
+/// Solves the first two questions of a GSM8K file greedily and the first two
+/// of a MATH file by majority of 2; returns both record sets.
+fn solve_gsm8k_and_math(dir: &Path, gsm8k: &Path, math: &Path) -> (Vec<Value>, Vec<Value>) {
+    let out = dir.join("gsm.jsonl");
+    ok(&qstar()
+        .args(["solve", "--task", "gsm8k", "--input"])
+        .arg(gsm8k)
+        .args(["--strategy", "greedy", "--limit", "2", "--json", "--out"])
+        .arg(&out)
+        .args(SHORT)
+        .output()
+        .expect("gsm8k"));
+    let math_out = dir.join("math.jsonl");
+    ok(&qstar()
+        .args(["solve", "--task", "math", "--input"])
+        .arg(math)
+        .args([
+            "--strategy",
+            "majority",
+            "--budget",
+            "2",
+            "--limit",
+            "2",
+            "--json",
+            "--out",
+        ])
+        .arg(&math_out)
+        .args(SHORT)
+        .output()
+        .expect("math"));
+    (jsonl(&out), jsonl(&math_out))
 }
 
 /// Three seeded two-digit additions.
@@ -324,41 +359,14 @@ fn sweep_writes_a_table_json_and_plot_and_its_policy_drives_compute_optimal() {
 #[test]
 fn gsm8k_and_serial_questions_are_solved_and_checked() {
     let dir = tempfile::tempdir().expect("tmp");
-    let out = dir.path().join("gsm.jsonl");
-    let run = qstar()
-        .args(["solve", "--task", "gsm8k", "--input"])
-        .arg(shared("gsm8k/train_first1000.jsonl"))
-        .args(["--strategy", "greedy", "--limit", "2", "--json", "--out"])
-        .arg(&out)
-        .args(SHORT)
-        .output()
-        .expect("gsm8k");
-    ok(&run);
-    let records = jsonl(&out);
-    assert_eq!(records[0]["reference"], "72");
-    let math = dir.path().join("math.jsonl");
-    ok(&qstar()
-        .args(["solve", "--task", "math", "--input"])
-        .arg(shared("math500/math500_dev.jsonl"))
-        .args([
-            "--strategy",
-            "majority",
-            "--budget",
-            "2",
-            "--limit",
-            "2",
-            "--json",
-            "--out",
-        ])
-        .arg(&math)
-        .args(SHORT)
-        .output()
-        .expect("math"));
-    let records = jsonl(&math);
-    assert_eq!(
-        records[0]["reference"],
-        "\\left( 3, \\frac{\\pi}{2} \\right)"
+    let (gsm, math) = solve_gsm8k_and_math(
+        dir.path(),
+        &example("gsm8k_sample.jsonl"),
+        &example("math_sample.jsonl"),
     );
+    assert_eq!(gsm[0]["reference"], "57");
+    assert_eq!(math[0]["reference"], "\\left( 3, 2 \\right)");
+    assert_eq!((gsm.len(), math.len()), (2, 2));
     for kind in ["modadd", "permutation", "squaring", "circuit"] {
         let path = dir.path().join(format!("{kind}.jsonl"));
         ok(&qstar()
@@ -389,6 +397,21 @@ fn gsm8k_and_serial_questions_are_solved_and_checked() {
     }
 }
 
+/// The same on the public GSM8K and MATH-500 development files.
+#[test]
+fn the_public_gsm8k_and_math500_files_are_solved_and_checked() {
+    let test = "the_public_gsm8k_and_math500_files_are_solved_and_checked";
+    let (Some(gsm8k), Some(math)) = (
+        shared_file_or_skip(test, "data/gsm8k/train_first1000.jsonl"),
+        shared_file_or_skip(test, "data/math500/math500_dev.jsonl"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let (gsm, math) = solve_gsm8k_and_math(dir.path(), &gsm8k, &math);
+    assert_eq!(gsm[0]["reference"], "72");
+    assert_eq!(math[0]["reference"], "\\left( 3, \\frac{\\pi}{2} \\right)");
+}
 #[test]
 fn bad_input_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tmp");

@@ -8,6 +8,7 @@ mod error;
 mod model;
 mod prompt;
 mod rng;
+pub mod shared_data;
 mod types;
 
 pub use error::ModelError;

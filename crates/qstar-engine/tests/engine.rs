@@ -89,15 +89,22 @@ fn prefix_cache_changes_work_not_results() {
     );
 }
 
+/// The options " 1" … " 10": " 10" is " 1" followed by "0", so the token
+/// probability of " 1" holds the mass of " 10" too. `choose` must answer
+/// with the distribution over complete answers; the reference here is
+/// computed from independent `score` calls: P(exactly " 1") = P(" 1") −
+/// P(" 10"), every other option keeps its own probability.
 #[test]
 fn multi_token_options_are_scored_exactly() {
     let engine = common::engine();
     let rt = common::runtime();
     let prompt = "On a scale from 1 to 10, I would rate this answer a";
     let options: Vec<String> = (1..=10).map(|i| format!(" {i}")).collect();
+    let one = engine.tokenize(" 1", false);
+    let ten = engine.tokenize(" 10", false);
     assert!(
-        engine.tokenize(" 10", false).len() > 1,
-        "\" 10\" should span several tokens"
+        ten.len() > one.len() && ten.starts_with(&one),
+        "\" 10\" should be \" 1\" and more tokens"
     );
     let chosen = rt
         .block_on(engine.choose(vec![ChooseRequest {
@@ -108,6 +115,63 @@ fn multi_token_options_are_scored_exactly() {
         .remove(0);
     let total: f64 = chosen.options.iter().map(|o| o.prob).sum();
     assert!((total - 1.0).abs() < 1e-9);
+    let scored: Vec<f64> = options
+        .iter()
+        .map(|o| {
+            rt.block_on(engine.score(vec![ScoreRequest {
+                prompt: prompt.into(),
+                continuation: o.clone(),
+            }]))
+            .expect("score")
+            .remove(0)
+            .total_logprob
+        })
+        .collect();
+    let mut reference: Vec<f64> = scored.iter().map(|l| l.exp()).collect();
+    reference[0] -= reference[9];
+    assert!(reference[0] > 0.0, "P(exactly \" 1\") {}", reference[0]);
+    let mass: f64 = reference.iter().sum();
+    assert!(
+        (chosen.mass - mass).abs() < 1e-4 * mass,
+        "mass {} vs {mass}",
+        chosen.mass
+    );
+    for (o, p) in chosen.options.iter().zip(&reference) {
+        assert!(
+            (o.logprob - p.ln()).abs() < 1e-4,
+            "{}: choose {} vs score {}",
+            o.text,
+            o.logprob,
+            p.ln()
+        );
+        assert!(
+            (o.prob - p / mass).abs() < 1e-4,
+            "{}: {} vs {}",
+            o.text,
+            o.prob,
+            p / mass
+        );
+    }
+    // Without the rule " 1" would keep " 10"'s mass: the difference is real.
+    assert!(scored[0].exp() - reference[0] > 1e-6);
+}
+
+/// Options that share no prefix keep the plain sums of their tokens'
+/// log-probs, and an option with no tokens is a clear error that leaves the
+/// engine serving.
+#[test]
+fn options_without_prefixes_and_empty_tokenizations() {
+    let engine = common::engine();
+    let rt = common::runtime();
+    let prompt = "The capital of France is";
+    let options = vec![" Paris".to_string(), " Lyon".to_string()];
+    let chosen = rt
+        .block_on(engine.choose(vec![ChooseRequest {
+            prompt: prompt.into(),
+            options: options.clone(),
+        }]))
+        .expect("choose")
+        .remove(0);
     for o in &chosen.options {
         let scored = rt
             .block_on(engine.score(vec![ScoreRequest {
@@ -116,14 +180,18 @@ fn multi_token_options_are_scored_exactly() {
             }]))
             .expect("score")
             .remove(0);
-        assert!(
-            (scored.total_logprob - o.logprob).abs() < 1e-4,
-            "{}: choose {} vs score {}",
-            o.text,
-            o.logprob,
-            scored.total_logprob
-        );
+        assert!((scored.total_logprob - o.logprob).abs() < 1e-4);
     }
+    let duplicate = rt.block_on(engine.choose(vec![ChooseRequest {
+        prompt: prompt.into(),
+        options: vec![" Paris".into(), " Paris".into()],
+    }]));
+    assert!(duplicate.is_err_and(|e| e.is_input_error()));
+    let again = rt.block_on(engine.choose(vec![ChooseRequest {
+        prompt: prompt.into(),
+        options,
+    }]));
+    assert!(again.is_ok());
 }
 
 #[test]

@@ -92,6 +92,10 @@ pub struct Judgement {
     pub human_chosen_first: bool,
     /// P(first option) normalized over the two options (clamped for CoT).
     pub p_a: f64,
+    /// Probability mass the model put on the two option letters before
+    /// normalization: a label built on a sliver of the mass is weak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub option_mass: Option<f64>,
     /// The sampled chain of thought, for CoT labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rationale: Option<String>,
@@ -322,6 +326,7 @@ impl<'a> CaiLabeler<'a> {
                 } else {
                     p
                 },
+                option_mass: Some(answer.mass),
                 rationale,
             });
         }

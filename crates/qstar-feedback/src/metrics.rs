@@ -17,8 +17,12 @@ pub struct LabelMetrics {
     pub ece: f64,
     /// Mean P("A") over all questions (1/2 for an unbiased labeler).
     pub mean_p_a: f64,
-    /// Answers that could not be parsed (always 0 for option probabilities).
-    pub unparsed: usize,
+    /// Mean and least probability mass the model put on the option letters
+    /// before normalization, over all questions (`None` for labels written
+    /// without it). Nothing is parsed in a choice, so nothing can fail to
+    /// parse; what can go wrong is a choice made on a sliver of the mass.
+    pub option_mass_mean: Option<f64>,
+    pub option_mass_min: Option<f64>,
     /// Alignment of each principle on its own (both orders averaged), as
     /// (principle index, pairs judged, alignment).
     pub per_principle: Vec<(usize, usize, f64)>,
@@ -43,6 +47,10 @@ pub fn label_metrics(labels: &[PairLabel]) -> LabelMetrics {
     let mut same = 0usize;
     let mut p_a_sum = 0.0;
     let mut questions = 0usize;
+    let masses: Vec<f64> = labels
+        .iter()
+        .flat_map(|l| l.judgements.iter().filter_map(|j| j.option_mass))
+        .collect();
     for l in labels {
         for j in &l.judgements {
             p_a_sum += j.p_a;
@@ -102,7 +110,9 @@ pub fn label_metrics(labels: &[PairLabel]) -> LabelMetrics {
         position_bias_rate: (both > 0).then(|| same as f64 / both as f64),
         ece,
         mean_p_a: p_a_sum / questions.max(1) as f64,
-        unparsed: 0,
+        option_mass_mean: (!masses.is_empty())
+            .then(|| masses.iter().sum::<f64>() / masses.len() as f64),
+        option_mass_min: masses.iter().copied().reduce(f64::min),
         reliability: bins
             .iter()
             .enumerate()
@@ -132,12 +142,14 @@ mod tests {
                 principle: 0,
                 human_chosen_first: true,
                 p_a: p_a_first,
+                option_mass: Some(0.9),
                 rationale: None,
             },
             Judgement {
                 principle: 0,
                 human_chosen_first: false,
                 p_a: p_a_second,
+                option_mass: Some(0.02),
                 rationale: None,
             },
         ];
@@ -158,6 +170,19 @@ mod tests {
         let m = label_metrics(&[label(0.8, 0.8), label(0.9, 0.7)]);
         assert_eq!(m.position_bias_rate, Some(1.0));
         assert!((m.mean_p_a - 0.8).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_option_mass_shows_its_mean_and_its_weakest_question() {
+        let m = label_metrics(&[label(0.8, 0.8), label(0.9, 0.7)]);
+        assert!((m.option_mass_mean.unwrap_or(0.0) - 0.46).abs() < 1e-12);
+        assert_eq!(m.option_mass_min, Some(0.02));
+        let mut old = label(0.8, 0.8);
+        for j in &mut old.judgements {
+            j.option_mass = None;
+        }
+        let m = label_metrics(&[old]);
+        assert_eq!((m.option_mass_mean, m.option_mass_min), (None, None));
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub struct Rating {
     pub expected_score: f64,
     /// (expected score − 5.5) / 4.5, in [-1, 1].
     pub reward: f64,
+    /// Probability mass the model put on the ten answers before
+    /// normalization (`None` when unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub option_mass: Option<f64>,
 }
 
 pub struct Rater<'a> {
@@ -61,7 +65,10 @@ impl<'a> Rater<'a> {
         let answers = self.model.choose(requests).await?;
         Ok(answers
             .into_iter()
-            .map(|a| rating_from(a.options.iter().map(|o| o.prob).collect()))
+            .map(|a| Rating {
+                option_mass: Some(a.mass),
+                ..rating_from(a.options.iter().map(|o| o.prob).collect())
+            })
             .collect())
     }
 }
@@ -77,6 +84,7 @@ pub fn rating_from(distribution: Vec<f64>) -> Rating {
         reward: (expected_score - 5.5) / 4.5,
         expected_score,
         distribution,
+        option_mass: None,
     }
 }
 

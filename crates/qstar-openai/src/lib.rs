@@ -18,7 +18,7 @@ use futures::future::try_join_all;
 use qstar_core::{
     choose_response, Capabilities, ChooseRequest, ChooseResponse, Completion, FinishReason,
     GenerateRequest, GenerateResponse, LanguageModel, Message, ModelError, ScoreRequest,
-    ScoreResponse, TokenLogprob, Usage,
+    ScoreResponse, ScoredOption, TokenLogprob, Usage,
 };
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -312,7 +312,7 @@ impl OpenAiBackend {
         let first = parse_logprobs(&v["choices"][0]["logprobs"])
             .and_then(|t| t.into_iter().next())
             .ok_or_else(|| self.unsupported("log-probs on /v1/completions"))?;
-        let from_top: Option<Vec<f64>> = req
+        let from_top: Option<Vec<ScoredOption<String>>> = req
             .options
             .iter()
             .map(|o| {
@@ -320,11 +320,14 @@ impl OpenAiBackend {
                     .top
                     .iter()
                     .find(|(t, _)| t == o)
-                    .map(|(_, lp)| *lp as f64)
+                    .map(|(t, lp)| ScoredOption {
+                        tokens: vec![t.clone()],
+                        logprobs: vec![*lp as f64],
+                    })
             })
             .collect();
-        if let Some(logprobs) = from_top {
-            return Ok(choose_response(&req.options, logprobs, Usage::default()));
+        if let Some(scored) = from_top {
+            return Ok(choose_response(&req.options, &scored, Usage::default()));
         }
         // Otherwise every option is scored in full, which needs echo.
         let requests: Vec<ScoreRequest> = req
@@ -348,8 +351,20 @@ impl OpenAiBackend {
                 },
                 other => other,
             })?;
-        let logprobs = scored.iter().map(|s| s.total_logprob).collect();
-        Ok(choose_response(&req.options, logprobs, Usage::default()))
+        // Token texts stand in for ids (servers need not send ids); they
+        // decide which option's tokens extend another's.
+        let scored: Vec<ScoredOption<String>> = scored
+            .into_iter()
+            .map(|s| ScoredOption {
+                logprobs: s
+                    .tokens
+                    .iter()
+                    .map(|t| t.logprob.unwrap_or(0.0) as f64)
+                    .collect(),
+                tokens: s.tokens.into_iter().map(|t| t.text).collect(),
+            })
+            .collect();
+        Ok(choose_response(&req.options, &scored, Usage::default()))
     }
 }
 

@@ -3,6 +3,7 @@
 //! problems) for test-time search.
 
 pub mod latex;
+pub mod mutate;
 pub mod numeric;
 pub mod preference;
 pub mod problems;

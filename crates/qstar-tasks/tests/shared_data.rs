@@ -2,21 +2,28 @@
 
 use std::path::PathBuf;
 
+use qstar_core::shared_data::shared_file_or_skip;
 use qstar_tasks::{read_problems, Task};
 use serde_json::Value;
 
-fn data(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data")
-        .join(rel)
+fn data(test: &str, rel: &str) -> Option<PathBuf> {
+    shared_file_or_skip(test, &format!("data/{rel}"))
 }
 
 #[test]
 fn gsm8k_files_read_whole() {
-    let train = read_problems(&data("gsm8k/train_first1000.jsonl"), Task::Gsm8k, None).unwrap();
+    let (Some(train), Some(solutions)) = (
+        data("gsm8k_files_read_whole", "gsm8k/train_first1000.jsonl"),
+        data(
+            "gsm8k_files_read_whole",
+            "gsm8k/example_model_solutions_test_rows1019-1318.jsonl",
+        ),
+    ) else {
+        return;
+    };
+    let train = read_problems(&train, Task::Gsm8k, None).unwrap();
     assert_eq!(train.len(), 1000);
     assert_eq!(train[0].answer, "72");
-    let solutions = data("gsm8k/example_model_solutions_test_rows1019-1318.jsonl");
     assert_eq!(
         read_problems(&solutions, Task::Gsm8k, None).unwrap().len(),
         300
@@ -28,7 +35,12 @@ fn gsm8k_files_read_whole() {
 /// are truncated, so a tiny disagreement is allowed).
 #[test]
 fn gsm8k_checker_agrees_with_published_correctness_flags() {
-    let path = data("gsm8k/example_model_solutions_test_rows1019-1318.jsonl");
+    let Some(path) = data(
+        "gsm8k_checker_agrees_with_published_correctness_flags",
+        "gsm8k/example_model_solutions_test_rows1019-1318.jsonl",
+    ) else {
+        return;
+    };
     let problems = read_problems(&path, Task::Gsm8k, None).unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     let (mut agree, mut total) = (0, 0);
@@ -56,7 +68,12 @@ fn gsm8k_checker_agrees_with_published_correctness_flags() {
 /// Every MATH-500 reference solution's boxed answer equals the answer field.
 #[test]
 fn math500_boxed_solutions_match_their_answers() {
-    let path = data("math500/math500_dev.jsonl");
+    let Some(path) = data(
+        "math500_boxed_solutions_match_their_answers",
+        "math500/math500_dev.jsonl",
+    ) else {
+        return;
+    };
     let problems = read_problems(&path, Task::Math, None).unwrap();
     assert_eq!(problems.len(), 200);
     let text = std::fs::read_to_string(&path).unwrap();

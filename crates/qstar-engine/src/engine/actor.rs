@@ -1,431 +1,41 @@
-//! The engine actor: one thread owns the model and serves every caller.
-//!
-//! Callers send jobs over a channel and await their answers. Between forward
-//! passes the actor takes in new jobs, so concurrent callers share batches
-//! (continuous batching). Each job becomes one or more sequences; a step
-//! stacks every sequence's pending tokens (a prompt chunk, or one token when
-//! decoding) into one forward pass.
-//!
-//! Prefix reuse: when a sequence is admitted, the leading blocks of its tokens
-//! that the prefix cache holds are copied in instead of computed. A sequence
-//! whose next uncomputed block is being computed right now by another
-//! sequence waits for it, so N samples of one prompt, the options of one
-//! question, or prompts sharing an instruction compute the shared part once.
+//! The actor: admission, scheduling of forward passes, and retirement of
+//! finished sequences, with recovery from panics.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use qstar_core::{
-    choose_response, Capabilities, ChooseRequest, ChooseResponse, Completion, FinishReason,
-    GenerateRequest, GenerateResponse, LanguageModel, Message, ModelError, SamplingParams,
-    ScoreRequest, ScoreResponse, ScoredOption, TokenLogprob, TopLogprob, Usage,
+    choose_response, ChooseRequest, Completion, FinishReason, GenerateRequest, GenerateResponse,
+    ModelError, ScoreRequest, ScoreResponse, ScoredOption, TokenLogprob, Usage,
 };
 use rayon::prelude::*;
-use serde::Serialize;
-use tokio::sync::oneshot;
 
+use super::handle::*;
+use super::job::*;
+use super::seq::*;
+use super::{EngineOptions, EngineStats};
 use crate::error::EngineError;
 use crate::llama::{KvCache, SeqStep};
-use crate::model::{LoadedModel, ModelInfo};
+use crate::model::LoadedModel;
 use crate::prefix_cache::{block_hashes, PrefixCache, BLOCK_TOKENS};
-use crate::sampling::{log_softmax, sample, top_k_indices, Rng};
+use crate::sampling::Rng;
 
-/// How the engine runs. Defaults suit a laptop.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct EngineOptions {
-    /// Worker threads for the matrix products (0: one per core).
-    pub threads: usize,
-    pub prefix_cache: bool,
-    /// Memory bound of the prefix cache.
-    pub prefix_cache_mb: usize,
-    /// Tokens per forward pass; longer prompts are processed in chunks.
-    pub max_batch_tokens: usize,
-    /// Sequences decoded together.
-    pub max_sequences: usize,
-}
-
-impl Default for EngineOptions {
-    fn default() -> Self {
-        EngineOptions {
-            threads: 0,
-            prefix_cache: true,
-            prefix_cache_mb: 512,
-            max_batch_tokens: 512,
-            max_sequences: 64,
-        }
-    }
-}
-
-/// Counters since the engine started.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct EngineStats {
-    pub prompt_tokens_computed: usize,
-    pub prompt_tokens_reused: usize,
-    pub tokens_generated: usize,
-    pub forward_passes: usize,
-    pub prefix_cache_bytes: usize,
-}
-
-/// Where a job's answer goes. Dropped without an answer (the actor lost the
-/// job to a bug it recovered from), it still answers: with an error, so a
-/// caller never waits forever.
-struct Reply<T>(Option<oneshot::Sender<Result<T, ModelError>>>);
-
-impl<T> Reply<T> {
-    fn new(tx: oneshot::Sender<Result<T, ModelError>>) -> Self {
-        Reply(Some(tx))
-    }
-
-    #[allow(clippy::result_large_err)]
-    fn send(mut self, answer: Result<T, ModelError>) -> Result<(), Result<T, ModelError>> {
-        match self.0.take() {
-            Some(tx) => tx.send(answer),
-            None => Ok(()),
-        }
-    }
-}
-
-impl<T> Drop for Reply<T> {
-    fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(Err(internal_error(
-                "the request was lost after an internal error",
-            )));
-        }
-    }
-}
-
-/// An error of the engine itself (a bug), not of the request.
-fn internal_error(reason: &str) -> ModelError {
-    ModelError::Backend {
-        backend: "embedded".into(),
-        message: format!("internal error while serving this request: {reason}"),
-    }
-}
-
-/// The message a panic carried.
-fn panic_reason(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".into()
-    }
-}
-
-/// Runs `f`; a panic inside becomes an error carrying its message. The actor
-/// state `f` touches must be left consistent by the caller's recovery.
-fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|p| panic_reason(p.as_ref()))
-}
-
-enum Job {
-    Generate(GenerateRequest, Reply<GenerateResponse>),
-    Score(ScoreRequest, Reply<ScoreResponse>),
-    Choose(ChooseRequest, Reply<ChooseResponse>),
-    Stats(oneshot::Sender<EngineStats>),
-    SetPrefixCache(bool, oneshot::Sender<()>),
-}
-
-/// Handle to the engine; cheap to clone, all clones feed the same actor.
-#[derive(Clone)]
-pub struct Engine {
-    model: Arc<LoadedModel>,
-    tx: mpsc::Sender<Job>,
-}
-
-impl Engine {
-    pub fn load(path: &Path, options: EngineOptions) -> Result<Self, EngineError> {
-        let model = Arc::new(LoadedModel::load(path)?);
-        Ok(Self::start(model, options))
-    }
-
-    pub fn start(model: Arc<LoadedModel>, options: EngineOptions) -> Self {
-        let (tx, rx) = mpsc::channel();
-        let actor_model = model.clone();
-        std::thread::Builder::new()
-            .name("qstar-engine".into())
-            .spawn(move || {
-                let threads = if options.threads == 0 {
-                    std::thread::available_parallelism().map_or(1, |n| n.get())
-                } else {
-                    options.threads
-                };
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
-                let mut actor = Actor::new(actor_model, options);
-                match pool {
-                    Ok(pool) => pool.install(|| actor.run(rx)),
-                    Err(_) => actor.run(rx),
-                }
-            })
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!("cannot start the engine thread: {e}"));
-        Engine { model, tx }
-    }
-
-    pub fn info(&self) -> &ModelInfo {
-        &self.model.info
-    }
-
-    pub fn tokenize(&self, text: &str, with_bos: bool) -> Vec<u32> {
-        self.model.tokenizer.encode(text, with_bos)
-    }
-
-    pub fn token_text(&self, id: u32) -> String {
-        self.model.tokenizer.token_text(id)
-    }
-
-    pub async fn stats(&self) -> EngineStats {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Job::Stats(tx)).is_err() {
-            return EngineStats::default();
-        }
-        rx.await.unwrap_or_default()
-    }
-
-    /// Turns prefix reuse on or off, emptying the cache (for measurements).
-    pub async fn set_prefix_cache(&self, on: bool) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Job::SetPrefixCache(on, tx)).is_ok() {
-            let _ = rx.await;
-        }
-    }
-
-    fn stopped() -> ModelError {
-        ModelError::Backend {
-            backend: "embedded".into(),
-            message: "the engine thread stopped".into(),
-        }
-    }
-
-    async fn submit<R, T>(
-        &self,
-        requests: Vec<R>,
-        wrap: impl Fn(R, Reply<T>) -> Job,
-    ) -> Result<Vec<T>, ModelError> {
-        let mut pending = Vec::with_capacity(requests.len());
-        for r in requests {
-            let (tx, rx) = oneshot::channel();
-            self.tx
-                .send(wrap(r, Reply::new(tx)))
-                .map_err(|_| Self::stopped())?;
-            pending.push(rx);
-        }
-        let mut out = Vec::with_capacity(pending.len());
-        for rx in pending {
-            out.push(rx.await.map_err(|_| Self::stopped())??);
-        }
-        Ok(out)
-    }
-}
-
-#[async_trait]
-impl LanguageModel for Engine {
-    fn backend_name(&self) -> String {
-        format!("embedded ({})", self.model.info.path)
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            generate: true,
-            score: true,
-            choose: true,
-            max_top_logprobs: 20,
-            chat_template: self.model.chat.is_some(),
-        }
-    }
-
-    async fn generate(
-        &self,
-        requests: Vec<GenerateRequest>,
-    ) -> Result<Vec<GenerateResponse>, ModelError> {
-        self.submit(requests, Job::Generate).await
-    }
-
-    async fn score(&self, requests: Vec<ScoreRequest>) -> Result<Vec<ScoreResponse>, ModelError> {
-        self.submit(requests, Job::Score).await
-    }
-
-    async fn choose(
-        &self,
-        requests: Vec<ChooseRequest>,
-    ) -> Result<Vec<ChooseResponse>, ModelError> {
-        self.submit(requests, Job::Choose).await
-    }
-
-    fn render_chat(
-        &self,
-        messages: &[Message],
-        add_generation_prompt: bool,
-    ) -> Result<String, ModelError> {
-        render_chat(
-            &self.model,
-            &self.backend_name(),
-            messages,
-            add_generation_prompt,
-        )
-    }
-}
-
-/// Renders messages with the model's chat template, or says it has none.
-fn render_chat(
-    model: &LoadedModel,
-    backend: &str,
-    messages: &[Message],
-    add_generation_prompt: bool,
-) -> Result<String, ModelError> {
-    let chat = model.chat.as_ref().ok_or_else(|| ModelError::Unsupported {
-        backend: backend.into(),
-        capability: "chat templates (the GGUF has no tokenizer.chat_template)".into(),
-    })?;
-    chat.render(messages, add_generation_prompt)
-        .map_err(|e| ModelError::InvalidRequest(e.to_string()))
-}
-
-/// What a finished sequence reports to its job.
-enum SeqOutput {
-    Completion(Completion),
-    /// Log-probs of the wanted ids, per wanted row, in order.
-    Logprobs(Vec<Vec<f32>>),
-}
-
-struct Generation {
-    params: SamplingParams,
-    rng: Rng,
-    top_logprobs: Option<usize>,
-    generated: Vec<u32>,
-    logprobs: Vec<TokenLogprob>,
-    finish: Option<FinishReason>,
-    /// Length of the text cut before a stop string, when one appeared.
-    stop_at: Option<usize>,
-}
-
-struct Seq {
-    job: u64,
-    /// Which part of the job this is (sample index, option index).
-    tag: usize,
-    tokens: Vec<u32>,
-    /// Tokens that were given (the rest were generated).
-    prompt_len: usize,
-    hashes: Vec<u64>,
-    kv: KvCache,
-    /// Rows whose next-token log-probs are wanted, with the ids wanted.
-    wants: Vec<(usize, Vec<u32>)>,
-    results: Vec<Vec<f32>>,
-    generation: Option<Generation>,
-    reused: usize,
-    /// Block hashes this sequence is computing that others may wait for.
-    claimed: Vec<u64>,
-    /// A deliberate failure the tests ask for.
-    #[cfg(test)]
-    fault: Option<Fault>,
-}
-
-/// Where a test makes a sequence panic, chosen by a marker in its prompt.
-#[cfg(test)]
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Fault {
-    Intake,
-    Forward,
-    Absorb,
-}
-
-#[cfg(test)]
-impl Fault {
-    const MARKERS: [(&'static str, Fault); 3] = [
-        ("\u{1}panic in intake\u{1}", Fault::Intake),
-        ("\u{1}panic in the forward pass\u{1}", Fault::Forward),
-        ("\u{1}panic in absorb\u{1}", Fault::Absorb),
-    ];
-
-    fn in_prompt(prompt: &str) -> Option<Fault> {
-        Self::MARKERS
-            .iter()
-            .find(|(m, _)| prompt.contains(m))
-            .map(|&(_, f)| f)
-    }
-}
-
-impl Seq {
-    /// First row whose logits this sequence needs.
-    fn first_logit_row(&self) -> usize {
-        match &self.generation {
-            Some(_) => self.tokens.len() - 1,
-            None => self.wants.first().map_or(self.tokens.len() - 1, |w| w.0),
-        }
-    }
-
-    fn done(&self) -> bool {
-        match &self.generation {
-            Some(g) => g.finish.is_some(),
-            None => self.kv.len >= self.tokens.len(),
-        }
-    }
-}
-
-enum JobState {
-    Generate {
-        reply: Reply<GenerateResponse>,
-        completions: Vec<Option<Completion>>,
-    },
-    Score {
-        reply: Reply<ScoreResponse>,
-        ids: Vec<u32>,
-        /// Whether the first continuation token has nothing before it.
-        first_unconditioned: bool,
-        /// Log-prob of each conditioned token, filled when the sequence ends.
-        logprobs: Vec<f32>,
-    },
-    Choose {
-        reply: Reply<ChooseResponse>,
-        options: Vec<String>,
-        /// Each option's tokens and their log-probs, filled in as the
-        /// prompt's sequence (first tokens) and the options' sequences finish.
-        scored: Vec<ScoredOption<u32>>,
-    },
-}
-
-impl JobState {
-    /// Answers the job with an error instead of its result.
-    fn fail(self, error: ModelError) {
-        let _ = match self {
-            JobState::Generate { reply, .. } => reply.send(Err(error)).map_err(drop),
-            JobState::Score { reply, .. } => reply.send(Err(error)).map_err(drop),
-            JobState::Choose { reply, .. } => reply.send(Err(error)).map_err(drop),
-        };
-    }
-}
-
-struct PendingJob {
-    state: JobState,
-    remaining: usize,
-    usage: Usage,
-}
-
-/// Tag of a choose job's prompt-only sequence (options use their index).
-const PROMPT_TAG: usize = usize::MAX;
-
-struct Actor {
-    model: Arc<LoadedModel>,
-    options: EngineOptions,
-    cache: PrefixCache,
-    jobs: HashMap<u64, PendingJob>,
-    waiting: VecDeque<Seq>,
-    active: Vec<Seq>,
+pub(super) struct Actor {
+    pub(super) model: Arc<LoadedModel>,
+    pub(super) options: EngineOptions,
+    pub(super) cache: PrefixCache,
+    pub(super) jobs: HashMap<u64, PendingJob>,
+    pub(super) waiting: VecDeque<Seq>,
+    pub(super) active: Vec<Seq>,
     /// Blocks being computed by active sequences, not yet in the cache.
-    in_flight: HashSet<u64>,
-    next_job: u64,
-    stats: EngineStats,
+    pub(super) in_flight: HashSet<u64>,
+    pub(super) next_job: u64,
+    pub(super) stats: EngineStats,
 }
 
 impl Actor {
-    fn new(model: Arc<LoadedModel>, options: EngineOptions) -> Self {
+    pub(super) fn new(model: Arc<LoadedModel>, options: EngineOptions) -> Self {
         let kv_dim = model.llama.config.kv_dim();
         Actor {
             cache: PrefixCache::new(kv_dim, options.prefix_cache_mb << 20),
@@ -442,7 +52,7 @@ impl Actor {
 
     /// Serves jobs until every handle is gone. A panic while serving fails
     /// the jobs it concerns (with the panic's message) and nothing else.
-    fn run(&mut self, rx: mpsc::Receiver<Job>) {
+    pub(super) fn run(&mut self, rx: mpsc::Receiver<Job>) {
         loop {
             if self.active.is_empty() && self.waiting.is_empty() {
                 match rx.recv() {
@@ -461,7 +71,7 @@ impl Actor {
     }
 
     /// Fails a job: answers it with the error and drops its sequences.
-    fn fail_job(&mut self, job: u64, error: ModelError) {
+    pub(super) fn fail_job(&mut self, job: u64, error: ModelError) {
         if let Some(pending) = self.jobs.remove(&job) {
             pending.state.fail(error);
         }
@@ -481,7 +91,7 @@ impl Actor {
 
     /// After a panic whose jobs are unknown: every job that lost a sequence
     /// (it has fewer queued or active than it waits for) fails.
-    fn recover(&mut self, reason: &str) {
+    pub(super) fn recover(&mut self, reason: &str) {
         tracing::error!("the engine recovered from an internal error: {reason}");
         let mut present: HashMap<u64, usize> = HashMap::new();
         for s in self.waiting.iter().chain(&self.active) {
@@ -512,7 +122,7 @@ impl Actor {
         }
     }
 
-    fn new_seq(&self, job: u64, tag: usize, tokens: Vec<u32>) -> Seq {
+    pub(super) fn new_seq(&self, job: u64, tag: usize, tokens: Vec<u32>) -> Seq {
         let hashes = if self.options.prefix_cache {
             block_hashes(&tokens)
         } else {
@@ -535,7 +145,7 @@ impl Actor {
         }
     }
 
-    fn check_length(&self, tokens: usize, room: usize) -> Result<(), ModelError> {
+    pub(super) fn check_length(&self, tokens: usize, room: usize) -> Result<(), ModelError> {
         let context = self.model.llama.config.context_length;
         if tokens + room > context {
             return Err(ModelError::InvalidRequest(
@@ -545,7 +155,7 @@ impl Actor {
         Ok(())
     }
 
-    fn intake(&mut self, job: Job) {
+    pub(super) fn intake(&mut self, job: Job) {
         let id = self.next_job;
         self.next_job += 1;
         match job {
@@ -638,7 +248,7 @@ impl Actor {
 
     /// Runs the intake of job `id`; if it panics, the sequences it queued are
     /// dropped and the panic becomes the job's error.
-    fn guarded_intake<T>(
+    pub(super) fn guarded_intake<T>(
         &mut self,
         id: u64,
         f: impl FnOnce(&mut Self) -> Result<T, ModelError>,
@@ -654,7 +264,11 @@ impl Actor {
     }
 
     /// Queues one sequence per sample and returns how many.
-    fn intake_generate(&mut self, id: u64, req: GenerateRequest) -> Result<usize, ModelError> {
+    pub(super) fn intake_generate(
+        &mut self,
+        id: u64,
+        req: GenerateRequest,
+    ) -> Result<usize, ModelError> {
         let prompt = match &req.messages {
             Some(messages) => render_chat(&self.model, "embedded", messages, true)?,
             None => req.prompt.clone(),
@@ -698,7 +312,7 @@ impl Actor {
         Ok(req.n)
     }
 
-    fn intake_score(
+    pub(super) fn intake_score(
         &mut self,
         id: u64,
         req: &ScoreRequest,
@@ -744,7 +358,7 @@ impl Actor {
     /// Queues a choose job: one sequence for the prompt (its last row gives
     /// every option's first token) and one per option of several tokens.
     /// Returns the number of sequences and each option's token ids.
-    fn intake_choose(
+    pub(super) fn intake_choose(
         &mut self,
         id: u64,
         req: &ChooseRequest,
@@ -792,7 +406,7 @@ impl Actor {
     }
 
     /// Moves waiting sequences into the active set, reusing cached prefixes.
-    fn admit(&mut self) {
+    pub(super) fn admit(&mut self) {
         let mut deferred = VecDeque::new();
         // Prompt tokens already waiting in admitted sequences: admitting more
         // than a step can take would only hold their KV memory early.
@@ -838,7 +452,7 @@ impl Actor {
         }
     }
 
-    fn step(&mut self) {
+    pub(super) fn step(&mut self) {
         let chunks = self.plan();
         if !chunks.is_empty() {
             let mut failed = Vec::new();
@@ -866,7 +480,7 @@ impl Actor {
 
     /// Which active sequences go into the next pass, and how many tokens
     /// each: decoding sequences first (one token each), then prompt chunks.
-    fn plan(&self) -> Vec<(usize, usize)> {
+    pub(super) fn plan(&self) -> Vec<(usize, usize)> {
         let mut order: Vec<usize> = (0..self.active.len())
             .filter(|&i| !self.active[i].done())
             .collect();
@@ -890,7 +504,10 @@ impl Actor {
     /// to the KV caches and is returned as the error; a panic while one
     /// sequence takes in its logits fails only that sequence's job, listed in
     /// the result.
-    fn run_chunks(&mut self, chunks: &[(usize, usize)]) -> Result<Vec<(u64, String)>, String> {
+    pub(super) fn run_chunks(
+        &mut self,
+        chunks: &[(usize, usize)],
+    ) -> Result<Vec<(u64, String)>, String> {
         // The pass stacks sequences in the order of the active set.
         let mut chunks = chunks.to_vec();
         chunks.sort_unstable_by_key(|&(i, _)| i);
@@ -941,7 +558,7 @@ impl Actor {
     }
 
     /// The forward pass itself: the logits of every chunk's wanted rows.
-    fn forward(&mut self, chunks: &[(usize, usize)]) -> Vec<Vec<f32>> {
+    pub(super) fn forward(&mut self, chunks: &[(usize, usize)]) -> Vec<Vec<f32>> {
         let mut plan: HashMap<usize, usize> = chunks.iter().copied().collect();
         let mut steps: Vec<SeqStep<'_>> = Vec::with_capacity(chunks.len());
         for (i, s) in self.active.iter_mut().enumerate() {
@@ -973,7 +590,7 @@ impl Actor {
 
     /// Counts what a forward pass did for sequence `i`, and shares its
     /// prompt's blocks once the prompt is complete.
-    fn record(&mut self, i: usize, outcome: Absorbed) {
+    pub(super) fn record(&mut self, i: usize, outcome: Absorbed) {
         self.stats.prompt_tokens_computed += outcome.prompt_computed;
         self.stats.tokens_generated += outcome.generated;
         let seq = &mut self.active[i];
@@ -988,7 +605,7 @@ impl Actor {
 
     /// Hands finished sequences to their jobs. A panic while handing one
     /// over fails that sequence's job alone.
-    fn retire(&mut self) {
+    pub(super) fn retire(&mut self) {
         let mut i = 0;
         while i < self.active.len() {
             if !self.active[i].done() {
@@ -1007,7 +624,7 @@ impl Actor {
         }
     }
 
-    fn retire_one(&mut self, seq: Seq) {
+    pub(super) fn retire_one(&mut self, seq: Seq) {
         {
             let job = seq.job;
             let tokenizer = &self.model.tokenizer;
@@ -1062,7 +679,7 @@ impl Actor {
         }
     }
 
-    fn finish_if_done(&mut self, job: u64) {
+    pub(super) fn finish_if_done(&mut self, job: u64) {
         if self.jobs.get(&job).is_none_or(|p| p.remaining > 0) {
             return;
         }
@@ -1119,227 +736,5 @@ impl Actor {
                 }));
             }
         }
-    }
-}
-
-/// What a forward pass did for one sequence.
-struct Absorbed {
-    prompt_computed: usize,
-    generated: usize,
-    prompt_completed: bool,
-}
-
-/// Uses the logits a sequence got from a forward pass: wanted log-probs for
-/// scoring, or the next token for generation.
-fn absorb(model: &LoadedModel, seq: &mut Seq, start: usize, rows: Vec<f32>) -> Absorbed {
-    #[cfg(test)]
-    if seq.fault == Some(Fault::Absorb) {
-        panic!("injected fault while taking in logits");
-    }
-    let n_vocab = model.llama.config.n_vocab;
-    let tokenizer = &model.tokenizer;
-    let context = model.llama.config.context_length;
-    let end = seq.kv.len;
-    let n_rows = rows.len() / n_vocab;
-    let first_row = end - n_rows;
-    let was_prefill = start < seq.prompt_len;
-    let mut outcome = Absorbed {
-        prompt_computed: if was_prefill {
-            end.min(seq.prompt_len) - start
-        } else {
-            0
-        },
-        generated: 0,
-        prompt_completed: was_prefill && end >= seq.prompt_len,
-    };
-    if seq.generation.is_none() {
-        for (r, row) in rows.chunks_exact(n_vocab).enumerate() {
-            let abs = first_row + r;
-            if !seq.wants.iter().any(|w| w.0 == abs) {
-                continue;
-            }
-            let lsm = log_softmax(row);
-            for (_, ids) in seq.wants.iter().filter(|w| w.0 == abs) {
-                seq.results
-                    .push(ids.iter().map(|&id| lsm[id as usize]).collect());
-            }
-        }
-        return outcome;
-    }
-    if end != seq.tokens.len() || n_rows == 0 {
-        return outcome;
-    }
-    let row = &rows[(n_rows - 1) * n_vocab..];
-    let Some(g) = seq.generation.as_mut() else {
-        return outcome;
-    };
-    let token = sample(row, &g.params, &mut g.rng);
-    if tokenizer.is_end_of_generation(token) && !g.params.ignore_eos {
-        g.finish = Some(FinishReason::Eos);
-        return outcome;
-    }
-    if let Some(k) = g.top_logprobs {
-        let lsm = log_softmax(row);
-        let top = top_k_indices(&lsm, k)
-            .into_iter()
-            .map(|id| TopLogprob {
-                id: id as u32,
-                text: tokenizer.token_text(id as u32),
-                logprob: lsm[id],
-            })
-            .collect();
-        g.logprobs.push(TokenLogprob {
-            id: token,
-            text: tokenizer.token_text(token),
-            logprob: Some(lsm[token as usize]),
-            top,
-        });
-    }
-    g.generated.push(token);
-    seq.tokens.push(token);
-    outcome.generated = 1;
-    if !g.params.stop.is_empty() {
-        let text = tokenizer.decode(&g.generated);
-        if let Some(at) = g
-            .params
-            .stop
-            .iter()
-            .filter_map(|s| text.find(s.as_str()))
-            .min()
-        {
-            g.stop_at = Some(at);
-            g.finish = Some(FinishReason::Stop);
-        }
-    }
-    if g.finish.is_none()
-        && (g.generated.len() >= g.params.max_tokens || seq.tokens.len() >= context)
-    {
-        g.finish = Some(FinishReason::Length);
-    }
-    outcome
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn model() -> Arc<LoadedModel> {
-        use std::sync::OnceLock;
-        static MODEL: OnceLock<Arc<LoadedModel>> = OnceLock::new();
-        MODEL
-            .get_or_init(|| {
-                let path = crate::fetch::default_model_path();
-                Arc::new(LoadedModel::load(&path).expect("the default model (`qstar model fetch`)"))
-            })
-            .clone()
-    }
-
-    fn greedy(prompt: &str) -> GenerateRequest {
-        GenerateRequest::new(
-            prompt,
-            SamplingParams {
-                max_tokens: 6,
-                ignore_eos: true,
-                ..Default::default()
-            },
-        )
-    }
-
-    type Answer = oneshot::Receiver<Result<GenerateResponse, ModelError>>;
-
-    /// Hands the requests to an actor driven on this thread and serves them
-    /// to the end (bounded, so a lost job fails the test instead of hanging).
-    fn serve(actor: &mut Actor, requests: Vec<GenerateRequest>) -> Vec<Answer> {
-        let answers = requests
-            .into_iter()
-            .map(|r| {
-                let (tx, rx) = oneshot::channel();
-                actor.intake(Job::Generate(r, Reply::new(tx)));
-                rx
-            })
-            .collect();
-        for _ in 0..10_000 {
-            if actor.jobs.is_empty() && actor.waiting.is_empty() && actor.active.is_empty() {
-                return answers;
-            }
-            actor.admit();
-            actor.step();
-        }
-        panic!("the actor did not finish its jobs");
-    }
-
-    fn tokens_alone(prompt: &str) -> Vec<u32> {
-        let mut actor = Actor::new(model(), EngineOptions::default());
-        let mut answers = serve(&mut actor, vec![greedy(prompt)]);
-        answers[0]
-            .try_recv()
-            .expect("answered")
-            .expect("generated")
-            .completions[0]
-            .token_ids
-            .clone()
-    }
-
-    /// A request that panics inside the engine, batched between two good
-    /// ones: it alone fails, with the panic's message; the good ones get the
-    /// answers they get when served alone; and the actor serves more.
-    #[test]
-    fn a_panicking_request_fails_alone() {
-        let good = ["The capital of France is", "1, 2, 3, 4,"];
-        let expected: Vec<Vec<u32>> = good.iter().map(|p| tokens_alone(p)).collect();
-        for (marker, fault) in Fault::MARKERS {
-            let mut actor = Actor::new(model(), EngineOptions::default());
-            let bad = format!("Tell me a story.{marker}");
-            let mut answers = serve(
-                &mut actor,
-                vec![greedy(good[0]), greedy(&bad), greedy(good[1])],
-            );
-            let err = answers[1]
-                .try_recv()
-                .expect("answered")
-                .expect_err("the bad request fails");
-            assert!(
-                !err.is_input_error() && err.to_string().contains("injected fault"),
-                "{fault:?}: {err}"
-            );
-            for (k, a) in [0, 2].into_iter().enumerate() {
-                let got = answers[a]
-                    .try_recv()
-                    .expect("answered")
-                    .unwrap_or_else(|e| panic!("{fault:?}: good request failed: {e}"));
-                assert_eq!(got.completions[0].token_ids, expected[k], "{fault:?}");
-            }
-            assert!(actor.in_flight.is_empty(), "{fault:?}: claims left behind");
-            let mut later = serve(&mut actor, vec![greedy(good[0])]);
-            let later = later[0]
-                .try_recv()
-                .expect("answered")
-                .expect("later request");
-            assert_eq!(later.completions[0].token_ids, expected[0], "{fault:?}");
-        }
-    }
-
-    /// The same through the engine's own thread: after a panic the thread is
-    /// alive and answers.
-    #[test]
-    fn the_engine_thread_survives_a_panic() {
-        let engine = Engine::start(model(), EngineOptions::default());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        for (marker, _) in Fault::MARKERS {
-            let bad = rt.block_on(engine.generate(vec![greedy(&format!("Hi{marker}"))]));
-            assert!(bad.is_err_and(|e| e.to_string().contains("injected fault")));
-            let good = rt.block_on(engine.generate(vec![greedy("Hello")]));
-            assert_eq!(good.expect("served")[0].completions[0].token_ids.len(), 6);
-        }
-    }
-
-    #[test]
-    fn a_dropped_reply_still_answers() {
-        let (tx, mut rx) = oneshot::channel::<Result<(), ModelError>>();
-        drop(Reply::new(tx));
-        let err = rx.try_recv().expect("answered").expect_err("an error");
-        assert!(err.to_string().contains("internal error"), "{err}");
     }
 }

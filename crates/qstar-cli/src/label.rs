@@ -881,10 +881,7 @@ pub fn eval_labels(args: EvalLabelsArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&m)?);
     } else {
-        let mass = match (m.option_mass_mean, m.option_mass_min) {
-            (Some(mean), Some(min)) => format!("{mean:.3} (least {min:.4})"),
-            _ => "n/a".into(),
-        };
+        let mass = mass_text(m.option_mass_mean, m.option_mass_min);
         println!(
             "pairs {}  alignment {:.3}  position-bias rate {}  ECE {:.3}  mean P(A) {:.3}  mass on the options {}",
             m.pairs,
@@ -897,6 +894,15 @@ pub fn eval_labels(args: EvalLabelsArgs) -> Result<()> {
         println!("reliability diagram → {}", plot.display());
     }
     Ok(())
+}
+
+/// The mass on the options for a summary line: mean and least, or n/a for
+/// files written before it was recorded.
+fn mass_text(mean: Option<f64>, least: Option<f64>) -> String {
+    match (mean, least) {
+        (Some(mean), Some(least)) => format!("{mean:.3} (least {least:.4})"),
+        _ => "n/a".into(),
+    }
 }
 
 fn eval_rewards(args: &EvalLabelsArgs) -> Result<()> {
@@ -937,10 +943,7 @@ fn eval_rewards(args: &EvalLabelsArgs) -> Result<()> {
                    "option_mass_mean": mass_mean, "option_mass_min": mass_min})
         );
     } else {
-        let mass = match (mass_mean, mass_min) {
-            (Some(mean), Some(min)) => format!("{mean:.3} (least {min:.4})"),
-            _ => "n/a".into(),
-        };
+        let mass = mass_text(mass_mean, mass_min);
         println!(
             "pairs {pairs}  human-preferred reply rewarded higher {rate:.3}  mass on the ratings {mass}"
         );

@@ -1,6 +1,7 @@
 //! qstar's embedded inference engine: GGUF models on the CPU, with batching
 //! across callers and reuse of shared prompt prefixes.
 
+pub mod adapter;
 pub mod chat;
 mod engine;
 pub mod error;

@@ -45,7 +45,7 @@ impl EngineError {
     }
 
     /// Names the model file in an error about its contents.
-    pub(crate) fn in_file(self, path: &std::path::Path) -> EngineError {
+    pub fn in_file(self, path: &std::path::Path) -> EngineError {
         let reason = match &self {
             EngineError::Metadata(m) => m.clone(),
             EngineError::UnsupportedArchitecture(_) => self.to_string(),

@@ -1,0 +1,389 @@
+//! The tensors of a llama, named as in a GGUF file, and the LoRA adapters
+//! that can sit on its projections. The same structs hold parameters and
+//! their gradients.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use qstar_engine::adapter::Projection;
+use qstar_engine::gguf::GgufFile;
+use qstar_engine::EngineError;
+
+use crate::config::ModelConfig;
+use crate::real::Real;
+use crate::rng::SplitMix;
+
+/// One block's tensors; matrices are n × k row-major, one row per output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerWeights<T> {
+    pub attn_norm: Vec<T>,
+    pub wq: Vec<T>,
+    pub wk: Vec<T>,
+    pub wv: Vec<T>,
+    pub wo: Vec<T>,
+    pub ffn_norm: Vec<T>,
+    pub w_gate: Vec<T>,
+    pub w_up: Vec<T>,
+    pub w_down: Vec<T>,
+}
+
+impl<T: Real> LayerWeights<T> {
+    pub fn projection(&self, p: Projection) -> &[T] {
+        match p {
+            Projection::Q => &self.wq,
+            Projection::K => &self.wk,
+            Projection::V => &self.wv,
+            Projection::O => &self.wo,
+            Projection::Gate => &self.w_gate,
+            Projection::Up => &self.w_up,
+            Projection::Down => &self.w_down,
+        }
+    }
+
+    pub fn projection_mut(&mut self, p: Projection) -> &mut Vec<T> {
+        match p {
+            Projection::Q => &mut self.wq,
+            Projection::K => &mut self.wk,
+            Projection::V => &mut self.wv,
+            Projection::O => &mut self.wo,
+            Projection::Gate => &mut self.w_gate,
+            Projection::Up => &mut self.w_up,
+            Projection::Down => &mut self.w_down,
+        }
+    }
+}
+
+/// (outputs n, inputs k) of a projection.
+pub fn projection_shape(c: &ModelConfig, p: Projection) -> (usize, usize) {
+    let (d, kv, ff) = (c.n_embd, c.kv_dim(), c.n_ff);
+    match p {
+        Projection::Q | Projection::O => (d, d),
+        Projection::K | Projection::V => (kv, d),
+        Projection::Gate | Projection::Up => (ff, d),
+        Projection::Down => (d, ff),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights<T> {
+    pub embed: Vec<T>,
+    pub layers: Vec<LayerWeights<T>>,
+    pub output_norm: Vec<T>,
+    /// `None` when the output projection is the embedding.
+    pub output: Option<Vec<T>>,
+}
+
+impl<T: Real> Weights<T> {
+    pub fn zeros(c: &ModelConfig) -> Self {
+        let z = |n: usize| vec![T::ZERO; n];
+        let layer = |_| {
+            let sized = |p| {
+                let (n, k) = projection_shape(c, p);
+                z(n * k)
+            };
+            LayerWeights {
+                attn_norm: z(c.n_embd),
+                wq: sized(Projection::Q),
+                wk: sized(Projection::K),
+                wv: sized(Projection::V),
+                wo: sized(Projection::O),
+                ffn_norm: z(c.n_embd),
+                w_gate: sized(Projection::Gate),
+                w_up: sized(Projection::Up),
+                w_down: sized(Projection::Down),
+            }
+        };
+        Weights {
+            embed: z(c.n_vocab * c.n_embd),
+            layers: (0..c.n_layer).map(layer).collect(),
+            output_norm: z(c.n_embd),
+            output: (!c.tied_output).then(|| z(c.n_vocab * c.n_embd)),
+        }
+    }
+
+    /// A model to train from scratch: norms at 1, matrices N(0, 0.02²)
+    /// (GPT-2's scheme, with the residual projections scaled by 1/√(2L)).
+    pub fn init(c: &ModelConfig, seed: u64) -> Self {
+        let mut w = Weights::zeros(c);
+        let mut rng = SplitMix::new(seed);
+        let residual = 0.02 / (2.0 * c.n_layer as f64).sqrt();
+        for (name, _, t) in w.tensors_mut() {
+            if name.ends_with("norm.weight") {
+                t.fill(T::ONE);
+            } else {
+                let std =
+                    if name.ends_with("attn_output.weight") || name.ends_with("ffn_down.weight") {
+                        residual
+                    } else {
+                        0.02
+                    };
+                for x in t.iter_mut() {
+                    *x = T::from_f64(rng.normal() * std);
+                }
+            }
+        }
+        w
+    }
+
+    /// Every tensor with its GGUF name and shape (rows, columns).
+    pub fn tensors(&self) -> Vec<(String, Vec<usize>, &[T])> {
+        let mut out = Vec::new();
+        let d = self.output_norm.len();
+        out.push((
+            "token_embd.weight".to_string(),
+            vec![self.embed.len() / d, d],
+            &self.embed[..],
+        ));
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            out.push((p("attn_norm"), vec![d], &l.attn_norm[..]));
+            out.push((p("ffn_norm"), vec![d], &l.ffn_norm[..]));
+            for proj in Projection::ALL {
+                let m = l.projection(proj);
+                let k = if proj == Projection::Down {
+                    m.len() / d
+                } else {
+                    d
+                };
+                out.push((p(proj.gguf_name()), vec![m.len() / k, k], m));
+            }
+        }
+        out.push((
+            "output_norm.weight".to_string(),
+            vec![d],
+            &self.output_norm[..],
+        ));
+        if let Some(o) = &self.output {
+            out.push(("output.weight".to_string(), vec![o.len() / d, d], &o[..]));
+        }
+        out
+    }
+
+    pub fn tensors_mut(&mut self) -> Vec<(String, Vec<usize>, &mut [T])> {
+        let d = self.output_norm.len();
+        let mut out = Vec::new();
+        let rows = self.embed.len() / d;
+        out.push((
+            "token_embd.weight".to_string(),
+            vec![rows, d],
+            &mut self.embed[..],
+        ));
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            out.push((p("attn_norm"), vec![d], &mut l.attn_norm[..]));
+            out.push((p("ffn_norm"), vec![d], &mut l.ffn_norm[..]));
+            let ff = l.w_down.len() / d;
+            let kv = l.wk.len() / d;
+            out.push((p("attn_q"), vec![d, d], &mut l.wq[..]));
+            out.push((p("attn_k"), vec![kv, d], &mut l.wk[..]));
+            out.push((p("attn_v"), vec![kv, d], &mut l.wv[..]));
+            out.push((p("attn_output"), vec![d, d], &mut l.wo[..]));
+            out.push((p("ffn_gate"), vec![ff, d], &mut l.w_gate[..]));
+            out.push((p("ffn_up"), vec![ff, d], &mut l.w_up[..]));
+            out.push((p("ffn_down"), vec![d, ff], &mut l.w_down[..]));
+        }
+        out.push((
+            "output_norm.weight".to_string(),
+            vec![d],
+            &mut self.output_norm[..],
+        ));
+        if let Some(o) = &mut self.output {
+            let rows = o.len() / d;
+            out.push(("output.weight".to_string(), vec![rows, d], &mut o[..]));
+        }
+        out
+    }
+
+    pub fn fill_zero(&mut self) {
+        for (_, _, t) in self.tensors_mut() {
+            t.fill(T::ZERO);
+        }
+    }
+}
+
+impl Weights<f32> {
+    /// The model of a GGUF file, every tensor dequantized to f32.
+    pub fn from_gguf(path: &Path) -> Result<(ModelConfig, Self), EngineError> {
+        let g = GgufFile::open(path).map_err(|e| e.in_file(path))?;
+        let engine_config = qstar_engine::llama::LlamaConfig::from_gguf(&g)?;
+        let tied = g.tensor_info("output.weight").is_none();
+        let c = ModelConfig::from_engine(&engine_config, tied);
+        c.check().map_err(EngineError::Metadata)?;
+        let mut w = Weights::zeros(&c);
+        for (name, shape, t) in w.tensors_mut() {
+            let values = g.tensor_f32(&name)?;
+            if values.len() != t.len() {
+                return Err(EngineError::Metadata(format!(
+                    "`{name}` has {} values, expected {:?}",
+                    values.len(),
+                    shape
+                ))
+                .in_file(path));
+            }
+            t.copy_from_slice(&values);
+        }
+        Ok((c, w))
+    }
+}
+
+/// Which projections get adapters, and their rank, scale and dropout.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f32,
+    pub dropout: f32,
+    pub targets: Vec<String>,
+}
+
+impl LoraConfig {
+    pub fn projections(&self) -> Result<Vec<Projection>, String> {
+        self.targets
+            .iter()
+            .map(|t| {
+                Projection::from_hf_name(t)
+                    .or_else(|| Projection::ALL.into_iter().find(|p| p.gguf_name() == t))
+                    .ok_or_else(|| {
+                        let names: Vec<&str> =
+                            Projection::ALL.iter().map(|p| p.hf_name()).collect();
+                        format!("unknown LoRA target {t:?}: use {}", names.join(", "))
+                    })
+            })
+            .collect()
+    }
+
+    pub fn scale(&self) -> f32 {
+        self.alpha / self.rank as f32
+    }
+}
+
+/// A (rank × k) and B (n × rank) of one projection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraPair<T> {
+    pub a: Vec<T>,
+    pub b: Vec<T>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lora<T> {
+    pub config: LoraConfig,
+    /// One map per layer.
+    pub layers: Vec<BTreeMap<Projection, LoraPair<T>>>,
+}
+
+impl<T: Real> Lora<T> {
+    /// PEFT's initialization: A uniform in ±1/√k (Kaiming with a = √5), B
+    /// zero, so training starts from the base model exactly.
+    pub fn init(c: &ModelConfig, config: LoraConfig, seed: u64) -> Result<Self, String> {
+        if config.rank == 0 {
+            return Err("the LoRA rank must be positive".into());
+        }
+        if !(0.0..1.0).contains(&config.dropout) {
+            return Err("LoRA dropout must be in [0, 1)".into());
+        }
+        let targets = config.projections()?;
+        if targets.is_empty() {
+            return Err("LoRA needs at least one target projection".into());
+        }
+        let mut rng = SplitMix::new(seed);
+        let layers = (0..c.n_layer)
+            .map(|_| {
+                targets
+                    .iter()
+                    .map(|&p| {
+                        let (n, k) = projection_shape(c, p);
+                        let bound = 1.0 / (k as f64).sqrt();
+                        let a = (0..config.rank * k)
+                            .map(|_| T::from_f64((rng.uniform() * 2.0 - 1.0) * bound))
+                            .collect();
+                        (
+                            p,
+                            LoraPair {
+                                a,
+                                b: vec![T::ZERO; n * config.rank],
+                            },
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Lora { config, layers })
+    }
+
+    pub fn zeros_like(&self) -> Self {
+        let mut z = self.clone();
+        z.fill_zero();
+        z
+    }
+
+    pub fn tensors(&self) -> Vec<(String, Vec<usize>, &[T])> {
+        let r = self.config.rank;
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for (p, pair) in l {
+                let name = |m: &str| format!("blk.{i}.{}.lora_{m}", p.gguf_name());
+                out.push((name("a"), vec![r, pair.a.len() / r], &pair.a[..]));
+                out.push((name("b"), vec![pair.b.len() / r, r], &pair.b[..]));
+            }
+        }
+        out
+    }
+
+    pub fn tensors_mut(&mut self) -> Vec<(String, Vec<usize>, &mut [T])> {
+        let r = self.config.rank;
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            for (p, pair) in l.iter_mut() {
+                let (ka, nb) = (pair.a.len() / r, pair.b.len() / r);
+                out.push((
+                    format!("blk.{i}.{}.lora_a", p.gguf_name()),
+                    vec![r, ka],
+                    &mut pair.a[..],
+                ));
+                out.push((
+                    format!("blk.{i}.{}.lora_b", p.gguf_name()),
+                    vec![nb, r],
+                    &mut pair.b[..],
+                ));
+            }
+        }
+        out
+    }
+
+    pub fn fill_zero(&mut self) {
+        for (_, _, t) in self.tensors_mut() {
+            t.fill(T::ZERO);
+        }
+    }
+}
+
+impl Lora<f32> {
+    /// The engine's form of the adapter (the file formats live there).
+    pub fn to_adapter(
+        &self,
+        c: &ModelConfig,
+        base_model: &str,
+    ) -> qstar_engine::adapter::LoraAdapter {
+        let mut pairs = BTreeMap::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for (&p, pair) in l {
+                let (n, k) = projection_shape(c, p);
+                pairs.insert(
+                    (i, p),
+                    qstar_engine::adapter::LoraPair {
+                        n,
+                        k,
+                        a: pair.a.clone(),
+                        b: pair.b.clone(),
+                    },
+                );
+            }
+        }
+        qstar_engine::adapter::LoraAdapter {
+            rank: self.config.rank,
+            alpha: self.config.alpha,
+            dropout: self.config.dropout,
+            base_model: base_model.to_string(),
+            pairs,
+        }
+    }
+}

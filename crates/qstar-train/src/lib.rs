@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod error;
 // The call into the GEMM crate: the one module where `unsafe` is allowed.
 #[allow(unsafe_code)]

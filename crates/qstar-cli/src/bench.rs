@@ -16,8 +16,17 @@ use serde_json::{json, Value};
 
 use crate::backend::BackendArgs;
 
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Training-step speed and memory, against PyTorch when it is installed.
+    Train(crate::bench_train::BenchTrainArgs),
+}
+
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
     #[command(flatten)]
     backend: BackendArgs,
     /// Skip llama.cpp even when llama-bench is on PATH.
@@ -119,7 +128,7 @@ fn prompt_of(engine: &Engine, n: usize, seed: usize) -> String {
     text
 }
 
-fn peak_rss_mb() -> Option<f64> {
+pub(crate) fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -141,6 +150,9 @@ fn greedy(max_tokens: usize) -> SamplingParams {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if let Some(BenchCommand::Train(a)) = args.command {
+        return crate::bench_train::run(a, args.backend.model.clone()).await;
+    }
     let threads = if args.backend.threads == 0 {
         2
     } else {
@@ -482,7 +494,7 @@ impl PeerRounds {
 }
 
 /// The median (the mean of the middle two for an even count); NaN for none.
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {

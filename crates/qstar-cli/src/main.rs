@@ -2,6 +2,7 @@
 
 mod backend;
 mod bench;
+mod bench_train;
 mod commands;
 mod job;
 mod label;
@@ -11,6 +12,7 @@ mod settings;
 mod solve;
 mod sweep;
 mod tasks;
+mod train;
 
 use std::process::ExitCode;
 
@@ -56,6 +58,11 @@ enum Command {
     Solve(solve::SolveArgs),
     /// Compare strategies × budgets: table, sweep.json, sweep.png.
     Sweep(sweep::SweepArgs),
+    /// Train the model: supervised fine-tuning (LoRA or full), resumable.
+    Train {
+        #[command(subcommand)]
+        command: TrainCommand,
+    },
     /// Generate synthetic question sets.
     Tasks {
         #[command(subcommand)]
@@ -73,6 +80,12 @@ enum EvalCommand {
     /// Agreement of AI labels with the source's preferences, position bias
     /// and calibration.
     Labels(label::EvalLabelsArgs),
+}
+
+#[derive(Subcommand)]
+enum TrainCommand {
+    /// Supervised fine-tuning on prompt/completion, messages or question/answer rows.
+    Sft(train::SftArgs),
 }
 
 #[derive(Subcommand)]
@@ -192,6 +205,9 @@ fn main() -> ExitCode {
             Command::Judge(args) => label::judge(args).await,
             Command::Solve(args) => solve::solve(args).await,
             Command::Sweep(args) => sweep::sweep(args).await,
+            Command::Train { command } => match command {
+                TrainCommand::Sft(args) => train::sft(args).await,
+            },
             Command::Tasks { command } => match command {
                 TasksCommand::Generate(args) => tasks::generate(args),
             },

@@ -186,3 +186,68 @@ pub fn reliability(path: &Path, title: &str, bins: &[(f64, f64, usize, f64, f64)
     };
     draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))
 }
+
+/// Training loss per step, and the evaluation loss where it was measured.
+pub fn loss_curve(
+    path: &Path,
+    title: &str,
+    train: &[(f64, f64)],
+    eval: &[(f64, f64)],
+) -> Result<()> {
+    let text = load_font();
+    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+        let last = train.iter().chain(eval).map(|p| p.0).fold(1f64, f64::max);
+        let top = train
+            .iter()
+            .chain(eval)
+            .map(|p| p.1)
+            .filter(|y| y.is_finite())
+            .fold(0.1f64, f64::max);
+        let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut builder = ChartBuilder::on(&root);
+        builder
+            .margin(24)
+            .x_label_area_size(50)
+            .y_label_area_size(64);
+        if text {
+            builder.caption(title, ("sans-serif", 24));
+        }
+        let mut chart = builder.build_cartesian_2d(0f64..last, 0f64..top * 1.05)?;
+        let mut mesh = chart.configure_mesh();
+        if text {
+            mesh.x_desc("step").y_desc("cross-entropy (nats per token)");
+        } else {
+            mesh.x_labels(0).y_labels(0);
+        }
+        mesh.draw()?;
+        let series =
+            chart.draw_series(LineSeries::new(train.to_vec(), COLORS[0].stroke_width(2)))?;
+        if text {
+            series.label("training").legend(|(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], COLORS[0].stroke_width(2))
+            });
+        }
+        if !eval.is_empty() {
+            let series =
+                chart.draw_series(LineSeries::new(eval.to_vec(), COLORS[1].stroke_width(2)))?;
+            if text {
+                series.label("evaluation").legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], COLORS[1].stroke_width(2))
+                });
+            }
+            chart.draw_series(eval.iter().map(|&p| Circle::new(p, 4, COLORS[1].filled())))?;
+        }
+        if text {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()?;
+        }
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))
+}

@@ -40,6 +40,25 @@ impl Reporter {
         bar
     }
 
+    /// A progress bar whose line ends with a message the caller updates
+    /// (a training run's loss and speed).
+    pub fn progress_with_message(
+        &self,
+        len: usize,
+        done: usize,
+        label: &str,
+        unit: &str,
+    ) -> ProgressBar {
+        let bar = self.progress(len, done, label, unit);
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "{label} {{bar:30}} {{pos}}/{{len}} {unit}  {{msg}}  eta {{eta}}"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    }
+
     /// A command's summary: `figures` as one JSON line under `--json`,
     /// otherwise `text`.
     pub fn summary(&self, figures: &impl Serialize, text: &Text) -> Result<()> {

@@ -206,8 +206,8 @@ fn tokenize(model: &LoadedModel, spans: &Spans) -> Sequence {
     }
     // Position j predicts token j + 1.
     let mut predict = vec![false; tokens.len()];
-    for j in 0..tokens.len().saturating_sub(1) {
-        predict[j] = learned[j + 1];
+    if tokens.len() > 1 {
+        predict[..tokens.len() - 1].copy_from_slice(&learned[1..]);
     }
     Sequence { tokens, predict }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, write_atomic};
 use crate::error::TrainError;
-use crate::model::{cross_entropy, Model, Sequence, Trainable};
+use crate::model::{cross_entropy, Grads, Model, Sequence, Trainable};
 use crate::optim::{clip, AdamW, AdamWConfig, Decay, Schedule};
 use crate::rng::SplitMix;
 
@@ -167,6 +167,66 @@ fn trainable_tensors(
             .map(|l| l.tensors_mut())
             .unwrap_or_default(),
     }
+}
+
+/// Forward and backward of one pass: adds the gradient of the pass's share
+/// of the step's mean cross-entropy (`predicted` tokens in the whole step)
+/// and returns that share.
+pub fn accumulate(
+    model: &Model<f32>,
+    grads: &mut Grads<f32>,
+    seqs: &[Sequence],
+    predicted: usize,
+    seed: u64,
+) -> Result<f64, TrainError> {
+    let (logps, tape) = model.forward(seqs, seed).map_err(TrainError::Input)?;
+    let (loss, dlogp) = cross_entropy(&logps, predicted);
+    model
+        .backward(tape, &dlogp, grads)
+        .map_err(TrainError::Internal)?;
+    Ok(loss)
+}
+
+/// Clips the gradients and takes one AdamW step; returns the norm before
+/// clipping. A norm that is not finite leaves the weights alone.
+pub fn update(
+    model: &mut Model<f32>,
+    trainable: Trainable,
+    grads: &mut Grads<f32>,
+    optimizer: &mut AdamW,
+    decay: &[bool],
+    lr: f64,
+    max_grad_norm: f64,
+) -> f64 {
+    let norm = {
+        let mut g: Vec<&mut [f32]> = grads.tensors_mut().into_iter().map(|(_, _, t)| t).collect();
+        clip(&mut g, max_grad_norm)
+    };
+    if norm.is_finite() {
+        let g: Vec<&[f32]> = grads.tensors().into_iter().map(|(_, _, t)| t).collect();
+        let mut p: Vec<&mut [f32]> = trainable_tensors(model, trainable)
+            .into_iter()
+            .map(|(_, _, t)| t)
+            .collect();
+        optimizer.step(&mut p, &g, decay, lr);
+    }
+    norm
+}
+
+/// Which trainable tensors take weight decay (matrices, not norms).
+pub fn decay_mask(model: &mut Model<f32>, trainable: Trainable) -> Vec<bool> {
+    trainable_tensors(model, trainable)
+        .iter()
+        .map(|(n, _, _)| !n.ends_with("norm.weight"))
+        .collect()
+}
+
+/// Sizes of the trainable tensors, in the optimizer's order.
+pub fn trainable_sizes(model: &mut Model<f32>, trainable: Trainable) -> Vec<usize> {
+    trainable_tensors(model, trainable)
+        .iter()
+        .map(|(_, _, t)| t.len())
+        .collect()
 }
 
 /// Mean cross-entropy over `data`, in passes of `micro_tokens`.
@@ -348,33 +408,23 @@ pub fn train(
             let seqs: Vec<Sequence> = batch.iter().map(|&i| data[i].clone()).collect();
             let seed =
                 config.seed ^ ((index as u64) << 20 | m as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            let (logps, tape) = model.forward(&seqs, seed).map_err(TrainError::Input)?;
-            let (part, dlogp) = cross_entropy(&logps, predicted);
-            loss += part;
-            model
-                .backward(tape, &dlogp, &mut grads)
-                .map_err(TrainError::Internal)?;
+            loss += accumulate(model, &mut grads, &seqs, predicted, seed)?;
         }
-        let grad_norm = {
-            let mut g: Vec<&mut [f32]> =
-                grads.tensors_mut().into_iter().map(|(_, _, t)| t).collect();
-            clip(&mut g, config.max_grad_norm)
-        };
+        let lr = schedule.at(index);
+        let grad_norm = update(
+            model,
+            trainable,
+            &mut grads,
+            &mut optimizer,
+            &decay,
+            lr,
+            config.max_grad_norm,
+        );
         if !grad_norm.is_finite() || !loss.is_finite() {
             return Err(TrainError::Input(format!(
                 "step {}: the loss or the gradient is not finite (loss {loss}, gradient norm {grad_norm}); lower --lr",
                 index + 1
             )));
-        }
-        let lr = schedule.at(index);
-        {
-            let g: Vec<(String, Vec<usize>, &mut [f32])> = grads.tensors_mut();
-            let g: Vec<&[f32]> = g.into_iter().map(|(_, _, t)| &*t).collect();
-            let mut p: Vec<&mut [f32]> = trainable_tensors(model, trainable)
-                .into_iter()
-                .map(|(_, _, t)| t)
-                .collect();
-            optimizer.step(&mut p, &g, &decay, lr);
         }
         let done = index + 1;
         let eval_loss = if !eval.is_empty()

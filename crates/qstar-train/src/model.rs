@@ -192,9 +192,10 @@ impl<T: Real> Model<T> {
         self.base.output.as_deref().unwrap_or(&self.base.embed)
     }
 
-    /// y = x Wᵀ (+ s · drop(x) Aᵀ Bᵀ when the projection has an adapter).
+    /// y += s · drop(x) Aᵀ Bᵀ when projection p of `layer` has an adapter
+    /// (y already holds x Wᵀ).
     #[allow(clippy::too_many_arguments)]
-    fn project(
+    fn lora_forward(
         &self,
         layer: usize,
         p: Projection,
@@ -205,7 +206,6 @@ impl<T: Real> Model<T> {
         tape: &mut BTreeMap<Projection, LoraTape<T>>,
     ) {
         let (n, k) = projection_shape(&self.config, p);
-        ops::linear_forward(y, x, self.base.layers[layer].projection(p), t, n, k);
         let Some((lora, pair)) = self
             .lora
             .as_ref()
@@ -246,35 +246,21 @@ impl<T: Real> Model<T> {
         tape.insert(p, LoraTape { u, mask });
     }
 
-    /// The backward pass of [`Model::project`]: dx += dy W (+ the adapter's
-    /// path), and the gradients of W or of A and B.
+    /// The backward pass of [`Model::lora_forward`]: dx += the adapter
+    /// path's share, and the gradients of A and B.
     #[allow(clippy::too_many_arguments)]
-    fn project_backward(
+    fn lora_backward(
         &self,
         layer: usize,
         p: Projection,
         x: &[T],
         t: usize,
         dy: &[T],
-        mut dx: Option<&mut [T]>,
+        dx: Option<&mut [T]>,
         grads: &mut Grads<T>,
         tape: &BTreeMap<Projection, LoraTape<T>>,
     ) {
         let (n, k) = projection_shape(&self.config, p);
-        let dw = grads
-            .base
-            .as_mut()
-            .map(|g| &mut g.layers[layer].projection_mut(p)[..]);
-        ops::linear_backward(
-            dx.as_deref_mut(),
-            dw,
-            dy,
-            x,
-            self.base.layers[layer].projection(p),
-            t,
-            n,
-            k,
-        );
         let (Some(lora), Some(lt)) = (self.lora.as_ref(), tape.get(&p)) else {
             return;
         };
@@ -375,14 +361,14 @@ impl<T: Real> Model<T> {
             let seed = seed.wrapping_add(li as u64);
             let mut h1 = vec![T::ZERO; t * d];
             let rstd1 = ops::rms_norm_forward(&mut h1, &x, &lw.attn_norm, c.rms_eps);
-            let (mut q, mut k, mut v) = (
-                vec![T::ZERO; t * d],
-                vec![T::ZERO; t * kvd],
-                vec![T::ZERO; t * kvd],
-            );
-            self.project(li, Projection::Q, &h1, t, &mut q, seed, &mut lora);
-            self.project(li, Projection::K, &h1, t, &mut k, seed, &mut lora);
-            self.project(li, Projection::V, &h1, t, &mut v, seed, &mut lora);
+            // Query, key and value in one product, then each its adapter.
+            let mut qkv = vec![T::ZERO; t * (d + 2 * kvd)];
+            ops::linear_forward(&mut qkv, &h1, &lw.wqkv, t, d + 2 * kvd, d);
+            let [mut q, mut k, mut v] = ops::split_columns(&qkv, t, [d, kvd, kvd]);
+            drop(qkv);
+            self.lora_forward(li, Projection::Q, &h1, t, &mut q, seed, &mut lora);
+            self.lora_forward(li, Projection::K, &h1, t, &mut k, seed, &mut lora);
+            self.lora_forward(li, Projection::V, &h1, t, &mut v, seed, &mut lora);
             for r in 0..t {
                 self.rope
                     .rotate(&mut q[r * d..(r + 1) * d], hd, positions[r], false);
@@ -392,7 +378,8 @@ impl<T: Real> Model<T> {
             let mut att = vec![T::ZERO; t * d];
             let probs = ops::attention_forward(&mut att, &q, &k, &v, &seqs, self.shape());
             let mut o = vec![T::ZERO; t * d];
-            self.project(li, Projection::O, &att, t, &mut o, seed, &mut lora);
+            ops::linear_forward(&mut o, &att, &lw.wo, t, d, d);
+            self.lora_forward(li, Projection::O, &att, t, &mut o, seed, &mut lora);
             let x_in = x.clone();
             for (a, b) in x.iter_mut().zip(&o) {
                 *a += *b;
@@ -400,13 +387,17 @@ impl<T: Real> Model<T> {
             let x_mid = x.clone();
             let mut h2 = vec![T::ZERO; t * d];
             let rstd2 = ops::rms_norm_forward(&mut h2, &x, &lw.ffn_norm, c.rms_eps);
-            let (mut gate, mut up) = (vec![T::ZERO; t * ff], vec![T::ZERO; t * ff]);
-            self.project(li, Projection::Gate, &h2, t, &mut gate, seed, &mut lora);
-            self.project(li, Projection::Up, &h2, t, &mut up, seed, &mut lora);
+            let mut gate_up = vec![T::ZERO; t * 2 * ff];
+            ops::linear_forward(&mut gate_up, &h2, &lw.w_gate_up, t, 2 * ff, d);
+            let [mut gate, mut up] = ops::split_columns(&gate_up, t, [ff, ff]);
+            drop(gate_up);
+            self.lora_forward(li, Projection::Gate, &h2, t, &mut gate, seed, &mut lora);
+            self.lora_forward(li, Projection::Up, &h2, t, &mut up, seed, &mut lora);
             let mut act = vec![T::ZERO; t * ff];
             ops::swiglu_forward(&mut act, &gate, &up);
             let mut down = o;
-            self.project(li, Projection::Down, &act, t, &mut down, seed, &mut lora);
+            ops::linear_forward(&mut down, &act, &lw.w_down, t, d, ff);
+            self.lora_forward(li, Projection::Down, &act, t, &mut down, seed, &mut lora);
             for (a, b) in x.iter_mut().zip(&down) {
                 *a += *b;
             }
@@ -530,40 +521,30 @@ impl<T: Real> Model<T> {
             let lw = &self.base.layers[li];
             // x_out = x_mid + down(swiglu(gate(h2), up(h2))), h2 = norm(x_mid).
             let mut dact = vec![T::ZERO; t * ff];
-            self.project_backward(
-                li,
-                Projection::Down,
-                &lt.act,
-                t,
-                &dx,
-                Some(&mut dact),
-                grads,
-                &lt.lora,
-            );
+            let dw = grads.base.as_mut().map(|g| &mut g.layers[li].w_down[..]);
+            ops::linear_backward(Some(&mut dact), dw, &dx, &lt.act, &lw.w_down, t, d, ff);
+            let down = Projection::Down;
+            self.lora_backward(li, down, &lt.act, t, &dx, Some(&mut dact), grads, &lt.lora);
             let (mut dgate, mut dup) = (vec![T::ZERO; t * ff], vec![T::ZERO; t * ff]);
             ops::swiglu_backward(&mut dgate, &mut dup, &dact, &lt.gate, &lt.up);
             drop(dact);
             let mut dh2 = vec![T::ZERO; t * d];
-            self.project_backward(
-                li,
-                Projection::Gate,
-                &lt.h2,
-                t,
-                &dgate,
+            let dgate_up = ops::join_columns(&[&dgate, &dup], t);
+            let dw = grads.base.as_mut().map(|g| &mut g.layers[li].w_gate_up[..]);
+            ops::linear_backward(
                 Some(&mut dh2),
-                grads,
-                &lt.lora,
-            );
-            self.project_backward(
-                li,
-                Projection::Up,
+                dw,
+                &dgate_up,
                 &lt.h2,
+                &lw.w_gate_up,
                 t,
-                &dup,
-                Some(&mut dh2),
-                grads,
-                &lt.lora,
+                2 * ff,
+                d,
             );
+            drop(dgate_up);
+            for (p, dy) in [(Projection::Gate, &dgate), (Projection::Up, &dup)] {
+                self.lora_backward(li, p, &lt.h2, t, dy, Some(&mut dh2), grads, &lt.lora);
+            }
             ops::rms_norm_backward(
                 &mut dx,
                 grads.base.as_mut().map(|g| &mut g.layers[li].ffn_norm[..]),
@@ -574,16 +555,10 @@ impl<T: Real> Model<T> {
             );
             // x_mid = x_in + o(attention(rope(q(h1)), rope(k(h1)), v(h1))), h1 = norm(x_in).
             let mut datt = vec![T::ZERO; t * d];
-            self.project_backward(
-                li,
-                Projection::O,
-                &lt.att,
-                t,
-                &dx,
-                Some(&mut datt),
-                grads,
-                &lt.lora,
-            );
+            let dw = grads.base.as_mut().map(|g| &mut g.layers[li].wo[..]);
+            ops::linear_backward(Some(&mut datt), dw, &dx, &lt.att, &lw.wo, t, d, d);
+            let o = Projection::O;
+            self.lora_backward(li, o, &lt.att, t, &dx, Some(&mut datt), grads, &lt.lora);
             let (mut dq, mut dk, mut dv) = (
                 vec![T::ZERO; t * d],
                 vec![T::ZERO; t * kvd],
@@ -611,13 +586,18 @@ impl<T: Real> Model<T> {
             // alone, nothing there needs d(h1).
             let need_input = full || li > 0;
             let mut dh1 = vec![T::ZERO; if need_input { t * d } else { 0 }];
+            let dqkv = ops::join_columns(&[&dq, &dk, &dv], t);
+            let dw = grads.base.as_mut().map(|g| &mut g.layers[li].wqkv[..]);
+            let dxp = need_input.then_some(&mut dh1[..]);
+            ops::linear_backward(dxp, dw, &dqkv, &lt.h1, &lw.wqkv, t, d + 2 * kvd, d);
+            drop(dqkv);
             for (p, dy) in [
                 (Projection::Q, &dq),
                 (Projection::K, &dk),
                 (Projection::V, &dv),
             ] {
                 let dxp = need_input.then_some(&mut dh1[..]);
-                self.project_backward(li, p, &lt.h1, t, dy, dxp, grads, &lt.lora);
+                self.lora_backward(li, p, &lt.h1, t, dy, dxp, grads, &lt.lora);
             }
             if need_input {
                 ops::rms_norm_backward(

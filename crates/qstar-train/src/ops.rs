@@ -35,6 +35,38 @@ pub fn linear_backward<T: Real>(
     }
 }
 
+/// The column blocks of a t-row matrix whose rows are the blocks side by
+/// side (a stacked projection's output), each as a matrix of its own.
+pub fn split_columns<T: Real, const N: usize>(
+    m: &[T],
+    t: usize,
+    widths: [usize; N],
+) -> [Vec<T>; N] {
+    let total: usize = widths.iter().sum();
+    let mut offset = 0;
+    widths.map(|w| {
+        let mut out = Vec::with_capacity(t * w);
+        for r in 0..t {
+            out.extend_from_slice(&m[r * total + offset..r * total + offset + w]);
+        }
+        offset += w;
+        out
+    })
+}
+
+/// The inverse of [`split_columns`]: t-row matrices side by side.
+pub fn join_columns<T: Real>(parts: &[&[T]], t: usize) -> Vec<T> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(total);
+    for r in 0..t {
+        for p in parts {
+            let w = p.len() / t;
+            out.extend_from_slice(&p[r * w..(r + 1) * w]);
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------- RMSNorm
 
 /// y = x / rms(x) · w per row; returns 1 / rms of each row for the backward.

@@ -14,41 +14,62 @@ use crate::real::Real;
 use crate::rng::SplitMix;
 
 /// One block's tensors; matrices are n × k row-major, one row per output.
+/// The projections that read the same input are stored stacked by rows
+/// (query, key and value; gate and up), so each group is one matrix
+/// product forward and one backward; `projection` gives each one's rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerWeights<T> {
     pub attn_norm: Vec<T>,
-    pub wq: Vec<T>,
-    pub wk: Vec<T>,
-    pub wv: Vec<T>,
+    /// [W_q; W_k; W_v]: (d + 2·kv) × d.
+    pub wqkv: Vec<T>,
     pub wo: Vec<T>,
     pub ffn_norm: Vec<T>,
-    pub w_gate: Vec<T>,
-    pub w_up: Vec<T>,
+    /// [W_gate; W_up]: 2·ff × d.
+    pub w_gate_up: Vec<T>,
     pub w_down: Vec<T>,
 }
 
 impl<T: Real> LayerWeights<T> {
-    pub fn projection(&self, p: Projection) -> &[T] {
+    /// (d, kv, ff) from the tensors' sizes.
+    fn widths(&self) -> (usize, usize, usize) {
+        let d = self.attn_norm.len();
+        let kv = (self.wqkv.len() / d - d) / 2;
+        (d, kv, self.w_gate_up.len() / d / 2)
+    }
+
+    /// Where projection p's rows sit in its group's matrix.
+    fn range(&self, p: Projection) -> std::ops::Range<usize> {
+        let (d, kv, ff) = self.widths();
         match p {
-            Projection::Q => &self.wq,
-            Projection::K => &self.wk,
-            Projection::V => &self.wv,
+            Projection::Q => 0..d * d,
+            Projection::K => d * d..(d + kv) * d,
+            Projection::V => (d + kv) * d..(d + 2 * kv) * d,
+            Projection::Gate => 0..ff * d,
+            Projection::Up => ff * d..2 * ff * d,
+            Projection::O | Projection::Down => 0..self.group(p).len(),
+        }
+    }
+
+    fn group(&self, p: Projection) -> &[T] {
+        match p {
+            Projection::Q | Projection::K | Projection::V => &self.wqkv,
             Projection::O => &self.wo,
-            Projection::Gate => &self.w_gate,
-            Projection::Up => &self.w_up,
+            Projection::Gate | Projection::Up => &self.w_gate_up,
             Projection::Down => &self.w_down,
         }
     }
 
-    pub fn projection_mut(&mut self, p: Projection) -> &mut Vec<T> {
+    pub fn projection(&self, p: Projection) -> &[T] {
+        &self.group(p)[self.range(p)]
+    }
+
+    pub fn projection_mut(&mut self, p: Projection) -> &mut [T] {
+        let range = self.range(p);
         match p {
-            Projection::Q => &mut self.wq,
-            Projection::K => &mut self.wk,
-            Projection::V => &mut self.wv,
-            Projection::O => &mut self.wo,
-            Projection::Gate => &mut self.w_gate,
-            Projection::Up => &mut self.w_up,
-            Projection::Down => &mut self.w_down,
+            Projection::Q | Projection::K | Projection::V => &mut self.wqkv[range],
+            Projection::O => &mut self.wo[range],
+            Projection::Gate | Projection::Up => &mut self.w_gate_up[range],
+            Projection::Down => &mut self.w_down[range],
         }
     }
 }
@@ -83,13 +104,10 @@ impl<T: Real> Weights<T> {
             };
             LayerWeights {
                 attn_norm: z(c.n_embd),
-                wq: sized(Projection::Q),
-                wk: sized(Projection::K),
-                wv: sized(Projection::V),
+                wqkv: z((c.n_embd + 2 * c.kv_dim()) * c.n_embd),
                 wo: sized(Projection::O),
                 ffn_norm: z(c.n_embd),
-                w_gate: sized(Projection::Gate),
-                w_up: sized(Projection::Up),
+                w_gate_up: z(2 * c.n_ff * c.n_embd),
                 w_down: sized(Projection::Down),
             }
         };
@@ -170,16 +188,18 @@ impl<T: Real> Weights<T> {
         ));
         for (i, l) in self.layers.iter_mut().enumerate() {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
+            let (_, kv, ff) = l.widths();
             out.push((p("attn_norm"), vec![d], &mut l.attn_norm[..]));
             out.push((p("ffn_norm"), vec![d], &mut l.ffn_norm[..]));
-            let ff = l.w_down.len() / d;
-            let kv = l.wk.len() / d;
-            out.push((p("attn_q"), vec![d, d], &mut l.wq[..]));
-            out.push((p("attn_k"), vec![kv, d], &mut l.wk[..]));
-            out.push((p("attn_v"), vec![kv, d], &mut l.wv[..]));
+            let (q, rest) = l.wqkv.split_at_mut(d * d);
+            let (k, v) = rest.split_at_mut(kv * d);
+            out.push((p("attn_q"), vec![d, d], q));
+            out.push((p("attn_k"), vec![kv, d], k));
+            out.push((p("attn_v"), vec![kv, d], v));
             out.push((p("attn_output"), vec![d, d], &mut l.wo[..]));
-            out.push((p("ffn_gate"), vec![ff, d], &mut l.w_gate[..]));
-            out.push((p("ffn_up"), vec![ff, d], &mut l.w_up[..]));
+            let (gate, up) = l.w_gate_up.split_at_mut(ff * d);
+            out.push((p("ffn_gate"), vec![ff, d], gate));
+            out.push((p("ffn_up"), vec![ff, d], up));
             out.push((p("ffn_down"), vec![d, ff], &mut l.w_down[..]));
         }
         out.push((

@@ -9,6 +9,7 @@
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
+use crate::adapter::{LoraAdapter, LoraPair, Projection};
 use crate::error::EngineError;
 use crate::gguf::GgufFile;
 use crate::kernels::{Activations, Linear, Weights};
@@ -101,6 +102,72 @@ struct Layer {
     w_gate: Linear,
     w_up: Linear,
     w_down: Linear,
+    /// LoRA side products, indexed by [`Projection::index`].
+    lora: [Option<LoraSide>; 7],
+}
+
+/// One adapted projection: y += scale · B · (A · x), in f32, beside the
+/// unchanged quantized product. A is rank × k; B is kept transposed
+/// (rank × n) so each of its rows is added to y as one contiguous axpy.
+struct LoraSide {
+    rank: usize,
+    k: usize,
+    n: usize,
+    scale: f32,
+    a: Vec<f32>,
+    b_t: Vec<f32>,
+}
+
+impl LoraSide {
+    fn new(pair: &LoraPair, rank: usize, scale: f32) -> Self {
+        let mut b_t = vec![0f32; rank * pair.n];
+        for i in 0..pair.n {
+            for j in 0..rank {
+                b_t[j * pair.n + i] = pair.b[i * rank + j];
+            }
+        }
+        LoraSide {
+            rank,
+            k: pair.k,
+            n: pair.n,
+            scale,
+            a: pair.a.clone(),
+            b_t,
+        }
+    }
+
+    /// One row: y_row += scale · B · (A · x_row).
+    fn add_row(&self, x: &[f32], y: &mut [f32]) {
+        for j in 0..self.rank {
+            let u = numerics::dot(&self.a[j * self.k..(j + 1) * self.k], x) * self.scale;
+            for (yv, bv) in y.iter_mut().zip(&self.b_t[j * self.n..(j + 1) * self.n]) {
+                *yv = bv.mul_add(u, *yv);
+            }
+        }
+    }
+
+    /// y (t × n) += scale · x (t × k) · Aᵀ · Bᵀ; rows in parallel when there
+    /// is enough work to pay for the threads.
+    fn add(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        let work = t * self.rank * (self.k + self.n);
+        if t > 1 && work > 1 << 17 {
+            y.par_chunks_mut(self.n)
+                .zip(x.par_chunks(self.k))
+                .for_each(|(yr, xr)| self.add_row(xr, yr));
+        } else {
+            for (yr, xr) in y.chunks_mut(self.n).zip(x.chunks(self.k)) {
+                self.add_row(xr, yr);
+            }
+        }
+    }
+}
+
+/// Adds the side product of projection `p`, when the layer has one.
+#[inline]
+fn lora_add(layer: &Layer, p: Projection, x: &[f32], t: usize, y: &mut [f32]) {
+    if let Some(side) = &layer.lora[p.index()] {
+        side.add(x, t, y);
+    }
 }
 
 pub struct Llama {
@@ -196,6 +263,7 @@ impl Llama {
                     w_gate: load_linear(g, &p("ffn_gate"))?,
                     w_up: load_linear(g, &p("ffn_up"))?,
                     w_down: load_linear(g, &p("ffn_down"))?,
+                    lora: Default::default(),
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
@@ -238,6 +306,32 @@ impl Llama {
             rope_cos,
             rope_sin,
         })
+    }
+
+    /// Applies a LoRA adapter as side products on top of the unchanged
+    /// weights, replacing any adapter applied before (`None` removes it).
+    /// Without an adapter the forward pass is exactly the base model's.
+    pub fn set_adapter(&mut self, adapter: Option<&LoraAdapter>) -> Result<(), String> {
+        if let Some(a) = adapter {
+            a.check(&self.config)?;
+        }
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for p in Projection::ALL {
+                layer.lora[p.index()] = adapter.and_then(|a| {
+                    a.pairs
+                        .get(&(i, p))
+                        .map(|pair| LoraSide::new(pair, a.rank, a.scale()))
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an adapter is applied.
+    pub fn has_adapter(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| l.lora.iter().any(Option::is_some))
     }
 
     pub fn weight_bytes(&self) -> usize {
@@ -298,6 +392,9 @@ impl Llama {
             layer.wq.forward(&input, &mut q, false);
             layer.wk.forward(&input, &mut k, false);
             layer.wv.forward(&input, &mut v, false);
+            lora_add(layer, Projection::Q, &h, t, &mut q);
+            lora_add(layer, Projection::K, &h, t, &mut k);
+            lora_add(layer, Projection::V, &h, t, &mut v);
             for r in 0..t {
                 self.rope(&mut q[r * d..(r + 1) * d], row_pos[r]);
                 self.rope(&mut k[r * kv_dim..(r + 1) * kv_dim], row_pos[r]);
@@ -322,17 +419,21 @@ impl Llama {
                 self.attend_head(qh, h, kc, vc, row_pos[r] + 1, out);
             });
             layer.wo.forward(&Activations::new(&att, t), &mut x, true);
+            lora_add(layer, Projection::O, &att, t, &mut x);
 
             rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut h);
             let input = Activations::new(&h, t);
             layer.w_gate.forward(&input, &mut gate, false);
             layer.w_up.forward(&input, &mut up, false);
+            lora_add(layer, Projection::Gate, &h, t, &mut gate);
+            lora_add(layer, Projection::Up, &h, t, &mut up);
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = numerics::silu(*g) * u;
             }
             layer
                 .w_down
                 .forward(&Activations::new(&gate, t), &mut x, true);
+            lora_add(layer, Projection::Down, &gate, t, &mut x);
         }
         for step in seqs.iter_mut() {
             step.kv.len += step.tokens.len();

@@ -3,6 +3,7 @@
 mod backend;
 mod bench;
 mod commands;
+mod export;
 mod job;
 mod label;
 mod plot;
@@ -61,6 +62,11 @@ enum Command {
         #[command(subcommand)]
         command: TasksCommand,
     },
+    /// Write the model (with a LoRA adapter merged in) for other programs.
+    Export {
+        #[command(subcommand)]
+        command: ExportCommand,
+    },
     /// Measure labels, models and searches.
     Eval {
         #[command(subcommand)]
@@ -73,6 +79,13 @@ enum EvalCommand {
     /// Agreement of AI labels with the source's preferences, position bias
     /// and calibration.
     Labels(label::EvalLabelsArgs),
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// A GGUF file (Q8_0 or F16) with the adapter merged into the weights,
+    /// which llama.cpp loads.
+    Gguf(export::GgufArgs),
 }
 
 #[derive(Subcommand)]
@@ -194,6 +207,9 @@ fn main() -> ExitCode {
             Command::Sweep(args) => sweep::sweep(args).await,
             Command::Tasks { command } => match command {
                 TasksCommand::Generate(args) => tasks::generate(args),
+            },
+            Command::Export { command } => match command {
+                ExportCommand::Gguf(args) => export::gguf(args).await,
             },
             Command::Eval { command } => match command {
                 EvalCommand::Labels(args) => label::eval_labels(args),

@@ -136,29 +136,41 @@ impl LoraSide {
         }
     }
 
-    /// One row: y_row += scale · B · (A · x_row).
-    fn add_row(&self, x: &[f32], y: &mut [f32]) {
-        for j in 0..self.rank {
-            let u = numerics::dot(&self.a[j * self.k..(j + 1) * self.k], x) * self.scale;
-            for (yv, bv) in y.iter_mut().zip(&self.b_t[j * self.n..(j + 1) * self.n]) {
-                *yv = bv.mul_add(u, *yv);
+    /// Rows of x (`rows × k`) into rows of y (`rows × n`): y += scale · B ·
+    /// (A · x). A row of A, then a row of Bᵀ, is read once for all the rows,
+    /// so a batch streams the adapter once; every row sees the same
+    /// operations in the same order whatever the batch.
+    fn add_rows(&self, x: &[f32], y: &mut [f32]) {
+        let rows = x.len() / self.k;
+        let mut u = [0f32; 64];
+        for r0 in (0..rows).step_by(u.len()) {
+            let r1 = (r0 + u.len()).min(rows);
+            for j in 0..self.rank {
+                let a = &self.a[j * self.k..(j + 1) * self.k];
+                for r in r0..r1 {
+                    u[r - r0] = numerics::dot(a, &x[r * self.k..(r + 1) * self.k]) * self.scale;
+                }
+                let b = &self.b_t[j * self.n..(j + 1) * self.n];
+                for r in r0..r1 {
+                    let ur = u[r - r0];
+                    for (yv, bv) in y[r * self.n..(r + 1) * self.n].iter_mut().zip(b) {
+                        *yv = bv.mul_add(ur, *yv);
+                    }
+                }
             }
         }
     }
 
-    /// y (t × n) += scale · x (t × k) · Aᵀ · Bᵀ; rows in parallel when there
-    /// is enough work to pay for the threads.
+    /// y (t × n) += scale · x (t × k) · Aᵀ · Bᵀ; groups of rows in parallel
+    /// when there are several.
     fn add(&self, x: &[f32], t: usize, y: &mut [f32]) {
-        let work = t * self.rank * (self.k + self.n);
-        if t > 1 && work > 1 << 17 {
-            y.par_chunks_mut(self.n)
-                .zip(x.par_chunks(self.k))
-                .for_each(|(yr, xr)| self.add_row(xr, yr));
-        } else {
-            for (yr, xr) in y.chunks_mut(self.n).zip(x.chunks(self.k)) {
-                self.add_row(xr, yr);
-            }
+        if t < 4 {
+            return self.add_rows(x, y);
         }
+        let per_task = t.div_ceil(2 * rayon::current_num_threads()).clamp(2, 32);
+        y.par_chunks_mut(per_task * self.n)
+            .zip(x.par_chunks(per_task * self.k))
+            .for_each(|(yc, xc)| self.add_rows(xc, yc));
     }
 }
 

@@ -539,3 +539,42 @@ fn merged_matrix_is_w_plus_scaled_ba_within_q8_0_rounding() {
         .zip(&got)
         .all(|(a, b)| (a - b).abs() <= amax / 127.0));
 }
+
+/// With an adapter, a sequence's logits do not depend on what it is batched
+/// with (the base engine's promise, kept by the side product).
+#[test]
+fn adapted_logits_do_not_depend_on_batching() {
+    let base = common::loaded();
+    let c = base.llama.config.clone();
+    let dir = tempfile::tempdir().expect("dir");
+    save(&random_adapter(&c, &[0, 10, 20], 0.2, 4), dir.path(), &c);
+    let model =
+        LoadedModel::load_with_adapter(&common::model_path(), Some(dir.path())).expect("adapted");
+    let first = model.tokenizer.encode(TEXT, false);
+    let second = model.tokenizer.encode(
+        "A longer second sequence, which shares nothing with the first one at all.",
+        false,
+    );
+    let mut kv = [KvCache::new(c.n_layer), KvCache::new(c.n_layer)];
+    let [kv0, kv1] = &mut kv;
+    let together = model.llama.forward(&mut [
+        SeqStep {
+            kv: kv1,
+            tokens: &second,
+            logits_from: 0,
+        },
+        SeqStep {
+            kv: kv0,
+            tokens: &first,
+            logits_from: 0,
+        },
+    ]);
+    let bits = |v: &[f32]| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
+    let mut kv = KvCache::new(c.n_layer);
+    let single = model.llama.forward(&mut [SeqStep {
+        kv: &mut kv,
+        tokens: &first,
+        logits_from: 0,
+    }]);
+    assert_eq!(bits(&together[1]), bits(&single[0]));
+}

@@ -22,6 +22,10 @@ pub struct BackendArgs {
     /// GGUF model file (default: the fetched SmolLM2-135M-Instruct).
     #[arg(long, global = true)]
     pub model: Option<PathBuf>,
+    /// LoRA adapter directory in PEFT's layout (adapter_config.json and
+    /// adapter_model.safetensors), applied on top of the embedded model.
+    #[arg(long, global = true)]
+    pub adapter: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "embedded")]
     pub backend: BackendKind,
     /// Server base URL, e.g. http://127.0.0.1:8080 (repeat to spread load).
@@ -69,7 +73,34 @@ impl BackendArgs {
             threads: self.threads,
             ..EngineOptions::default()
         };
-        Ok(Engine::load(&path, options)?)
+        Ok(Engine::load_with_adapter(
+            &path,
+            self.adapter.as_deref(),
+            options,
+        )?)
+    }
+
+    /// The SHA-256 of each file of the adapter (`None` without one), keyed
+    /// by file name: what records made with the adapter depend on.
+    pub fn adapter_sha256(&self, store: &qstar_store::Store) -> Result<Option<serde_json::Value>> {
+        let Some(dir) = &self.adapter else {
+            return Ok(None);
+        };
+        let mut hashes = serde_json::Map::new();
+        for file in qstar_engine::peft::adapter_files(dir) {
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let hash = store.file_sha256(&file).map_err(|e| {
+                UsageError(format!(
+                    "adapter {}: cannot read {name}: {e}",
+                    dir.display()
+                ))
+            })?;
+            hashes.insert(name, serde_json::Value::String(hash));
+        }
+        Ok(Some(serde_json::Value::Object(hashes)))
     }
 
     pub async fn open(&self) -> Result<Arc<dyn LanguageModel>> {
@@ -101,6 +132,14 @@ impl BackendArgs {
     }
 
     fn server(&self) -> Result<qstar_openai::OpenAiBackend> {
+        if self.adapter.is_some() {
+            return Err(UsageError(
+                "--adapter applies a LoRA adapter to the embedded engine; with --backend openai \
+                 load the adapter in the server instead"
+                    .into(),
+            )
+            .into());
+        }
         if self.base_url.is_empty() {
             return Err(UsageError("--backend openai needs at least one --base-url".into()).into());
         }

@@ -322,6 +322,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         "prefix_workload_max_prob_difference": max_prob_gap,
         "peak_rss_mb": rss,
     });
+    if let Some(dir) = &backend.adapter {
+        report["adapter"] = json!(dir.display().to_string());
+    }
     if let Some((cached, uncached)) = report_label {
         report["label_pairs_per_s_cached"] = json!(cached);
         report["label_pairs_per_s_uncached"] = json!(uncached);

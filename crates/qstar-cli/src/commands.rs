@@ -39,7 +39,7 @@ pub async fn model_fetch() -> Result<()> {
 
 pub async fn model_info(backend: &BackendArgs, json: bool) -> Result<()> {
     let path = backend.ensure_model().await?;
-    let model = qstar_engine::LoadedModel::load(&path)?;
+    let model = qstar_engine::LoadedModel::load_with_adapter(&path, backend.adapter.as_deref())?;
     let info = &model.info;
     if json {
         println!("{}", serde_json::to_string_pretty(info)?);
@@ -80,6 +80,16 @@ pub async fn model_info(backend: &BackendArgs, json: bool) -> Result<()> {
         .map(|t| format!("{}={}", t.id, t.text))
         .collect();
     println!("special tokens  {}", specials.join(" "));
+    if let Some(a) = &info.adapter {
+        println!(
+            "adapter         {} (LoRA rank {}, alpha {}, {} in {} layers)",
+            a.path,
+            a.rank,
+            a.alpha,
+            a.target_modules.join(", "),
+            a.layers
+        );
+    }
     println!(
         "chat template:\n{}",
         info.chat_template.as_deref().unwrap_or("(none)")

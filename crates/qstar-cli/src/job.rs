@@ -40,8 +40,9 @@ pub fn open_store(store: Option<&Path>, out: &Path) -> Result<Store> {
 }
 
 /// Adds what the records depend on besides the settings: the model file's
-/// SHA-256 (`null` for a server, whose description is under `backend`)
-/// and the input's, with the input's canonical path.
+/// SHA-256 (`null` for a server, whose description is under `backend`),
+/// the LoRA adapter's files' (when there is one) and the input's, with the
+/// input's canonical path.
 pub fn add_fingerprint(
     resolved: &mut Value,
     store: &Store,
@@ -58,6 +59,16 @@ pub fn add_fingerprint(
     resolved["input"] = json!(input.canonicalize().unwrap_or(input.to_path_buf()));
     resolved["model_sha256"] = json!(model_sha256);
     resolved["input_sha256"] = json!(input_sha256);
+    // Only with an adapter, so the keys of jobs without one stay as they were.
+    if let Some(adapter) = backend.adapter_sha256(store)? {
+        if backend.backend == BackendKind::Openai {
+            return Err(crate::UsageError(
+                "--adapter applies to the embedded engine, not to --backend openai".into(),
+            )
+            .into());
+        }
+        resolved["adapter_sha256"] = adapter;
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@ mod backend;
 mod bench;
 mod bench_train;
 mod commands;
+mod export;
 mod job;
 mod label;
 mod plot;
@@ -68,6 +69,11 @@ enum Command {
         #[command(subcommand)]
         command: TasksCommand,
     },
+    /// Write the model (with a LoRA adapter merged in) for other programs.
+    Export {
+        #[command(subcommand)]
+        command: ExportCommand,
+    },
     /// Measure labels, models and searches.
     Eval {
         #[command(subcommand)]
@@ -86,6 +92,13 @@ enum EvalCommand {
 enum TrainCommand {
     /// Supervised fine-tuning on prompt/completion, messages or question/answer rows.
     Sft(train::SftArgs),
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// A GGUF file (Q8_0 or F16) with the adapter merged into the weights,
+    /// which llama.cpp loads.
+    Gguf(export::GgufArgs),
 }
 
 #[derive(Subcommand)]
@@ -210,6 +223,9 @@ fn main() -> ExitCode {
             },
             Command::Tasks { command } => match command {
                 TasksCommand::Generate(args) => tasks::generate(args),
+            },
+            Command::Export { command } => match command {
+                ExportCommand::Gguf(args) => export::gguf(args).await,
             },
             Command::Eval { command } => match command {
                 EvalCommand::Labels(args) => label::eval_labels(args),

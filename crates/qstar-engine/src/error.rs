@@ -20,6 +20,9 @@ pub enum EngineError {
     Template(String),
     #[error("prompt has {tokens} tokens but the context holds {context}")]
     PromptTooLong { tokens: usize, context: usize },
+    /// A LoRA adapter directory that cannot be read or does not fit the model.
+    #[error("adapter {path}: {reason}")]
+    Adapter { path: PathBuf, reason: String },
     #[error("model download failed: {0}")]
     Fetch(String),
     #[error("I/O error on {path}: {source}")]
@@ -41,6 +44,7 @@ impl EngineError {
                 | EngineError::UnsupportedArchitecture(_)
                 | EngineError::Metadata(_)
                 | EngineError::PromptTooLong { .. }
+                | EngineError::Adapter { .. }
         )
     }
 

@@ -7,16 +7,18 @@ mod engine;
 pub mod error;
 pub mod fetch;
 pub mod gguf;
+pub mod gguf_write;
 // SIMD intrinsics: the one module where `unsafe` is allowed.
 #[allow(unsafe_code)]
 pub mod kernels;
 pub mod llama;
 pub mod model;
 pub mod numerics;
+pub mod peft;
 pub mod prefix_cache;
 pub mod sampling;
 pub mod tokenizer;
 
 pub use engine::{Engine, EngineOptions, EngineStats};
 pub use error::EngineError;
-pub use model::{LoadedModel, ModelInfo};
+pub use model::{AdapterInfo, LoadedModel, ModelInfo};

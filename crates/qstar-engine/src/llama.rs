@@ -9,6 +9,7 @@
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
+use crate::adapter::{LoraAdapter, LoraPair, Projection};
 use crate::error::EngineError;
 use crate::gguf::GgufFile;
 use crate::kernels::{Activations, Linear, Weights};
@@ -101,6 +102,84 @@ struct Layer {
     w_gate: Linear,
     w_up: Linear,
     w_down: Linear,
+    /// LoRA side products, indexed by [`Projection::index`].
+    lora: [Option<LoraSide>; 7],
+}
+
+/// One adapted projection: y += scale · B · (A · x), in f32, beside the
+/// unchanged quantized product. A is rank × k; B is kept transposed
+/// (rank × n) so each of its rows is added to y as one contiguous axpy.
+struct LoraSide {
+    rank: usize,
+    k: usize,
+    n: usize,
+    scale: f32,
+    a: Vec<f32>,
+    b_t: Vec<f32>,
+}
+
+impl LoraSide {
+    fn new(pair: &LoraPair, rank: usize, scale: f32) -> Self {
+        let mut b_t = vec![0f32; rank * pair.n];
+        for i in 0..pair.n {
+            for j in 0..rank {
+                b_t[j * pair.n + i] = pair.b[i * rank + j];
+            }
+        }
+        LoraSide {
+            rank,
+            k: pair.k,
+            n: pair.n,
+            scale,
+            a: pair.a.clone(),
+            b_t,
+        }
+    }
+
+    /// Rows of x (`rows × k`) into rows of y (`rows × n`): y += scale · B ·
+    /// (A · x). A row of A, then a row of Bᵀ, is read once for all the rows,
+    /// so a batch streams the adapter once; every row sees the same
+    /// operations in the same order whatever the batch.
+    fn add_rows(&self, x: &[f32], y: &mut [f32]) {
+        let rows = x.len() / self.k;
+        let mut u = [0f32; 64];
+        for r0 in (0..rows).step_by(u.len()) {
+            let r1 = (r0 + u.len()).min(rows);
+            for j in 0..self.rank {
+                let a = &self.a[j * self.k..(j + 1) * self.k];
+                for r in r0..r1 {
+                    u[r - r0] = numerics::dot(a, &x[r * self.k..(r + 1) * self.k]) * self.scale;
+                }
+                let b = &self.b_t[j * self.n..(j + 1) * self.n];
+                for r in r0..r1 {
+                    let ur = u[r - r0];
+                    for (yv, bv) in y[r * self.n..(r + 1) * self.n].iter_mut().zip(b) {
+                        *yv = bv.mul_add(ur, *yv);
+                    }
+                }
+            }
+        }
+    }
+
+    /// y (t × n) += scale · x (t × k) · Aᵀ · Bᵀ; groups of rows in parallel
+    /// when there are several.
+    fn add(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        if t < 4 {
+            return self.add_rows(x, y);
+        }
+        let per_task = t.div_ceil(2 * rayon::current_num_threads()).clamp(2, 32);
+        y.par_chunks_mut(per_task * self.n)
+            .zip(x.par_chunks(per_task * self.k))
+            .for_each(|(yc, xc)| self.add_rows(xc, yc));
+    }
+}
+
+/// Adds the side product of projection `p`, when the layer has one.
+#[inline]
+fn lora_add(layer: &Layer, p: Projection, x: &[f32], t: usize, y: &mut [f32]) {
+    if let Some(side) = &layer.lora[p.index()] {
+        side.add(x, t, y);
+    }
 }
 
 pub struct Llama {
@@ -196,6 +275,7 @@ impl Llama {
                     w_gate: load_linear(g, &p("ffn_gate"))?,
                     w_up: load_linear(g, &p("ffn_up"))?,
                     w_down: load_linear(g, &p("ffn_down"))?,
+                    lora: Default::default(),
                 })
             })
             .collect::<Result<Vec<_>, EngineError>>()?;
@@ -238,6 +318,32 @@ impl Llama {
             rope_cos,
             rope_sin,
         })
+    }
+
+    /// Applies a LoRA adapter as side products on top of the unchanged
+    /// weights, replacing any adapter applied before (`None` removes it).
+    /// Without an adapter the forward pass is exactly the base model's.
+    pub fn set_adapter(&mut self, adapter: Option<&LoraAdapter>) -> Result<(), String> {
+        if let Some(a) = adapter {
+            a.check(&self.config)?;
+        }
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for p in Projection::ALL {
+                layer.lora[p.index()] = adapter.and_then(|a| {
+                    a.pairs
+                        .get(&(i, p))
+                        .map(|pair| LoraSide::new(pair, a.rank, a.scale()))
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an adapter is applied.
+    pub fn has_adapter(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| l.lora.iter().any(Option::is_some))
     }
 
     pub fn weight_bytes(&self) -> usize {
@@ -298,6 +404,9 @@ impl Llama {
             layer.wq.forward(&input, &mut q, false);
             layer.wk.forward(&input, &mut k, false);
             layer.wv.forward(&input, &mut v, false);
+            lora_add(layer, Projection::Q, &h, t, &mut q);
+            lora_add(layer, Projection::K, &h, t, &mut k);
+            lora_add(layer, Projection::V, &h, t, &mut v);
             for r in 0..t {
                 self.rope(&mut q[r * d..(r + 1) * d], row_pos[r]);
                 self.rope(&mut k[r * kv_dim..(r + 1) * kv_dim], row_pos[r]);
@@ -322,17 +431,21 @@ impl Llama {
                 self.attend_head(qh, h, kc, vc, row_pos[r] + 1, out);
             });
             layer.wo.forward(&Activations::new(&att, t), &mut x, true);
+            lora_add(layer, Projection::O, &att, t, &mut x);
 
             rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut h);
             let input = Activations::new(&h, t);
             layer.w_gate.forward(&input, &mut gate, false);
             layer.w_up.forward(&input, &mut up, false);
+            lora_add(layer, Projection::Gate, &h, t, &mut gate);
+            lora_add(layer, Projection::Up, &h, t, &mut up);
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = numerics::silu(*g) * u;
             }
             layer
                 .w_down
                 .forward(&Activations::new(&gate, t), &mut x, true);
+            lora_add(layer, Projection::Down, &gate, t, &mut x);
         }
         for step in seqs.iter_mut() {
             step.kv.len += step.tokens.len();

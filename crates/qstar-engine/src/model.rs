@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::adapter::LoraAdapter;
 use crate::chat::ChatTemplate;
 use crate::error::EngineError;
 use crate::gguf::GgufFile;
@@ -39,6 +40,21 @@ pub struct ModelInfo {
     pub eos_token: Option<SpecialToken>,
     pub special_tokens: Vec<SpecialToken>,
     pub chat_template: Option<String>,
+    /// The LoRA adapter applied on top of the weights, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterInfo>,
+}
+
+/// What `qstar model info` shows about an applied LoRA adapter.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdapterInfo {
+    pub path: String,
+    pub rank: usize,
+    pub alpha: f32,
+    /// PEFT module names (`q_proj`, …).
+    pub target_modules: Vec<String>,
+    /// Layers with at least one adapted projection.
+    pub layers: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -160,6 +176,46 @@ impl LoadedModel {
         Self::load_inner(path).map_err(|e| e.in_file(path))
     }
 
+    /// Loads a model and, with `adapter`, the PEFT LoRA adapter in that
+    /// directory on top of it (see [`LoadedModel::apply_adapter`]).
+    pub fn load_with_adapter(path: &Path, adapter: Option<&Path>) -> Result<Self, EngineError> {
+        let mut model = Self::load(path)?;
+        if let Some(dir) = adapter {
+            let lora = crate::peft::load_peft(dir, &model.llama.config)?;
+            model.apply_adapter(&lora, dir)?;
+        }
+        Ok(model)
+    }
+
+    /// Applies `adapter` (read from `source`, which the info names) as
+    /// low-rank side products; replaces an adapter applied before.
+    pub fn apply_adapter(
+        &mut self,
+        adapter: &LoraAdapter,
+        source: &Path,
+    ) -> Result<(), EngineError> {
+        self.llama
+            .set_adapter(Some(adapter))
+            .map_err(|reason| EngineError::Adapter {
+                path: source.to_path_buf(),
+                reason,
+            })?;
+        let mut layers: Vec<usize> = adapter.pairs.keys().map(|&(l, _)| l).collect();
+        layers.dedup();
+        self.info.adapter = Some(AdapterInfo {
+            path: source.display().to_string(),
+            rank: adapter.rank,
+            alpha: adapter.alpha,
+            target_modules: adapter
+                .targets()
+                .iter()
+                .map(|p| p.hf_name().to_string())
+                .collect(),
+            layers: layers.len(),
+        });
+        Ok(())
+    }
+
     fn load_inner(path: &Path) -> Result<Self, EngineError> {
         let gguf = GgufFile::open(path)?;
         let config = LlamaConfig::from_gguf(&gguf)?;
@@ -220,6 +276,7 @@ impl LoadedModel {
                 .map(|(text, id)| SpecialToken { id, text })
                 .collect(),
             chat_template: template_source,
+            adapter: None,
         };
         Ok(LoadedModel {
             llama,

@@ -31,6 +31,16 @@ impl Engine {
         Ok(Self::start(model, options))
     }
 
+    /// A model with the PEFT LoRA adapter in `adapter` applied on top.
+    pub fn load_with_adapter(
+        path: &Path,
+        adapter: Option<&Path>,
+        options: EngineOptions,
+    ) -> Result<Self, EngineError> {
+        let model = Arc::new(LoadedModel::load_with_adapter(path, adapter)?);
+        Ok(Self::start(model, options))
+    }
+
     pub fn start(model: Arc<LoadedModel>, options: EngineOptions) -> Self {
         let (tx, rx) = mpsc::channel();
         let actor_model = model.clone();

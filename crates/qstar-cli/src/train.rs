@@ -247,7 +247,7 @@ pub async fn sft(args: SftArgs) -> Result<()> {
     .await?
     .map_err(train_error)?;
 
-    write_outputs(&args, &model, &model_config, &model_path)?;
+    let result = write_outputs(&args, &model, &model_config, &model_path)?;
     let metrics = read_metrics(&args.out)?;
     let train_points: Vec<(f64, f64)> = metrics.iter().map(|r| (r.step as f64, r.loss)).collect();
     let eval_points: Vec<(f64, f64)> = metrics
@@ -269,6 +269,7 @@ pub async fn sft(args: SftArgs) -> Result<()> {
         "tok_s": summary.tok_s,
         "resumed_from": summary.resumed_from,
         "out": args.out,
+        "result": result,
     });
     let fmt = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.4}"));
     let text = Text::new()
@@ -295,14 +296,49 @@ fn read_metrics(dir: &Path) -> Result<Vec<qstar_train::StepRecord>> {
         .collect()
 }
 
-/// The trained result: a PEFT adapter directory for LoRA, a GGUF for full
-/// fine-tuning.
+/// What PEFT's config names as the base model: the default model's hub
+/// name, or the GGUF's own name.
+fn base_model_name(model_path: &Path) -> String {
+    if model_path == qstar_engine::fetch::default_model_path() {
+        return "HuggingFaceTB/SmolLM2-135M-Instruct".into();
+    }
+    qstar_engine::gguf::GgufFile::open(model_path)
+        .ok()
+        .and_then(|g| g.string("general.name").ok())
+        .unwrap_or_else(|| model_path.display().to_string())
+}
+
+/// The trained result: DIR/adapter (PEFT's layout, for `--adapter`, PEFT,
+/// TRL and vLLM) for LoRA, DIR/model.gguf (Q8_0, for `--model` and
+/// llama.cpp) for full fine-tuning.
 fn write_outputs(
     args: &SftArgs,
     model: &Model<f32>,
     config: &qstar_train::ModelConfig,
     model_path: &Path,
-) -> Result<()> {
-    let _ = (args, model, config, model_path);
-    Ok(())
+) -> Result<PathBuf> {
+    match &model.lora {
+        Some(lora) if !args.full => {
+            let dir = args.out.join("adapter");
+            let adapter = lora.to_adapter(config, &base_model_name(model_path));
+            qstar_engine::peft::save_peft(
+                &adapter,
+                &dir,
+                config.n_head,
+                config.n_head_kv,
+                config.head_dim(),
+            )?;
+            Ok(dir)
+        }
+        _ => {
+            let path = args.out.join("model.gguf");
+            qstar_train::export::write_weights_gguf(
+                model_path,
+                &model.base,
+                &path,
+                candle_core::quantized::GgmlDType::Q8_0,
+            )?;
+            Ok(path)
+        }
+    }
 }

@@ -122,3 +122,69 @@ fn trainable_forward_matches_the_engine_and_llama_cpp() {
         "f32 trainer vs llama.cpp {exact_vs_llama}"
     );
 }
+
+/// With dense F32 weights the engine multiplies in f32 without rounding the
+/// activations, so the trainer and the engine compute the same function:
+/// what is left is the order of f32 sums and ggml's approximations of exp.
+#[test]
+fn trainable_forward_matches_the_engine_on_dense_weights() {
+    let model = trainable();
+    let dir = tempfile::tempdir().expect("dir");
+    let dense = dir.path().join("dense.gguf");
+    qstar_train::export::write_weights_gguf(
+        &model_path(),
+        &model.base,
+        &dense,
+        candle_core::quantized::GgmlDType::F32,
+    )
+    .expect("export");
+    let ids: Vec<u32> = {
+        let loaded = LoadedModel::load(&dense).expect("dense model loads");
+        loaded.tokenizer.encode(
+            "The quick brown fox jumps over the lazy dog. 12 + 35 = 47, and",
+            false,
+        )
+    };
+    let loaded = LoadedModel::load(&dense).expect("dense model loads");
+    let mut kv = KvCache::new(loaded.llama.config.n_layer);
+    let logits = loaded
+        .llama
+        .forward(&mut [SeqStep {
+            kv: &mut kv,
+            tokens: &ids,
+            logits_from: 0,
+        }])
+        .remove(0);
+    let v = loaded.llama.config.n_vocab;
+    let engine: Vec<f64> = (1..ids.len())
+        .map(|i| {
+            let row = &logits[(i - 1) * v..i * v];
+            let max = row.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            row[ids[i] as usize] as f64 - lse
+        })
+        .collect();
+    let trainer: Vec<f64> = model
+        .forward(&[Sequence::all(ids.clone())], 0)
+        .expect("forward")
+        .0
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    let worst = engine
+        .iter()
+        .zip(&trainer)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f64, f64::max);
+    let mean = mean_abs_diff(&engine, &trainer);
+    eprintln!(
+        "dense F32 weights, {} tokens: mean |Δ log p| {mean:.2e}, largest {worst:.2e}",
+        ids.len() - 1
+    );
+    assert!(worst < 2e-3, "largest difference {worst}");
+}

@@ -48,6 +48,10 @@ pub struct SftArgs {
     /// Projections that get adapters, comma-separated.
     #[arg(long, default_value = ALL_TARGETS, value_delimiter = ',')]
     pub lora_targets: Vec<String>,
+    /// Start from this LoRA adapter (PEFT's layout) instead of a fresh one;
+    /// its rank, alpha and targets replace the --lora-* flags.
+    #[arg(long, conflicts_with = "full")]
+    pub init_adapter: Option<PathBuf>,
     /// Train every weight instead of an adapter.
     #[arg(long, conflicts_with_all = ["lora_alpha", "lora_dropout"])]
     pub full: bool,
@@ -196,6 +200,12 @@ pub async fn sft(args: SftArgs) -> Result<()> {
         "data": args.data.canonicalize().unwrap_or(args.data.clone()),
         "data_sha256": sha256(&args.data)?,
         "eval_data_sha256": args.eval_data.as_deref().map(sha256).transpose()?,
+        "init_adapter_sha256": args
+            .init_adapter
+            .as_deref()
+            .map(|d| qstar_engine::peft::adapter_files(d).map(|f| sha256(&f)))
+            .map(|h| h.into_iter().collect::<Result<Vec<_>>>())
+            .transpose()?,
     });
     let text = serde_json::to_string_pretty(&resolved)?;
     let key = qstar_store::sha256_hex(text.as_bytes());
@@ -205,11 +215,20 @@ pub async fn sft(args: SftArgs) -> Result<()> {
         .map_err(train_error)?;
 
     let (model_config, weights) = Weights::from_gguf(&model_path)?;
-    let lora = lora_config
-        .clone()
-        .map(|c| Lora::init(&model_config, c, args.seed))
-        .transpose()
-        .map_err(UsageError)?;
+    let lora = match (&args.init_adapter, lora_config.clone()) {
+        (Some(dir), _) => {
+            let engine_config = qstar_engine::llama::LlamaConfig::from_gguf(
+                &qstar_engine::gguf::GgufFile::open(&model_path)?,
+            )?;
+            let adapter = qstar_engine::peft::load_peft(dir, &engine_config)?;
+            Some(
+                Lora::from_adapter(&model_config, &adapter, args.lora_dropout)
+                    .map_err(UsageError)?,
+            )
+        }
+        (None, Some(c)) => Some(Lora::init(&model_config, c, args.seed).map_err(UsageError)?),
+        (None, None) => None,
+    };
     let mut model = Model::new(model_config.clone(), weights, lora).map_err(UsageError)?;
     reporter.note(&format!(
         "training {} on {} sequences ({} tokens), {steps} steps",

@@ -377,6 +377,42 @@ impl<T: Real> Lora<T> {
 }
 
 impl Lora<f32> {
+    /// An adapter read from a file, to train further (its rank, alpha and
+    /// targets are the adapter's; `dropout` is this run's).
+    pub fn from_adapter(
+        c: &ModelConfig,
+        adapter: &qstar_engine::adapter::LoraAdapter,
+        dropout: f32,
+    ) -> Result<Self, String> {
+        let mut targets: Vec<Projection> = adapter.pairs.keys().map(|&(_, p)| p).collect();
+        targets.sort();
+        targets.dedup();
+        let config = LoraConfig {
+            rank: adapter.rank,
+            alpha: adapter.alpha,
+            dropout,
+            targets: targets.iter().map(|p| p.hf_name().to_string()).collect(),
+        };
+        let mut lora = Lora::<f32>::init(c, config, 0)?;
+        for (i, layer) in lora.layers.iter_mut().enumerate() {
+            for (p, pair) in layer.iter_mut() {
+                let from = adapter
+                    .pairs
+                    .get(&(i, *p))
+                    .ok_or_else(|| format!("the adapter has no {} in layer {i}", p.hf_name()))?;
+                if from.a.len() != pair.a.len() || from.b.len() != pair.b.len() {
+                    return Err(format!(
+                        "the adapter's {} in layer {i} has another shape",
+                        p.hf_name()
+                    ));
+                }
+                pair.a.copy_from_slice(&from.a);
+                pair.b.copy_from_slice(&from.b);
+            }
+        }
+        Ok(lora)
+    }
+
     /// The engine's form of the adapter (the file formats live there).
     pub fn to_adapter(
         &self,

@@ -233,3 +233,26 @@ fn a_directory_of_another_run_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn an_adapter_survives_the_engine_form_and_back() {
+    let c = tiny();
+    let mut lora = lora_model().lora.expect("adapter");
+    let mut rng = SplitMix::new(4);
+    for (_, _, t) in lora.tensors_mut() {
+        t.iter_mut().for_each(|x| *x = rng.normal() as f32);
+    }
+    let back =
+        Lora::from_adapter(&c, &lora.to_adapter(&c, "tiny"), lora.config.dropout).expect("back");
+    assert_eq!(back.layers, lora.layers);
+    assert_eq!(
+        (back.config.rank, back.config.alpha),
+        (lora.config.rank, lora.config.alpha)
+    );
+    let mut other = lora.to_adapter(&c, "tiny");
+    other.pairs.retain(|&(layer, _), _| layer == 0);
+    assert!(
+        Lora::from_adapter(&c, &other, 0.0).is_err(),
+        "a layer without its projections is refused"
+    );
+}

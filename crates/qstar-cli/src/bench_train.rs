@@ -120,7 +120,9 @@ fn worker(args: &BenchTrainArgs, mode: Mode, model_path: &std::path::Path) -> Re
                     rank: 8,
                     alpha: 16.0,
                     dropout: 0.0,
-                    targets: all.map(String::from).to_vec(),
+                    targets: qstar_engine::adapter::Projection::ALL
+                        .map(|p| p.hf_name().to_string())
+                        .to_vec(),
                 },
                 0,
             )

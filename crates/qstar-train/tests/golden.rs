@@ -32,9 +32,9 @@ fn trainable() -> &'static Model<f32> {
     })
 }
 
-/// log p(token i | tokens before it) for i ≥ 1, from the engine.
-fn engine_logprobs(ids: &[u32]) -> Vec<f64> {
-    let loaded = LoadedModel::load(&model_path()).expect("engine model");
+/// log p(token i | tokens before it) for i ≥ 1, from the engine on `model`.
+fn engine_logprobs(model: &std::path::Path, ids: &[u32]) -> Vec<f64> {
+    let loaded = LoadedModel::load(model).expect("engine model");
     let mut kv = KvCache::new(loaded.llama.config.n_layer);
     let logits = loaded
         .llama
@@ -92,7 +92,7 @@ fn trainable_forward_matches_the_engine_and_llama_cpp() {
         .map(|x| x.as_f64().expect("logprob"))
         .collect();
 
-    let engine = engine_logprobs(&ids);
+    let engine = engine_logprobs(&model_path(), &ids);
     let model = trainable();
     let exact: Vec<f64> = model
         .forward(&[Sequence::all(ids.clone())], 0)
@@ -145,30 +145,7 @@ fn trainable_forward_matches_the_engine_on_dense_weights() {
             false,
         )
     };
-    let loaded = LoadedModel::load(&dense).expect("dense model loads");
-    let mut kv = KvCache::new(loaded.llama.config.n_layer);
-    let logits = loaded
-        .llama
-        .forward(&mut [SeqStep {
-            kv: &mut kv,
-            tokens: &ids,
-            logits_from: 0,
-        }])
-        .remove(0);
-    let v = loaded.llama.config.n_vocab;
-    let engine: Vec<f64> = (1..ids.len())
-        .map(|i| {
-            let row = &logits[(i - 1) * v..i * v];
-            let max = row.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
-            let lse = max
-                + row
-                    .iter()
-                    .map(|&x| (x as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
-            row[ids[i] as usize] as f64 - lse
-        })
-        .collect();
+    let engine = engine_logprobs(&dense, &ids);
     let trainer: Vec<f64> = model
         .forward(&[Sequence::all(ids.clone())], 0)
         .expect("forward")

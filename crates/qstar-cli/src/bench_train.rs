@@ -102,15 +102,6 @@ fn kernel() -> &'static str {
 fn worker(args: &BenchTrainArgs, mode: Mode, model_path: &std::path::Path) -> Result<Value> {
     let (batch, len) = parse_shape(&args.shape)?;
     let (config, weights) = Weights::from_gguf(model_path)?;
-    let all = [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ];
     let lora = match mode {
         Mode::Full => None,
         Mode::Lora => Some(

@@ -137,25 +137,39 @@ impl LoraSide {
     }
 
     /// Rows of x (`rows × k`) into rows of y (`rows × n`): y += scale · B ·
-    /// (A · x). A row of A, then a row of Bᵀ, is read once for all the rows,
-    /// so a batch streams the adapter once; every row sees the same
-    /// operations in the same order whatever the batch.
+    /// (A · x). A row of A is read once for a group of rows and Bᵀ once per
+    /// row; every row sees the same operations in the same order whatever
+    /// the batch.
     fn add_rows(&self, x: &[f32], y: &mut [f32]) {
         let rows = x.len() / self.k;
-        let mut u = [0f32; 64];
-        for r0 in (0..rows).step_by(u.len()) {
-            let r1 = (r0 + u.len()).min(rows);
-            for j in 0..self.rank {
-                let a = &self.a[j * self.k..(j + 1) * self.k];
-                for r in r0..r1 {
-                    u[r - r0] = numerics::dot(a, &x[r * self.k..(r + 1) * self.k]) * self.scale;
-                }
-                let b = &self.b_t[j * self.n..(j + 1) * self.n];
-                for r in r0..r1 {
-                    let ur = u[r - r0];
-                    for (yv, bv) in y[r * self.n..(r + 1) * self.n].iter_mut().zip(b) {
-                        *yv = bv.mul_add(ur, *yv);
+        let mut u = vec![0f32; rows * self.rank];
+        for j in 0..self.rank {
+            let a = &self.a[j * self.k..(j + 1) * self.k];
+            for r in 0..rows {
+                u[r * self.rank + j] = lora_dot(a, &x[r * self.k..(r + 1) * self.k]) * self.scale;
+            }
+        }
+        for r in 0..rows {
+            let ur = &u[r * self.rank..(r + 1) * self.rank];
+            let yr = &mut y[r * self.n..(r + 1) * self.n];
+            // 64 outputs at a time in registers, each summing B's columns
+            // in order.
+            let mut at = 0;
+            for yc in yr.chunks_exact_mut(LORA_LANES) {
+                let mut acc = [0f32; LORA_LANES];
+                acc.copy_from_slice(yc);
+                for (j, &uj) in ur.iter().enumerate() {
+                    let b = &self.b_t[j * self.n + at..j * self.n + at + LORA_LANES];
+                    for l in 0..LORA_LANES {
+                        acc[l] = b[l].mul_add(uj, acc[l]);
                     }
+                }
+                yc.copy_from_slice(&acc);
+                at += LORA_LANES;
+            }
+            for i in at..self.n {
+                for (j, &uj) in ur.iter().enumerate() {
+                    yr[i] = self.b_t[j * self.n + i].mul_add(uj, yr[i]);
                 }
             }
         }
@@ -172,6 +186,31 @@ impl LoraSide {
             .zip(x.par_chunks(per_task * self.k))
             .for_each(|(yc, xc)| self.add_rows(xc, yc));
     }
+}
+
+/// Values the LoRA products keep in flight (eight AVX2 registers).
+const LORA_LANES: usize = 64;
+
+/// A dot product with `LORA_LANES` independent sums (no reference to match:
+/// the adapter's product is qstar's own).
+#[inline]
+fn lora_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LORA_LANES];
+    let (ac, bc) = (a.chunks_exact(LORA_LANES), b.chunks_exact(LORA_LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..LORA_LANES {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    let mut sum = 0f32;
+    for chunk in acc.chunks_exact(8) {
+        sum += chunk.iter().sum::<f32>();
+    }
+    for (x, y) in ar.iter().zip(br) {
+        sum = x.mul_add(*y, sum);
+    }
+    sum
 }
 
 /// Adds the side product of projection `p`, when the layer has one.

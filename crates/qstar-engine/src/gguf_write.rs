@@ -311,6 +311,74 @@ fn projection_of(name: &str) -> Option<(usize, Projection)> {
     Some((layer.parse().ok()?, p))
 }
 
+/// Writes the model of `g` to `out` with the values `values(name)` gives
+/// each tensor: the source's metadata (`general.file_type` set to the new
+/// type), tensor order and alignment, matrices as `matrix_type` (F16 for a
+/// Q8_0 matrix whose rows are not whole blocks), vectors as F32. Returns the
+/// bytes written and the number of tensors.
+pub fn rewrite_gguf(
+    g: &GgufFile,
+    out: &Path,
+    matrix_type: GgmlDType,
+    mut values: impl FnMut(&str) -> Result<Vec<f32>, EngineError>,
+) -> Result<(u64, usize), EngineError> {
+    let file_type: u32 = match matrix_type {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q8_0 => 7,
+        other => {
+            return Err(EngineError::Metadata(format!(
+                "cannot write {other:?} matrices"
+            )))
+        }
+    };
+    let alignment = if g.has("general.alignment") {
+        g.uint("general.alignment")?
+    } else {
+        DEFAULT_ALIGNMENT
+    };
+    let mut metadata: Vec<(String, Value)> = g
+        .metadata()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    metadata.sort_by(|a, b| a.0.cmp(&b.0));
+    match metadata.iter_mut().find(|(k, _)| k == "general.file_type") {
+        Some((_, v)) => *v = Value::U32(file_type),
+        None => metadata.push(("general.file_type".into(), Value::U32(file_type))),
+    }
+    let mut names: Vec<&String> = g.tensor_names().collect();
+    names.sort_by_key(|n| g.tensor_layout(n).map_or(0, |l| l.start));
+    let specs: Vec<TensorSpec> = names
+        .iter()
+        .map(|&name| {
+            let (_, dims) = g
+                .tensor_info(name)
+                .ok_or_else(|| EngineError::Metadata(format!("missing tensor `{name}`")))?;
+            let inner = dims.last().copied().unwrap_or(1);
+            let dtype = if dims.len() < 2 {
+                GgmlDType::F32
+            } else if matrix_type == GgmlDType::Q8_0 && !inner.is_multiple_of(QK8_0) {
+                GgmlDType::F16
+            } else {
+                matrix_type
+            };
+            Ok(TensorSpec {
+                name: name.clone(),
+                dims,
+                dtype,
+            })
+        })
+        .collect::<Result<_, EngineError>>()?;
+    let bytes = write_gguf(out, &metadata, &specs, alignment, |i| {
+        let spec = &specs[i];
+        let values = values(&spec.name)?;
+        encode(spec.dtype, &values)
+            .ok_or_else(|| EngineError::Metadata(format!("cannot encode `{}`", spec.name)))
+    })?;
+    Ok((bytes, specs.len()))
+}
+
 /// Writes the model `source` to `out` with `adapter` (if any) merged into
 /// its projections, matrices encoded as `ty`.
 pub fn export_gguf(
@@ -335,60 +403,20 @@ pub fn export_gguf(
             )));
         }
     }
-    let alignment = if g.has("general.alignment") {
-        g.uint("general.alignment")?
-    } else {
-        DEFAULT_ALIGNMENT
-    };
-    let mut metadata: Vec<(String, Value)> = g
-        .metadata()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    metadata.sort_by(|a, b| a.0.cmp(&b.0));
-    match metadata.iter_mut().find(|(k, _)| k == "general.file_type") {
-        Some((_, v)) => *v = Value::U32(ty.file_type()),
-        None => metadata.push(("general.file_type".into(), Value::U32(ty.file_type()))),
-    }
-    let mut names: Vec<&String> = g.tensor_names().collect();
-    names.sort_by_key(|n| g.tensor_layout(n).map_or(0, |l| l.start));
-    let specs: Vec<TensorSpec> = names
-        .iter()
-        .map(|&name| {
-            let (_, dims) = g
-                .tensor_info(name)
-                .ok_or_else(|| EngineError::Metadata(format!("missing tensor `{name}`")))?;
-            let inner = dims.last().copied().unwrap_or(1);
-            let dtype = if dims.len() < 2 {
-                GgmlDType::F32
-            } else if ty == ExportType::Q8_0 && !inner.is_multiple_of(QK8_0) {
-                GgmlDType::F16
-            } else {
-                ty.dtype()
-            };
-            Ok(TensorSpec {
-                name: name.clone(),
-                dims,
-                dtype,
-            })
-        })
-        .collect::<Result<_, EngineError>>()?;
     let mut merged = 0;
-    let bytes = write_gguf(out, &metadata, &specs, alignment, |i| {
-        let spec = &specs[i];
-        let mut values = g.tensor_f32(&spec.name)?;
-        if let (Some(a), Some((layer, p))) = (adapter, projection_of(&spec.name)) {
+    let (bytes, tensors) = rewrite_gguf(&g, out, ty.dtype(), |name| {
+        let mut values = g.tensor_f32(name)?;
+        if let (Some(a), Some((layer, p))) = (adapter, projection_of(name)) {
             if a.add_delta(layer, p, &mut values) {
                 merged += 1;
             }
         }
-        encode(spec.dtype, &values)
-            .ok_or_else(|| EngineError::Metadata(format!("cannot encode `{}`", spec.name)))
+        Ok(values)
     })?;
     Ok(ExportSummary {
         path: out.display().to_string(),
         bytes,
-        tensors: specs.len(),
+        tensors,
         merged,
         tensor_type: ty.name(),
     })

@@ -30,6 +30,28 @@ pub fn reduce16(x: &[f32; LANES]) -> f32 {
 /// range reduction by powers of two), element by element.
 #[inline]
 pub fn expf(x: f32) -> f32 {
+    let (j, n) = exp_parts(x);
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    // j · 2^n with a single rounding, as `scalef` does. 2^n is exact in f32
+    // for normal exponents; beyond them the scaling is split in two, and as
+    // j lies in [0.7, 1.5] the first product is a normal f32, exact, so only
+    // the second one rounds. (Going through f64 gives the same bits but
+    // costs a libm call, paid for most of a vocabulary when sampling.)
+    let e = n as i32;
+    if (-126..=127).contains(&e) {
+        j * pow2(e)
+    } else if e < 0 {
+        (j * pow2(e + 100)) * pow2(-100)
+    } else {
+        (j * pow2(e - 100)) * pow2(100)
+    }
+}
+
+/// exp(x) = j · 2^n: the whole power n and the polynomial j ≈ 2^(x/ln 2 − n).
+#[inline]
+fn exp_parts(x: f32) -> (f32, f32) {
     let r = f32::from_bits(0x4b40_0000); // 1.5 · 2^23: rounds to an integer
     let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r);
     let n = z - r;
@@ -45,17 +67,13 @@ pub fn expf(x: f32) -> f32 {
             f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)),
         )
         .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
-    if n.abs() > 192.0 {
-        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
-    }
-    // j · 2^n with a single rounding, as `scalef` does; 2^n is exact in f32
-    // for normal exponents, otherwise the product goes through f64.
-    let e = n as i32;
-    if (-126..=127).contains(&e) {
-        j * f32::from_bits(((e + 127) as u32) << 23)
-    } else {
-        ((j as f64) * (e as f64).exp2()) as f32
-    }
+    (j, n)
+}
+
+/// 2^e for a normal exponent (−126 ≤ e ≤ 127).
+#[inline]
+fn pow2(e: i32) -> f32 {
+    f32::from_bits(((e + 127) as u32) << 23)
 }
 
 /// x / (1 + exp(-x)) with ggml's exp.
@@ -222,6 +240,25 @@ mod tests {
         }
         assert_eq!(expf(-200.0), 0.0);
         assert_eq!(expf(f32::NEG_INFINITY), 0.0);
+    }
+
+    /// Outside the normal exponents the scaling must round once: the same
+    /// bits as the product formed exactly in f64 and rounded to f32.
+    #[test]
+    fn exp_scales_subnormal_and_huge_results_with_one_rounding() {
+        let mut checked = 0;
+        for i in -1_400_000..1_400_000 {
+            let x = i as f32 * 1e-4;
+            let (j, n) = exp_parts(x);
+            let e = n as i32;
+            if (-126..=127).contains(&e) || n.abs() > 192.0 {
+                continue;
+            }
+            let want = ((j as f64) * (e as f64).exp2()) as f32;
+            assert_eq!(expf(x).to_bits(), want.to_bits(), "x = {x}");
+            checked += 1;
+        }
+        assert!(checked > 100_000, "{checked}");
     }
 
     #[test]

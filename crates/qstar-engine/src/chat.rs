@@ -2,11 +2,23 @@
 //! renders it: Jinja with `messages`, `add_generation_prompt`, `bos_token` and
 //! `eos_token`, plus Python-style string methods many templates use.
 
+use std::io::Write;
+
 use minijinja::{Environment, ErrorKind};
 use qstar_core::Message;
 use serde::Serialize;
 
 use crate::error::EngineError;
+
+/// The template comes from the model file, so its work is bounded: a loop
+/// nested in a loop must end in an error, not a hang. Instructions per
+/// render: SmolLM2's template spends a few dozen per message, so this
+/// leaves room for conversations of well over 100,000 turns.
+const FUEL: u64 = 10_000_000;
+
+/// The most a rendering may write; beyond it the rendering is an error
+/// rather than a prompt of gigabytes.
+const MAX_OUTPUT_BYTES: usize = 64 << 20;
 
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -35,6 +47,7 @@ impl ChatTemplate {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
+        env.set_fuel(Some(FUEL));
         // HF renders with trim_blocks and lstrip_blocks on.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -57,14 +70,47 @@ impl ChatTemplate {
             .env
             .get_template("chat")
             .map_err(|e| EngineError::Template(e.to_string()))?;
+        let mut out = CappedOutput::default();
         template
-            .render(Context {
-                messages,
-                add_generation_prompt,
-                bos_token: &self.bos_token,
-                eos_token: &self.eos_token,
-            })
-            .map_err(|e| EngineError::Template(e.to_string()))
+            .render_captured_to(
+                Context {
+                    messages,
+                    add_generation_prompt,
+                    bos_token: &self.bos_token,
+                    eos_token: &self.eos_token,
+                },
+                &mut out,
+            )
+            .map_err(|e| {
+                EngineError::Template(if out.overflowed {
+                    format!("the output passed {} MiB", MAX_OUTPUT_BYTES >> 20)
+                } else {
+                    e.to_string()
+                })
+            })?;
+        String::from_utf8(out.bytes).map_err(|e| EngineError::Template(e.to_string()))
+    }
+}
+
+/// A buffer that refuses to grow past [`MAX_OUTPUT_BYTES`].
+#[derive(Default)]
+struct CappedOutput {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_OUTPUT_BYTES {
+            self.overflowed = true;
+            return Err(std::io::ErrorKind::OutOfMemory.into());
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -82,6 +128,30 @@ mod tests {
         .expect("template");
         let out = t.render(&[Message::user(" hi ")], true).expect("render");
         assert_eq!(out, "<user>hi\n<assistant>");
+    }
+
+    #[test]
+    fn a_template_that_loops_for_ever_runs_out_of_fuel() {
+        let t = ChatTemplate::new(
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+            "",
+            "",
+        )
+        .expect("t");
+        let err = t.render(&[], false).unwrap_err();
+        assert!(err.to_string().contains("fuel"), "{err}");
+    }
+
+    #[test]
+    fn a_template_that_writes_gigabytes_is_stopped() {
+        let t = ChatTemplate::new(
+            "{% for a in range(100) %}{{ 'x' * 10000000 }}{% endfor %}",
+            "",
+            "",
+        )
+        .expect("t");
+        let err = t.render(&[], false).unwrap_err();
+        assert!(err.to_string().contains("MiB"), "{err}");
     }
 
     #[test]

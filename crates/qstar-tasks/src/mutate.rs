@@ -1,10 +1,12 @@
-//! A seeded mutation harness for the parsers of untrusted text: the JSONL
-//! readers, answer extraction and LaTeX normalization. It turns a few valid
-//! inputs into many broken ones (bit flips, cut and repeated spans, spliced
-//! tokens that parsers care about) and runs every parser on each, so that a
+//! A seeded mutation harness for the parsers of untrusted input: here the
+//! JSONL readers, answer extraction and LaTeX normalization; the engine runs
+//! its GGUF reader and chat templates through the same [`run_with`]. It
+//! turns a few valid inputs into many broken ones (bit flips, cut and
+//! repeated spans, spliced tokens that parsers care about, or for binary
+//! formats lying lengths and counts) and runs every parser on each, so that a
 //! panic, a hang or a runaway allocation shows up as a failing input that can
-//! be kept as a regression test. Used by the test suite (a short run) and by
-//! the `fuzz` example (100,000 inputs per parser and more).
+//! be kept as a regression test. Used by the test suites (a short run) and by
+//! the `fuzz` examples (100,000 inputs per parser and more).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -166,6 +168,72 @@ pub fn mutate(seed: &[u8], rng: &mut SplitMix, max_len: usize) -> Vec<u8> {
     out
 }
 
+/// Integers that binary readers must not trust: zero, one, the edges of
+/// the signed and unsigned widths, and sizes just past a page or a gigabyte.
+const INTEGERS: &[u64] = &[
+    0,
+    1,
+    2,
+    3,
+    7,
+    32,
+    255,
+    4096,
+    65_535,
+    1 << 30,
+    (1 << 31) - 1,
+    1 << 31,
+    u32::MAX as u64,
+    1 << 32,
+    1 << 40,
+    i64::MAX as u64,
+    1 << 63,
+    u64::MAX,
+];
+
+/// Makes a broken variant of a binary `seed` (at most `max_len` bytes): bit
+/// flips, little-endian integers from [`INTEGERS`] written over 4 or 8 bytes
+/// (where a format keeps its lengths, counts, types and offsets), cut,
+/// dropped and repeated spans.
+pub fn mutate_binary(seed: &[u8], rng: &mut SplitMix, max_len: usize) -> Vec<u8> {
+    let mut out = seed.to_vec();
+    let edits = 1 + rng.below(4);
+    for _ in 0..edits {
+        if out.is_empty() {
+            out.push(rng.below(256) as u8);
+            continue;
+        }
+        let at = rng.below(out.len() as u64) as usize;
+        match rng.below(6) {
+            0 => out[at] ^= 1 << rng.below(8),
+            1 | 2 => {
+                let value = INTEGERS[rng.below(INTEGERS.len() as u64) as usize];
+                let width = if rng.below(2) == 0 { 4 } else { 8 };
+                // Fields sit on 4-byte boundaries more often than not.
+                let at = if rng.below(2) == 0 { at & !3 } else { at };
+                let bytes = value.to_le_bytes();
+                for (i, b) in bytes[..width].iter().enumerate() {
+                    if let Some(slot) = out.get_mut(at + i) {
+                        *slot = *b;
+                    }
+                }
+            }
+            3 => out.truncate(at),
+            4 => {
+                let end = (at + 1 + rng.below(64) as usize).min(out.len());
+                out.drain(at..end);
+            }
+            _ => {
+                let end = (at + 1 + rng.below(64) as usize).min(out.len());
+                let span = out[at..end].to_vec();
+                out.splice(at..at, span);
+            }
+        }
+    }
+    out.truncate(max_len);
+    out
+}
+
 /// Runs one target's parsers on one input. `scratch` is a file the JSONL
 /// readers read from.
 pub fn run_one(target: Target, input: &[u8], scratch: &Path) -> std::io::Result<()> {
@@ -208,7 +276,6 @@ pub fn run_one(target: Target, input: &[u8], scratch: &Path) -> std::io::Result<
 /// One input that broke a parser.
 #[derive(Debug, Clone)]
 pub struct Failure {
-    pub target: Target,
     pub input: Vec<u8>,
     pub what: String,
 }
@@ -216,7 +283,6 @@ pub struct Failure {
 /// What a run found.
 #[derive(Debug, Clone)]
 pub struct Report {
-    pub target: Target,
     pub inputs: usize,
     pub failures: Vec<Failure>,
     /// The slowest input's time: a hang would show here (a watchdog is the
@@ -234,16 +300,35 @@ pub fn run(
     max_len: usize,
     scratch: &Path,
 ) -> std::io::Result<Report> {
-    let seeds = target.seeds();
+    let seeds: Vec<Vec<u8>> = target.seeds().into_iter().map(String::into_bytes).collect();
+    run_with(&seeds, inputs, seed, max_len, mutate, |input| {
+        run_one(target, input, scratch)
+    })
+}
+
+/// The harness for any parser: `inputs` variants of `seeds` made by
+/// `mutator` (such as [`mutate`] or [`mutate_binary`]), each given to
+/// `check`; a panic is caught and recorded with its input, an I/O error of
+/// the harness itself (its scratch file) ends the run.
+pub fn run_with(
+    seeds: &[Vec<u8>],
+    inputs: usize,
+    seed: u64,
+    max_len: usize,
+    mut mutator: impl FnMut(&[u8], &mut SplitMix, usize) -> Vec<u8>,
+    mut check: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<Report> {
     let mut rng = SplitMix::new(seed);
     let mut failures = Vec::new();
     let mut slowest = Duration::ZERO;
     let started = Instant::now();
     for i in 0..inputs {
-        let base = seeds[i % seeds.len()].as_bytes();
-        let input = mutate(base, &mut rng, max_len);
+        let input = match seeds.get(i % seeds.len().max(1)) {
+            Some(base) => mutator(base, &mut rng, max_len),
+            None => Vec::new(),
+        };
         let t = Instant::now();
-        let outcome = catch_unwind(AssertUnwindSafe(|| run_one(target, &input, scratch)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| check(&input)));
         slowest = slowest.max(t.elapsed());
         match outcome {
             Ok(Ok(())) => {}
@@ -254,16 +339,11 @@ pub fn run(
                     .cloned()
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "a panic".into());
-                failures.push(Failure {
-                    target,
-                    input,
-                    what,
-                });
+                failures.push(Failure { input, what });
             }
         }
     }
     Ok(Report {
-        target,
         inputs,
         failures,
         slowest,
@@ -288,5 +368,25 @@ mod tests {
             assert!(m.len() <= 300);
         }
         assert!(a.iter().any(|m| m.as_slice() != seed));
+    }
+
+    #[test]
+    fn binary_mutations_are_seeded_bounded_and_write_lying_integers() {
+        let seed: Vec<u8> = (0..64u8).collect();
+        let mut rng = SplitMix::new(5);
+        let a: Vec<Vec<u8>> = (0..500)
+            .map(|_| mutate_binary(&seed, &mut rng, 100))
+            .collect();
+        let mut rng = SplitMix::new(5);
+        for m in &a {
+            assert_eq!(*m, mutate_binary(&seed, &mut rng, 100));
+            assert!(m.len() <= 100);
+        }
+        // Some variant carries u32::MAX where the seed had none.
+        let lying = a.iter().any(|m| {
+            m.windows(4)
+                .any(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) == u32::MAX)
+        });
+        assert!(lying);
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use qstar_tasks::{arithmetic_problem, SerialFormat, Task};
+use qstar_tasks::{arithmetic_problem_in, ArithmeticFormat, SerialFormat, Task};
 use serde_json::json;
 
 use crate::job::write_lines;
@@ -15,6 +15,8 @@ use crate::UsageError;
 pub enum FormatArg {
     Cot,
     Direct,
+    /// Arithmetic only: each addition worked column by column (a scratchpad).
+    Columns,
 }
 
 #[derive(Args)]
@@ -30,7 +32,8 @@ pub struct GenerateTasksArgs {
     /// Digits per arithmetic term.
     #[arg(long, default_value_t = 2)]
     pub digits: u32,
-    /// Serial problems: ask for intermediate steps (cot) or the answer only.
+    /// Worked answers: intermediate steps (cot), the answer only (direct),
+    /// or for arithmetic each addition column by column (columns).
     #[arg(long, value_enum, default_value = "cot")]
     pub format: FormatArg,
     #[arg(long, default_value_t = 0)]
@@ -44,9 +47,15 @@ pub fn generate(args: GenerateTasksArgs) -> Result<()> {
         return Err(UsageError("--digits takes 1 to 9".into()).into());
     }
     let rows: Vec<String> = if args.task == "arithmetic" {
+        let format = match args.format {
+            FormatArg::Cot => ArithmeticFormat::Steps,
+            FormatArg::Direct => ArithmeticFormat::Direct,
+            FormatArg::Columns => ArithmeticFormat::Columns,
+        };
         (0..args.count as u64)
             .map(|i| {
-                let (question, answer) = arithmetic_problem(args.size, args.digits, args.seed, i);
+                let (question, answer) =
+                    arithmetic_problem_in(args.size, args.digits, args.seed, i, format);
                 json!({"question": question, "answer": answer}).to_string()
             })
             .collect()
@@ -61,6 +70,12 @@ pub fn generate(args: GenerateTasksArgs) -> Result<()> {
         let format = match args.format {
             FormatArg::Cot => SerialFormat::Cot,
             FormatArg::Direct => SerialFormat::Direct,
+            FormatArg::Columns => {
+                return Err(UsageError(
+                    "--format columns is for arithmetic; serial problems take cot or direct".into(),
+                )
+                .into())
+            }
         };
         (0..args.count as u64)
             .map(|i| serde_json::to_string(&kind.generate(args.size, format, args.seed, i)))

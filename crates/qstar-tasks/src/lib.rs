@@ -10,5 +10,7 @@ pub mod problems;
 pub mod serial;
 
 pub use preference::{read_pairs, read_prompts, PreferencePair, ReadReport, TaskError};
-pub use problems::{arithmetic_problem, read_problems, Problem, Task};
+pub use problems::{
+    arithmetic_problem, arithmetic_problem_in, read_problems, ArithmeticFormat, Problem, Task,
+};
 pub use serial::{SerialFormat, SerialKind, SerialProblem, SERIAL_KINDS};

@@ -163,10 +163,38 @@ pub fn read_problems(
     Ok(problems)
 }
 
+/// How the worked answer of an addition is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArithmeticFormat {
+    /// One line per partial sum: "29 + 29 = 58", "58 + 41 = 99".
+    Steps,
+    /// Each partial sum worked column by column, a scratchpad: the ones
+    /// with their carry, then the rest, then the two put together
+    /// ("58 + 41: 8 + 1 = 9; 5 + 4 = 9; so 99"). Each step is then an
+    /// addition of small numbers, which a small model learns far more
+    /// easily than a whole carry chain in one go.
+    Columns,
+    /// The answer alone.
+    Direct,
+}
+
 /// Seeded additions in GSM8K's format ("What is 47 + 38?", "#### 85"):
-/// `terms` numbers of `digits` digits each. Small models that fail GSM8K
-/// still have signal here, so search can be measured.
+/// `terms` numbers of `digits` digits each, worked as one line per partial
+/// sum. Small models that fail GSM8K still have signal here, so search can
+/// be measured.
 pub fn arithmetic_problem(terms: usize, digits: u32, seed: u64, index: u64) -> (String, String) {
+    arithmetic_problem_in(terms, digits, seed, index, ArithmeticFormat::Steps)
+}
+
+/// [`arithmetic_problem`] with the worked answer in `format`; the question
+/// and the numbers depend only on the seed and the index, not the format.
+pub fn arithmetic_problem_in(
+    terms: usize,
+    digits: u32,
+    seed: u64,
+    index: u64,
+    format: ArithmeticFormat,
+) -> (String, String) {
     let mut rng = SplitMix::new(mix(seed ^ mix(index ^ 0xadd)));
     let low = if digits <= 1 {
         1
@@ -181,20 +209,90 @@ pub fn arithmetic_problem(terms: usize, digits: u32, seed: u64, index: u64) -> (
     let shown: Vec<String> = numbers.iter().map(u64::to_string).collect();
     let mut partial = numbers[0];
     let mut steps = Vec::new();
-    for n in &numbers[1..] {
-        steps.push(format!("{partial} + {n} = {}", partial + n));
+    for &n in &numbers[1..] {
+        match format {
+            ArithmeticFormat::Steps => steps.push(format!("{partial} + {n} = {}", partial + n)),
+            ArithmeticFormat::Columns => steps.push(column_addition(partial, n)),
+            ArithmeticFormat::Direct => {}
+        }
         partial += n;
     }
-    (
-        format!("What is {}?", shown.join(" + ")),
-        format!("{}\n#### {total}", steps.join("\n")),
-    )
+    steps.push(format!("#### {total}"));
+    (format!("What is {}?", shown.join(" + ")), steps.join("\n"))
+}
+
+/// a + b worked by columns: "128 + 65: 8 + 5 = 13, carry 1; 12 + 6 + 1 =
+/// 19; so 193". Numbers below ten need no columns.
+fn column_addition(a: u64, b: u64) -> String {
+    let sum = a + b;
+    if a < 10 && b < 10 {
+        return format!("{a} + {b} = {sum}");
+    }
+    let ones = a % 10 + b % 10;
+    let carry = ones / 10;
+    let (ha, hb) = (a / 10, b / 10);
+    let high = ha + hb + carry;
+    let ones_step = if carry > 0 {
+        format!("{} + {} = {ones}, carry 1", a % 10, b % 10)
+    } else {
+        format!("{} + {} = {ones}", a % 10, b % 10)
+    };
+    let high_step = if carry > 0 {
+        format!("{ha} + {hb} + 1 = {high}")
+    } else {
+        format!("{ha} + {hb} = {high}")
+    };
+    format!("{a} + {b}: {ones_step}; {high_step}; so {sum}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn column_additions_carry_and_add_up() {
+        assert_eq!(
+            column_addition(128, 65),
+            "128 + 65: 8 + 5 = 13, carry 1; 12 + 6 + 1 = 19; so 193"
+        );
+        assert_eq!(
+            column_addition(58, 41),
+            "58 + 41: 8 + 1 = 9; 5 + 4 = 9; so 99"
+        );
+        assert_eq!(column_addition(3, 4), "3 + 4 = 7");
+        // Every step's arithmetic is right, checked by evaluating it.
+        for a in 1..300u64 {
+            for b in [1u64, 9, 10, 19, 55, 99] {
+                let text = column_addition(a, b);
+                let so: u64 = text.rsplit(' ').next().unwrap().parse().unwrap();
+                assert_eq!(so, a + b, "{text}");
+                for step in text.split([':', ';', ',']) {
+                    if let Some((lhs, rhs)) = step.split_once(" = ") {
+                        let l: u64 = lhs
+                            .split(" + ")
+                            .map(|t| t.trim().parse::<u64>().unwrap())
+                            .sum();
+                        assert_eq!(l, rhs.trim().parse::<u64>().unwrap(), "{text}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_format_changes_the_working_not_the_question() {
+        for format in [ArithmeticFormat::Columns, ArithmeticFormat::Direct] {
+            for i in 0..50 {
+                let (q0, a0) = arithmetic_problem(3, 2, 9, i);
+                let (q, a) = arithmetic_problem_in(3, 2, 9, i, format);
+                assert_eq!(q, q0);
+                assert_eq!(a.rsplit("#### ").next(), a0.rsplit("#### ").next());
+            }
+        }
+        let (_, direct) = arithmetic_problem_in(2, 2, 1, 0, ArithmeticFormat::Direct);
+        assert!(direct.starts_with("#### "), "{direct}");
+    }
 
     #[test]
     fn task_names_round_trip() {

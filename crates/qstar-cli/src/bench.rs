@@ -1,6 +1,8 @@
 //! `qstar bench`: the engine's speed on fixed workloads, and llama.cpp's on
-//! the same model in the same run when `llama-bench` is installed, so the
-//! ratios mean something on a shared machine.
+//! the same model in the same run when `llama-bench` is installed. The two
+//! take turns (a qstar round, one `llama-bench -r 1`, a qstar round, …) and
+//! both sides report the median of their rounds, so the ratios compare like
+//! with like on a shared machine.
 
 use std::process::Command;
 use std::time::Instant;
@@ -8,6 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use qstar_core::{ChooseRequest, GenerateRequest, LanguageModel, SamplingParams};
+use qstar_engine::kernels::Kernel;
 use qstar_engine::Engine;
 use serde_json::{json, Value};
 
@@ -20,6 +23,10 @@ pub struct BenchArgs {
     /// Skip llama.cpp even when llama-bench is on PATH.
     #[arg(long)]
     no_peer: bool,
+    /// Rounds of the prefill and decode workloads; each round runs qstar
+    /// once, then llama-bench once, and every figure is the median.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    runs: u32,
     #[arg(long)]
     json: bool,
     /// Preference pairs for the labeling workload (the first 100 are
@@ -155,40 +162,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         )])
         .await?;
 
-    // Prefill: a 256-token prompt, one token out.
+    // Prefill (a 256-token prompt, one token out), decode (128 tokens after
+    // a short prompt, minus that prompt's cost) and eight sequences decoded
+    // together, then llama-bench once (pp256, tg128), `runs` times over.
     let p256 = prompt_of(&engine, 256, 2);
-    let mut best_prefill = f64::INFINITY;
-    for _ in 0..3 {
-        let (t, _) = timed(async {
-            Ok(engine
-                .generate(vec![GenerateRequest::new(p256.clone(), greedy(1))])
-                .await?)
-        })
-        .await?;
-        best_prefill = best_prefill.min(t);
-    }
-    let prefill_tok_s = 256.0 / best_prefill;
-
-    // Decode: 128 tokens after a short prompt, minus that prompt's cost.
-    // Each figure is the best of a few runs, as the machine may be shared.
     let short = prompt_of(&engine, 8, 3);
-    let best_of = |runs: usize, request: GenerateRequest| {
-        let engine = engine.clone();
-        async move {
-            let mut best = f64::INFINITY;
-            for _ in 0..runs {
-                let (t, _) =
-                    timed(async { Ok(engine.generate(vec![request.clone()]).await?) }).await?;
-                best = best.min(t);
-            }
-            anyhow::Ok(best)
-        }
-    };
-    let t_short = best_of(3, GenerateRequest::new(short.clone(), greedy(1))).await?;
-    let t_decode = best_of(3, GenerateRequest::new(short.clone(), greedy(129))).await?;
-    let decode_tok_s = 128.0 / (t_decode - t_short).max(1e-9);
-
-    // Eight sequences decoded together.
     let mut batch = GenerateRequest::new(
         short.clone(),
         SamplingParams {
@@ -198,8 +176,51 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         },
     );
     batch.n = 8;
-    let t_batch = best_of(3, batch).await?;
-    let batch8_decode_tok_s = 8.0 * 128.0 / (t_batch - t_short).max(1e-9);
+    let peer = if args.no_peer {
+        None
+    } else {
+        let found = which("llama-bench");
+        if found.is_none() {
+            eprintln!("llama-bench is not on PATH: no peer in this run");
+        }
+        found
+    };
+    let model_arg = model_path.display().to_string();
+    let time_one = |request: GenerateRequest| {
+        let engine = engine.clone();
+        async move {
+            let (t, _) = timed(async { Ok(engine.generate(vec![request]).await?) }).await?;
+            anyhow::Ok(t)
+        }
+    };
+    let mut ours = Rounds::default();
+    let mut theirs: Option<PeerRounds> = peer.as_ref().map(|_| PeerRounds::default());
+    for _ in 0..args.runs {
+        let mut failed = false;
+        let t_prefill = time_one(GenerateRequest::new(p256.clone(), greedy(1))).await?;
+        let t_short = time_one(GenerateRequest::new(short.clone(), greedy(1))).await?;
+        let t_decode = time_one(GenerateRequest::new(short.clone(), greedy(129))).await?;
+        let t_batch = time_one(batch.clone()).await?;
+        ours.prefill.push(256.0 / t_prefill);
+        ours.decode.push(128.0 / (t_decode - t_short).max(1e-9));
+        ours.batch8
+            .push(8.0 * 128.0 / (t_batch - t_short).max(1e-9));
+        if let (Some(bin), Some(rounds)) = (&peer, theirs.as_mut()) {
+            match llama_bench(bin, &model_arg, threads) {
+                Ok(run) => rounds.push(run),
+                Err(e) => {
+                    eprintln!("llama-bench failed: {e:#}");
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            theirs = None;
+        }
+    }
+    let prefill_tok_s = median(&ours.prefill);
+    let decode_tok_s = median(&ours.decode);
+    let batch8_decode_tok_s = median(&ours.batch8);
 
     // Shared prefix: 64 prompts = one 400-token prefix + a 40-token suffix.
     let prefix = prompt_of(&engine, 400, 4);
@@ -276,6 +297,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let mut report = json!({
         "model": model_path.display().to_string(),
         "threads": threads,
+        "kernel": Kernel::detect().name(),
+        "runs": args.runs,
         "prefill_tok_s": prefill_tok_s,
         "decode_tok_s": decode_tok_s,
         "batch8_decode_tok_s": batch8_decode_tok_s,
@@ -310,16 +333,24 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if let Some(server) = report_server {
         report["label_pairs_per_s_llama_server"] = json!(server);
     }
-    if !args.no_peer {
-        match llama_bench(&model_path.display().to_string(), threads) {
-            Ok(Some((pp, tg))) => {
-                report["llamacpp"] = json!({"prefill_tok_s": pp, "decode_tok_s": tg});
-                report["ratio_prefill"] = json!(prefill_tok_s / pp);
-                report["ratio_decode"] = json!(decode_tok_s / tg);
-            }
-            Ok(None) => eprintln!("llama-bench is not on PATH: no peer in this run"),
-            Err(e) => eprintln!("llama-bench failed: {e:#}"),
-        }
+    report["samples"] = json!({
+        "prefill_tok_s": ours.prefill,
+        "decode_tok_s": ours.decode,
+        "batch8_decode_tok_s": ours.batch8,
+    });
+    if let (Some(bin), Some(rounds)) = (&peer, theirs) {
+        let (pp, tg) = (median(&rounds.prefill), median(&rounds.decode));
+        report["llamacpp"] = json!({
+            "prefill_tok_s": pp,
+            "decode_tok_s": tg,
+            "samples": {"prefill_tok_s": rounds.prefill, "decode_tok_s": rounds.decode},
+            "build_commit": rounds.build_commit,
+            "build_number": rounds.build_number,
+            "build_info": build_info(bin),
+            "cpu_info": rounds.cpu_info,
+        });
+        report["ratio_prefill"] = json!(prefill_tok_s / pp);
+        report["ratio_decode"] = json!(decode_tok_s / tg);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -391,13 +422,79 @@ fn print_table(r: &Value) {
         );
     }
     println!("| peak RSS (MB) | {} | | |", f(&r["peak_rss_mb"]));
+    println!();
+    println!(
+        "kernel: {}; {} threads; prefill and decode figures are medians of {} rounds, qstar and llama-bench taking turns",
+        r["kernel"].as_str().unwrap_or("-"),
+        r["threads"],
+        r["runs"]
+    );
+    if peer.is_object() {
+        let commit = peer["build_commit"].as_str().unwrap_or("unknown");
+        let number = peer["build_number"]
+            .as_u64()
+            .map_or("-".into(), |n| n.to_string());
+        println!(
+            "llama.cpp: build {number}, commit {commit}, CPU {}",
+            peer["cpu_info"].as_str().unwrap_or("-")
+        );
+        for line in peer["build_info"].as_array().into_iter().flatten() {
+            println!("  {}", line.as_str().unwrap_or_default());
+        }
+    }
 }
 
-/// Runs llama.cpp's own benchmark (pp256, tg128) on the same model.
-fn llama_bench(model: &str, threads: usize) -> Result<Option<(f64, f64)>> {
-    let Ok(bin) = which("llama-bench") else {
-        return Ok(None);
-    };
+/// qstar's figure of each round, in tok/s.
+#[derive(Default)]
+struct Rounds {
+    prefill: Vec<f64>,
+    decode: Vec<f64>,
+    batch8: Vec<f64>,
+}
+
+/// llama-bench's figure of each call, and what it says about its build.
+#[derive(Default)]
+struct PeerRounds {
+    prefill: Vec<f64>,
+    decode: Vec<f64>,
+    build_commit: Option<String>,
+    build_number: Option<u64>,
+    cpu_info: Option<String>,
+}
+
+/// One `llama-bench -r 1` call: pp256 and tg128 in tok/s.
+struct PeerRun {
+    pp: f64,
+    tg: f64,
+    build_commit: Option<String>,
+    build_number: Option<u64>,
+    cpu_info: Option<String>,
+}
+
+impl PeerRounds {
+    fn push(&mut self, run: PeerRun) {
+        self.prefill.push(run.pp);
+        self.decode.push(run.tg);
+        self.build_commit = run.build_commit.or(self.build_commit.take());
+        self.build_number = run.build_number.or(self.build_number);
+        self.cpu_info = run.cpu_info.or(self.cpu_info.take());
+    }
+}
+
+/// The median (the mean of the middle two for an even count); NaN for none.
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Runs llama.cpp's own benchmark once (pp256 and tg128, one repetition
+/// each after its warm-up) on the same model with the same threads.
+fn llama_bench(bin: &std::path::Path, model: &str, threads: usize) -> Result<PeerRun> {
     let out = Command::new(bin)
         .args([
             "-m",
@@ -408,6 +505,8 @@ fn llama_bench(model: &str, threads: usize) -> Result<Option<(f64, f64)>> {
             "256",
             "-n",
             "128",
+            "-r",
+            "1",
             "-o",
             "json",
         ])
@@ -416,10 +515,15 @@ fn llama_bench(model: &str, threads: usize) -> Result<Option<(f64, f64)>> {
     if !out.status.success() {
         anyhow::bail!("{}", String::from_utf8_lossy(&out.stderr));
     }
-    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).context("llama-bench JSON")?;
+    parse_llama_bench(&out.stdout)
+}
+
+/// Reads pp256 and tg128 (and the build fields) from llama-bench's JSON.
+fn parse_llama_bench(stdout: &[u8]) -> Result<PeerRun> {
+    let rows: Vec<Value> = serde_json::from_slice(stdout).context("llama-bench JSON")?;
     let mut pp = None;
     let mut tg = None;
-    for row in rows {
+    for row in &rows {
         let ts = row["avg_ts"].as_f64();
         if row["n_prompt"].as_u64() == Some(256) && row["n_gen"].as_u64() == Some(0) {
             pp = ts;
@@ -428,18 +532,31 @@ fn llama_bench(model: &str, threads: usize) -> Result<Option<(f64, f64)>> {
             tg = ts;
         }
     }
+    let field = |key: &str| rows.first().and_then(|r| r[key].as_str()).map(String::from);
     match (pp, tg) {
-        (Some(p), Some(t)) => Ok(Some((p, t))),
+        (Some(pp), Some(tg)) => Ok(PeerRun {
+            pp,
+            tg,
+            build_commit: field("build_commit"),
+            build_number: rows.first().and_then(|r| r["build_number"].as_u64()),
+            cpu_info: field("cpu_info"),
+        }),
         _ => anyhow::bail!("llama-bench output lacks pp256/tg128 rows"),
     }
 }
 
-fn which(name: &str) -> Result<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").context("no PATH")?;
+/// The BUILD-INFO lines `scripts/build-llama-cpp` writes beside the binary
+/// (version, CMake flags, compiler), when they are there.
+fn build_info(bin: &std::path::Path) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(bin.parent()?.join("BUILD-INFO")).ok()?;
+    Some(text.lines().map(str::to_string).collect())
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-        .context("not found")
 }
 
 /// A server backend that borrows the embedded model's chat template, so
@@ -484,5 +601,17 @@ impl LanguageModel for RenderedChat<'_> {
         add: bool,
     ) -> Result<String, qstar_core::ModelError> {
         self.engine.render_chat(m, add)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
     }
 }

@@ -7,7 +7,10 @@ use qstar_core::{ChooseRequest, GenerateRequest, Message, SamplingParams, ScoreR
 use serde_json::json;
 
 use crate::backend::BackendArgs;
-use crate::UsageError;
+use crate::{bounded, non_empty, UsageError};
+
+/// The most samples `generate` draws for one prompt.
+pub const MAX_SAMPLES: usize = 256;
 
 pub async fn model_fetch() -> Result<()> {
     let bar = ProgressBar::new(0);
@@ -103,11 +106,11 @@ pub struct GenerateArgs {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Number of samples.
-    #[arg(long, default_value_t = 1)]
+    /// Number of samples (1 to 256).
+    #[arg(long, default_value_t = 1, value_parser = bounded(1, MAX_SAMPLES))]
     n: usize,
-    /// Stop before this string (repeatable).
-    #[arg(long)]
+    /// Stop before this string (repeatable; not empty).
+    #[arg(long, value_parser = non_empty("--stop"))]
     stop: Vec<String>,
     #[arg(long)]
     json: bool,

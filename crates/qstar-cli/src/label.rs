@@ -6,19 +6,23 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use qstar_feedback::cai::Judgement;
 use qstar_feedback::metrics::label_metrics;
 use qstar_feedback::{
     CaiConfig, CaiLabeler, Constitution, PairLabel, PrincipleChoice, PromptFormat,
 };
-use qstar_store::Store;
 use qstar_tasks::PreferencePair;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::backend::BackendArgs;
-use crate::UsageError;
+pub(crate) use crate::job::sibling;
+use crate::job::{add_fingerprint, open_store, Finished, Job};
+use crate::report::{Reporter, Text};
+use crate::{bounded, UsageError};
+
+/// The most replies `judge` samples per prompt.
+pub const MAX_SAMPLES: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -66,6 +70,97 @@ pub struct PairJobArgs {
     /// "all"`, `no_debias = true`); flags on the command line win.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How TRL preference rows are written: TRL's standard form (`prompt`,
+/// `chosen` and `rejected` as strings) or its conversational form (all
+/// three as lists of messages); `auto` keeps the input's form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowForm {
+    Auto,
+    Standard,
+    Conversational,
+}
+
+impl RowForm {
+    /// The form to write for `input`: the one asked for, or under `auto`
+    /// the form of the input's first row. A row is conversational when its
+    /// prompt or a reply is a list of messages, or when it is an HH-RLHF
+    /// transcript pair; a prompt given as text is the standard form. An
+    /// unreadable input gives `conversational` (the reader then reports it).
+    fn resolve(self, input: &Path) -> RowForm {
+        if self != RowForm::Auto {
+            return self;
+        }
+        let first = std::fs::File::open(input).ok().and_then(|f| {
+            use std::io::BufRead;
+            std::io::BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .find(|l| !l.trim().is_empty())
+        });
+        let Some(row) = first.and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        else {
+            return RowForm::Conversational;
+        };
+        let listed = ["prompt", "chosen", "rejected"]
+            .iter()
+            .any(|k| row[*k].is_array());
+        let text_prompt = row["prompt"].is_string() || row["question"].is_string();
+        if listed || !text_prompt {
+            RowForm::Conversational
+        } else {
+            RowForm::Standard
+        }
+    }
+}
+
+/// A prompt in TRL's standard form: the text of a lone user turn, or the
+/// conversation as an HH-RLHF transcript ending where the reply starts.
+fn prompt_text(conversation: &[qstar_core::Message]) -> String {
+    if let [only] = conversation {
+        if only.role == "user" {
+            return only.content.clone();
+        }
+    }
+    let mut text = String::new();
+    for m in conversation {
+        let speaker = match m.role.as_str() {
+            "user" => "Human",
+            "assistant" => "Assistant",
+            "system" => "System",
+            other => other,
+        };
+        text.push_str(&format!("\n\n{speaker}: {}", m.content));
+    }
+    text.push_str("\n\nAssistant:");
+    text
+}
+
+/// `prompt`, `chosen` and `rejected` of a TRL preference row in `form`
+/// (standard or conversational, never mixed).
+fn trl_row(
+    form: RowForm,
+    conversation: &[qstar_core::Message],
+    chosen: &str,
+    rejected: &str,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut rows = serde_json::Map::new();
+    if form == RowForm::Standard {
+        rows.insert("prompt".into(), json!(prompt_text(conversation)));
+        rows.insert("chosen".into(), json!(chosen));
+        rows.insert("rejected".into(), json!(rejected));
+    } else {
+        let reply = |text: &str| json!([qstar_core::Message::assistant(text)]);
+        rows.insert("prompt".into(), json!(conversation));
+        rows.insert("chosen".into(), reply(chosen));
+        rows.insert("rejected".into(), reply(rejected));
+    }
+    rows
 }
 
 impl PairJobArgs {
@@ -94,10 +189,10 @@ pub struct LabelArgs {
     /// A constitution file (TOML or JSON); default: qstar's own.
     #[arg(long)]
     constitution: Option<PathBuf>,
-    /// Bounds of chain-of-thought probabilities.
-    #[arg(long, default_value_t = 0.4)]
+    /// Bounds of chain-of-thought probabilities (low ≤ high, in [0, 1]).
+    #[arg(long, default_value_t = 0.4, value_parser = probability)]
     clamp_low: f64,
-    #[arg(long, default_value_t = 0.6)]
+    #[arg(long, default_value_t = 0.6, value_parser = probability)]
     clamp_high: f64,
     /// Longest chain of thought, in tokens.
     #[arg(long, default_value_t = 96)]
@@ -116,6 +211,20 @@ pub struct LabelArgs {
     /// rejected as whole conversations).
     #[arg(long, value_enum, default_value = "trl")]
     keys: Keys,
+    /// TRL rows: standard (strings), conversational (message lists) or
+    /// auto (the input's form).
+    #[arg(long, value_enum, default_value = "auto")]
+    row_form: RowForm,
+}
+
+/// A probability flag's value, in [0, 1].
+fn probability(s: &str) -> Result<f64, String> {
+    let p: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(format!("{s} is not a probability in [0, 1]"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -153,17 +262,14 @@ struct StoredLabel {
 /// The preference columns of a labeled pair in the chosen key layout.
 fn preference_rows(
     keys: Keys,
+    form: RowForm,
     conversation: &[qstar_core::Message],
     chosen: &str,
     rejected: &str,
 ) -> serde_json::Map<String, serde_json::Value> {
     let mut rows = serde_json::Map::new();
     match keys {
-        Keys::Trl => {
-            rows.insert("prompt".into(), json!(conversation));
-            rows.insert("chosen".into(), json!(chosen));
-            rows.insert("rejected".into(), json!(rejected));
-        }
+        Keys::Trl => rows = trl_row(form, conversation, chosen, rejected),
         Keys::Openrlhf => {
             let whole = |reply: &str| {
                 let mut c = conversation.to_vec();
@@ -175,12 +281,6 @@ fn preference_rows(
         }
     }
     rows
-}
-
-pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(suffix);
-    path.with_file_name(name)
 }
 
 /// Each pair's opening human turn, keyed by its input line.
@@ -204,17 +304,17 @@ fn is_dpo_pair(record: &str) -> bool {
 
 type Records<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<String>>> + 'a>>;
 
-/// Runs `process` over the pairs not yet in the store, committing each
-/// record as soon as its chunk is done, then exports the job's records that
-/// `exported` accepts, in input order. Returns every record of these pairs.
+/// Runs the job `kind` over the input's pairs with the job runner, `process`
+/// labeling a batch of pairs at a time, then exports the records that
+/// `exported` accepts, in input order.
 async fn run_pair_job<'a>(
     args: &PairJobArgs,
     prompts_only: bool,
     kind: &str,
     resolved: &serde_json::Value,
     exported: fn(&str) -> bool,
-    mut process: impl FnMut(Vec<PreferencePair>) -> Records<'a>,
-) -> Result<Vec<String>> {
+    process: impl FnMut(Vec<PreferencePair>) -> Records<'a>,
+) -> Result<Finished> {
     let read = if prompts_only {
         qstar_tasks::read_prompts
     } else {
@@ -229,74 +329,58 @@ async fn run_pair_job<'a>(
         for (line, text, why) in &report.rejected_lines {
             writeln!(f, "{}", json!({"line": line, "error": why, "text": text}))?;
         }
-        eprintln!(
+        Reporter::new(args.json).note(&format!(
             "skipped {} malformed lines (see {})",
             report.rejected_lines.len(),
             rejects.display()
-        );
+        ));
     }
     let pairs = report.pairs;
+    let store = open_store(args.store.as_deref(), &args.out)?;
     let mut resolved = resolved.clone();
-    resolved["input"] = json!(args.input.canonicalize().unwrap_or(args.input.clone()));
     resolved["limit"] = json!(args.limit);
-    let resolved_text = serde_json::to_string_pretty(&resolved)?;
-    let store_path = args
-        .store
-        .clone()
-        .unwrap_or_else(|| sibling(&args.out, ".store.sqlite"));
-    let store = Store::open(&store_path)?;
-    let job = format!("{kind}:{}", args.out.display());
-    store.begin(&job, &resolved_text)?;
-    let done = store.records(&job)?;
-    let pending: Vec<_> = pairs
-        .iter()
-        .filter(|p| !done.contains_key(&(p.line as u64)))
-        .cloned()
-        .collect();
-    if !done.is_empty() {
-        eprintln!(
-            "resuming: {} of {} pairs already done",
-            pairs.len() - pending.len(),
-            pairs.len()
-        );
-    }
-    let bar = ProgressBar::new(pairs.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} pairs  {per_sec}  eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_position((pairs.len() - pending.len()) as u64);
-    for chunk in pending.chunks(args.batch_pairs.max(1)) {
-        let records = process(chunk.to_vec()).await?;
-        for (pair, record) in chunk.iter().zip(records) {
-            store.put(&job, pair.line as u64, &record)?;
-            bar.inc(1);
-        }
-    }
-    bar.finish_and_clear();
+    add_fingerprint(&mut resolved, &store, &args.backend, &args.input)?;
+    let unit = if prompts_only { "prompts" } else { "pairs" };
+    let scope = format!("{kind}:{}", args.out.display());
+    let job = Job::begin(
+        &store,
+        &scope,
+        &resolved,
+        Reporter::new(args.json),
+        kind,
+        unit,
+    )?;
+    let finished = job
+        .run(&pairs, |p| p.line as u64, args.batch_pairs, 1, process)
+        .await?;
+    job.export(&args.out, finished.records.iter().filter(|r| exported(r)))?;
+    Ok(finished)
+}
 
-    // Export every record of the job in input order, atomically.
-    let wanted: std::collections::HashSet<u64> = pairs.iter().map(|p| p.line as u64).collect();
-    let records: Vec<String> = store
-        .records(&job)?
-        .into_iter()
-        .filter(|(key, _)| wanted.contains(key))
-        .map(|(_, data)| data)
-        .collect();
-    let tmp = sibling(&args.out, ".part");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        for data in records.iter().filter(|r| exported(r)) {
-            writeln!(f, "{data}")?;
-        }
-        f.flush()?;
+/// Prints a job's summary: under `--json` one JSON line with the job's
+/// record count, how many records an earlier run had made and `figures`;
+/// otherwise `text`.
+fn report(
+    args: &PairJobArgs,
+    finished: &Finished,
+    figures: serde_json::Value,
+    text: Text,
+) -> Result<()> {
+    let mut line = json!({"records": finished.records.len(), "resumed": finished.resumed});
+    if let (Some(line), serde_json::Value::Object(figures)) = (line.as_object_mut(), figures) {
+        line.extend(figures);
     }
-    std::fs::rename(&tmp, &args.out)?;
-    std::fs::write(sibling(&args.out, ".config.json"), &resolved_text)?;
-    Ok(records)
+    Reporter::new(args.json).summary(&line, &text)
 }
 
 pub async fn label(args: LabelArgs) -> Result<()> {
+    if args.clamp_low > args.clamp_high {
+        return Err(UsageError(format!(
+            "--clamp-low {} is above --clamp-high {}",
+            args.clamp_low, args.clamp_high
+        ))
+        .into());
+    }
     let principles = match args.principles.as_str() {
         "all" => PrincipleChoice::All,
         k => PrincipleChoice::Sample(k.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(
@@ -320,6 +404,7 @@ pub async fn label(args: LabelArgs) -> Result<()> {
         .into());
     }
     let keys = args.keys;
+    let form = args.row_form.resolve(&args.job.input);
     let config = CaiConfig {
         method: match args.method {
             Method::Cai => qstar_feedback::Method::Cai,
@@ -341,13 +426,14 @@ pub async fn label(args: LabelArgs) -> Result<()> {
     let resolved = json!({
         "method": args.method,
         "keys": format!("{:?}", args.keys).to_lowercase(),
+        "row_form": form,
         "cai": config,
         "constitution": constitution,
         "backend": model.backend_name(),
     });
     let labeler = &labeler;
     let out = &args.job.out;
-    run_pair_job(
+    let finished = run_pair_job(
         &args.job,
         false,
         "label",
@@ -368,7 +454,13 @@ pub async fn label(args: LabelArgs) -> Result<()> {
                         };
                         Ok(serde_json::to_string(&Record {
                             line: pair.line,
-                            rows: preference_rows(keys, &pair.conversation, &chosen, &rejected),
+                            rows: preference_rows(
+                                keys,
+                                form,
+                                &pair.conversation,
+                                &chosen,
+                                &rejected,
+                            ),
                             soft_label: label.p_human_chosen.max(1.0 - label.p_human_chosen),
                             p_human_chosen: label.p_human_chosen,
                             agrees_with_human: label.p_human_chosen > 0.5,
@@ -384,36 +476,59 @@ pub async fn label(args: LabelArgs) -> Result<()> {
 
     let labels = read_labels(out)?;
     let m = label_metrics(&labels);
-    println!("labeled {} pairs → {}", m.pairs, out.display());
-    println!("| metric | value |");
-    println!("| --- | ---: |");
-    println!(
-        "| agreement with the source's choice | {:.3} |",
-        m.alignment
-    );
-    match m.position_bias_rate {
-        Some(b) => println!("| position-bias rate (same option in both orders) | {b:.3} |"),
-        None => println!("| position-bias rate | n/a (one order) |"),
-    }
-    println!("| mean P(A) | {:.3} |", m.mean_p_a);
-    println!("| calibration error (ECE) | {:.3} |", m.ece);
-    Ok(())
+    let figures = json!({
+        "pairs": m.pairs,
+        "alignment": m.alignment,
+        "position_bias_rate": m.position_bias_rate,
+        "mean_p_a": m.mean_p_a,
+        "ece": m.ece,
+        "option_mass_mean": m.option_mass_mean,
+        "option_mass_min": m.option_mass_min,
+    });
+    let bias = match m.position_bias_rate {
+        Some(b) => (
+            "position-bias rate (same option in both orders)",
+            format!("{b:.3}"),
+        ),
+        None => ("position-bias rate", "n/a (one order)".to_string()),
+    };
+    let text = Text::new()
+        .line(format!("labeled {} pairs → {}", m.pairs, out.display()))
+        .metrics(&[
+            (
+                "agreement with the source's choice",
+                format!("{:.3}", m.alignment),
+            ),
+            bias,
+            ("mean P(A)", format!("{:.3}", m.mean_p_a)),
+            ("calibration error (ECE)", format!("{:.3}", m.ece)),
+        ]);
+    report(&args.job, &finished, figures, text)
 }
 
 #[derive(Args)]
 pub struct RateArgs {
     #[command(flatten)]
     job: PairJobArgs,
+    /// TRL rows: standard (strings), conversational (message lists) or
+    /// auto (the input's form).
+    #[arg(long, value_enum, default_value = "auto")]
+    row_form: RowForm,
 }
 
 /// `qstar rate`: d-RLAIF rewards for both replies of each pair.
 pub async fn rate(args: RateArgs) -> Result<()> {
     let model = args.job.backend.open().await?;
     let rater = qstar_feedback::Rater::new(model.as_ref(), args.job.format())?;
-    let resolved =
-        json!({"method": "d-rlaif", "format": args.job.format(), "backend": model.backend_name()});
+    let form = args.row_form.resolve(&args.job.input);
+    let resolved = json!({
+        "method": "d-rlaif",
+        "format": args.job.format(),
+        "row_form": form,
+        "backend": model.backend_name(),
+    });
     let rater = &rater;
-    let records = run_pair_job(
+    let finished = run_pair_job(
         &args.job,
         false,
         "rate",
@@ -435,24 +550,27 @@ pub async fn rate(args: RateArgs) -> Result<()> {
                     .iter()
                     .zip(ratings.chunks(2))
                     .map(|(pair, r)| {
-                        Ok(json!({
-                            "line": pair.line,
-                            "prompt": pair.conversation,
-                            "chosen": pair.chosen,
-                            "rejected": pair.rejected,
-                            "reward_chosen": r[0].reward,
-                            "reward_rejected": r[1].reward,
-                            "rating_chosen": r[0],
-                            "rating_rejected": r[1],
-                        })
-                        .to_string())
+                        let mut record = serde_json::Map::new();
+                        record.insert("line".into(), json!(pair.line));
+                        record.extend(trl_row(
+                            form,
+                            &pair.conversation,
+                            &pair.chosen,
+                            &pair.rejected,
+                        ));
+                        record.insert("reward_chosen".into(), json!(r[0].reward));
+                        record.insert("reward_rejected".into(), json!(r[1].reward));
+                        record.insert("rating_chosen".into(), json!(r[0]));
+                        record.insert("rating_rejected".into(), json!(r[1]));
+                        Ok(serde_json::Value::Object(record).to_string())
                     })
                     .collect()
             })
         },
     )
     .await?;
-    let rewards: Vec<(f64, f64)> = records
+    let rewards: Vec<(f64, f64)> = finished
+        .records
         .iter()
         .filter_map(|r| serde_json::from_str::<serde_json::Value>(r).ok())
         .filter_map(|v| Some((v["reward_chosen"].as_f64()?, v["reward_rejected"].as_f64()?)))
@@ -461,19 +579,30 @@ pub async fn rate(args: RateArgs) -> Result<()> {
     let mean = |f: fn(&(f64, f64)) -> f64| {
         rewards.iter().map(f).sum::<f64>() / rewards.len().max(1) as f64
     };
-    println!("rated {} pairs → {}", rewards.len(), args.job.out.display());
-    println!("| metric | value |");
-    println!("| --- | ---: |");
-    println!(
-        "| human-preferred reply rewarded higher | {:.3} |",
-        higher as f64 / rewards.len().max(1) as f64
-    );
-    println!(
-        "| mean reward, preferred / other | {:.3} / {:.3} |",
-        mean(|x| x.0),
-        mean(|x| x.1)
-    );
-    Ok(())
+    let alignment = higher as f64 / rewards.len().max(1) as f64;
+    let figures = json!({
+        "pairs": rewards.len(),
+        "reward_alignment": alignment,
+        "mean_reward_chosen": mean(|x| x.0),
+        "mean_reward_rejected": mean(|x| x.1),
+    });
+    let text = Text::new()
+        .line(format!(
+            "rated {} pairs → {}",
+            rewards.len(),
+            args.job.out.display()
+        ))
+        .metrics(&[
+            (
+                "human-preferred reply rewarded higher",
+                format!("{alignment:.3}"),
+            ),
+            (
+                "mean reward, preferred / other",
+                format!("{:.3} / {:.3}", mean(|x| x.0), mean(|x| x.1)),
+            ),
+        ]);
+    report(&args.job, &finished, figures, text)
 }
 
 fn read_labels(path: &Path) -> Result<Vec<PairLabel>> {
@@ -550,7 +679,7 @@ pub async fn revise(args: ReviseArgs) -> Result<()> {
     let resolved = json!({"method": "critique-revision", "config": config, "constitution": constitution, "backend": model.backend_name(), "mix_input_replies": args.mix_input_replies, "keys": format!("{:?}", args.keys).to_lowercase()});
     let (model_ref, constitution, config) = (model.as_ref(), &constitution, &config);
     let (mix, keys) = (args.mix_input_replies, args.keys);
-    let records = run_pair_job(
+    let finished = run_pair_job(
         &args.job,
         true,
         "revise",
@@ -587,22 +716,24 @@ pub async fn revise(args: ReviseArgs) -> Result<()> {
         },
     )
     .await?;
-    let examples: usize = records.iter().map(|r| r.lines().count()).sum();
-    println!(
+    let examples: usize = finished.records.iter().map(|r| r.lines().count()).sum();
+    let revisions = finished.records.len();
+    let figures = json!({"examples": examples, "revisions": revisions});
+    let text = Text::new().line(format!(
         "wrote {} SFT examples ({} revisions) → {}",
         examples,
-        records.len(),
+        revisions,
         args.job.out.display()
-    );
-    Ok(())
+    ));
+    report(&args.job, &finished, figures, text)
 }
 
 #[derive(Args)]
 pub struct JudgeArgs {
     #[command(flatten)]
     job: PairJobArgs,
-    /// Replies sampled per prompt.
-    #[arg(long, default_value_t = 4)]
+    /// Replies sampled per prompt (2 to 64).
+    #[arg(long, default_value_t = 4, value_parser = bounded(2, MAX_SAMPLES))]
     samples: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -610,23 +741,32 @@ pub struct JudgeArgs {
     temperature: f32,
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
+    /// TRL rows: standard (strings), conversational (message lists) or
+    /// auto (the input's form).
+    #[arg(long, value_enum, default_value = "auto")]
+    row_form: RowForm,
 }
 
 /// `qstar judge`: self-rewarding DPO pairs (best vs worst judged reply).
 pub async fn judge(args: JudgeArgs) -> Result<()> {
     let config = qstar_feedback::JudgeConfig {
-        samples: args.samples.max(2),
+        samples: args.samples,
         seed: args.seed,
         temperature: args.temperature,
         max_tokens: args.max_tokens,
         ..Default::default()
     };
     let model = args.job.backend.open().await?;
-    let resolved =
-        json!({"method": "llm-as-judge", "config": config, "backend": model.backend_name()});
+    let form = args.row_form.resolve(&args.job.input);
+    let resolved = json!({
+        "method": "llm-as-judge",
+        "config": config,
+        "row_form": form,
+        "backend": model.backend_name(),
+    });
     let (model_ref, config) = (model.as_ref(), &config);
     // Every prompt's record is stored; only formed pairs are exported.
-    let records = run_pair_job(&args.job, true, "judge", &resolved, is_dpo_pair, |chunk| {
+    let finished = run_pair_job(&args.job, true, "judge", &resolved, is_dpo_pair, |chunk| {
         Box::pin(async move {
             let prompts = opening_prompts(&chunk);
             let judged = qstar_feedback::judge_prompts(model_ref, config, &prompts).await?;
@@ -635,17 +775,24 @@ pub async fn judge(args: JudgeArgs) -> Result<()> {
                 .zip(judged)
                 .map(|(pair, j)| {
                     let unparsed = j.samples.iter().filter(|s| s.score.is_none()).count();
+                    let standard = form == RowForm::Standard;
+                    let prompt = match standard {
+                        true => json!(j.prompt),
+                        false => json!([{"role": "user", "content": j.prompt}]),
+                    };
+                    let reply = |text: &str| match standard {
+                        true => json!(text),
+                        false => json!([{"role": "assistant", "content": text}]),
+                    };
                     let mut record = json!({
                         "line": pair.line,
-                        "prompt": [{"role": "user", "content": j.prompt}],
+                        "prompt": prompt,
                         "unparsed": unparsed,
                         "samples": j.samples,
                     });
                     if let Some((best, worst)) = j.pair {
-                        record["chosen"] =
-                            json!([{"role": "assistant", "content": j.samples[best].response}]);
-                        record["rejected"] =
-                            json!([{"role": "assistant", "content": j.samples[worst].response}]);
+                        record["chosen"] = reply(&j.samples[best].response);
+                        record["rejected"] = reply(&j.samples[worst].response);
                         record["score_chosen"] = json!(j.samples[best].score);
                         record["score_rejected"] = json!(j.samples[worst].score);
                     }
@@ -656,28 +803,41 @@ pub async fn judge(args: JudgeArgs) -> Result<()> {
     })
     .await?;
     // Report over every judged prompt, not only the exported pairs.
+    let records = &finished.records;
     let pairs = records.iter().filter(|r| is_dpo_pair(r)).count();
     let (mut judged, mut unparsed) = (0usize, 0usize);
-    for data in &records {
+    for data in records {
         let v: serde_json::Value = serde_json::from_str(data)?;
         judged += v["samples"].as_array().map_or(0, |s| s.len());
         unparsed += v["unparsed"].as_u64().unwrap_or(0) as usize;
     }
-    println!(
-        "{} DPO pairs from {} prompts → {}",
-        pairs,
-        records.len(),
-        args.job.out.display()
-    );
-    println!("| metric | value |");
-    println!("| --- | ---: |");
-    println!("| judgements | {judged} |");
-    println!("| unparsed judgements (not scored, never guessed) | {unparsed} |");
-    println!(
-        "| prompts skipped (ties or too few scores) | {} |",
-        records.len() - pairs
-    );
-    Ok(())
+    let skipped = records.len() - pairs;
+    let figures = json!({
+        "prompts": records.len(),
+        "pairs": pairs,
+        "judgements": judged,
+        "unparsed": unparsed,
+        "skipped": skipped,
+    });
+    let text = Text::new()
+        .line(format!(
+            "{} DPO pairs from {} prompts → {}",
+            pairs,
+            records.len(),
+            args.job.out.display()
+        ))
+        .metrics(&[
+            ("judgements", judged.to_string()),
+            (
+                "unparsed judgements (not scored, never guessed)",
+                unparsed.to_string(),
+            ),
+            (
+                "prompts skipped (ties or too few scores)",
+                skipped.to_string(),
+            ),
+        ]);
+    report(&args.job, &finished, figures, text)
 }
 
 #[derive(Args)]

@@ -3,8 +3,11 @@
 mod backend;
 mod bench;
 mod commands;
+mod job;
 mod label;
 mod plot;
+mod report;
+mod settings;
 mod solve;
 mod sweep;
 mod tasks;
@@ -128,57 +131,22 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     1
 }
 
-/// `--config FILE` of the labeling jobs (label, rate, revise, judge): a
-/// TOML table whose keys are flag names (`principles = "all"`,
-/// `no_debias = true`, `few_shot = 2`). Its flags are added to the command
-/// line unless the command line sets them itself, so flags win.
-fn expand_config(argv: Vec<String>) -> Result<Vec<String>, String> {
-    let jobs = ["label", "rate", "revise", "judge"];
-    if !argv.get(1).is_some_and(|c| jobs.contains(&c.as_str())) {
-        return Ok(argv);
-    }
-    let Some(at) = argv
-        .iter()
-        .position(|a| a == "--config" || a.starts_with("--config="))
-    else {
-        return Ok(argv);
-    };
-    let (path, remove) = match argv[at].strip_prefix("--config=") {
-        Some(p) => (p.to_string(), 1),
-        None => (argv.get(at + 1).cloned().ok_or("--config needs a file")?, 2),
-    };
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
-    let mut rest: Vec<String> = argv[..at].to_vec();
-    rest.extend(argv[at + remove..].iter().cloned());
-    let given = |flag: &str| {
-        rest.iter()
-            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
-    };
-    let mut added = Vec::new();
-    for (key, value) in table {
-        let flag = format!("--{}", key.replace('_', "-"));
-        if given(&flag) {
-            continue;
-        }
-        let values: Vec<&toml::Value> = match &value {
-            toml::Value::Array(items) => items.iter().collect(),
-            v => vec![v],
-        };
-        for v in values {
-            match v {
-                toml::Value::Boolean(true) => added.push(flag.clone()),
-                toml::Value::Boolean(false) => {}
-                toml::Value::String(s) => added.extend([flag.clone(), s.clone()]),
-                toml::Value::Integer(_) | toml::Value::Float(_) => {
-                    added.extend([flag.clone(), v.to_string()])
-                }
-                other => return Err(format!("{path}: {key} = {other} is not a flag value")),
-            }
+/// A count flag's parser: a number from `low` to `high`, so a typo cannot
+/// ask for a billion samples.
+pub fn bounded(low: usize, high: usize) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(low as u64..=high as u64)
+}
+
+/// A string flag's parser that refuses the empty string (an empty stop
+/// string or step delimiter would end every generation after one token).
+pub fn non_empty(flag: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |s: &str| {
+        if s.is_empty() {
+            Err(format!("{flag} must not be empty"))
+        } else {
+            Ok(s.to_string())
         }
     }
-    rest.splice(2..2, added);
-    Ok(rest)
 }
 
 fn main() -> ExitCode {
@@ -189,7 +157,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let argv = match expand_config(std::env::args().collect()) {
+    let argv = match settings::merge_config(std::env::args_os().collect()) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e}");

@@ -2,14 +2,11 @@
 //! question committed to the store as soon as it is done, so a stopped run
 //! resumes where it was.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
 use qstar_core::{LanguageModel, PromptFormat};
 use qstar_search::verifier::{
     Aggregation, AgreementVerifier, CheckerVerifier, ConfidenceVerifier, DpoVerifier,
@@ -25,18 +22,71 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::backend::BackendArgs;
-use crate::label::{sibling, Format};
-use crate::UsageError;
+use crate::job::{add_fingerprint, open_store, Finished, Job};
+use crate::label::Format;
+use crate::report::{Align, Reporter, Text};
+use crate::{bounded, non_empty, UsageError};
 
-pub const VERIFIERS: [&str; 7] = [
-    "checker",
-    "prm",
-    "orm",
-    "confidence",
-    "leco",
-    "dpo",
-    "agreement",
+/// The largest budget N (samples, beams, simulations or attempts).
+pub const MAX_BUDGET: usize = 1024;
+
+/// The verifiers, as a flag or a config file names them. Adding one means
+/// adding a variant here and its arm in [`Setup::verifier`]; the compiler
+/// checks that both are there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerifierKind {
+    /// An oracle: the reference answer.
+    Checker,
+    /// The model judging each step.
+    Prm,
+    /// The model judging the whole solution.
+    Orm,
+    /// Marco-o1 token confidence.
+    Confidence,
+    /// LeCo step confidence.
+    Leco,
+    /// The implicit reward β·log(π/π_ref) against --ref-model.
+    Dpo,
+    /// Agreement of a solution's answer with the others.
+    Agreement,
+}
+
+pub const VERIFIERS: [VerifierKind; 7] = [
+    VerifierKind::Checker,
+    VerifierKind::Prm,
+    VerifierKind::Orm,
+    VerifierKind::Confidence,
+    VerifierKind::Leco,
+    VerifierKind::Dpo,
+    VerifierKind::Agreement,
 ];
+
+impl VerifierKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            VerifierKind::Checker => "checker",
+            VerifierKind::Prm => "prm",
+            VerifierKind::Orm => "orm",
+            VerifierKind::Confidence => "confidence",
+            VerifierKind::Leco => "leco",
+            VerifierKind::Dpo => "dpo",
+            VerifierKind::Agreement => "agreement",
+        }
+    }
+
+    /// The verifier named `name`, or an error listing them all.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        VERIFIERS
+            .into_iter()
+            .find(|v| v.name() == name)
+            .ok_or_else(|| format!("unknown verifier {name:?}: use one of {}", verifier_names()))
+    }
+}
+
+fn verifier_names() -> String {
+    VERIFIERS.map(VerifierKind::name).join(", ")
+}
 
 /// What `solve` and `sweep` share: the model, the questions, the search
 /// settings and the verifier.
@@ -51,15 +101,16 @@ pub struct SearchArgs {
     #[arg(long)]
     pub input: PathBuf,
     /// checker (an oracle), prm, orm, confidence, leco, dpo or agreement.
-    #[arg(long)]
-    pub verifier: Option<String>,
+    #[arg(long, value_parser = VerifierKind::parse)]
+    pub verifier: Option<VerifierKind>,
     /// How step scores combine: min, last, product or mean (default: the
     /// verifier's own).
     #[arg(long)]
     pub aggregation: Option<String>,
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Search settings (TOML); flags override it.
+    /// Settings (TOML): flag names and the search settings without a flag
+    /// (`top_p`, `c_puct`, …); a flag on the command line wins.
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[arg(long)]
@@ -98,16 +149,18 @@ pub struct SearchArgs {
     #[arg(long)]
     pub max_steps: Option<usize>,
     /// Where steps end (default: a blank line).
-    #[arg(long)]
+    #[arg(long, value_parser = non_empty("--step-delimiter"))]
     pub step_delimiter: Option<String>,
-    #[arg(long, value_enum, default_value = "chat")]
-    pub prompt_format: Format,
+    /// How prompts reach the model (default: chat, or the config file's
+    /// `format`).
+    #[arg(long, value_enum)]
+    pub prompt_format: Option<Format>,
     /// Reference model of the dpo verifier (GGUF).
     #[arg(long)]
     pub ref_model: Option<PathBuf>,
-    /// β of the dpo verifier.
-    #[arg(long, default_value_t = 0.1)]
-    pub beta: f64,
+    /// β of the dpo verifier (default 0.1).
+    #[arg(long)]
+    pub beta: Option<f64>,
     /// Questions searched at once (their requests are batched together).
     #[arg(long, default_value_t = 8)]
     pub parallel: usize,
@@ -124,8 +177,8 @@ pub struct SolveArgs {
     /// rebase, revise or compute-optimal.
     #[arg(long)]
     pub strategy: String,
-    /// N: samples, beams, simulations or attempts.
-    #[arg(long, default_value_t = 4)]
+    /// N: samples, beams, simulations or attempts (1 to 1024).
+    #[arg(long, default_value_t = 4, value_parser = bounded(1, MAX_BUDGET))]
     pub budget: usize,
     /// Records (JSONL), written when the job ends.
     #[arg(long)]
@@ -168,21 +221,42 @@ pub struct Setup {
     pub task: Task,
     pub problems: Vec<Problem>,
     pub config: SearchConfig,
-    pub verifier: Option<String>,
+    pub verifier: Option<VerifierKind>,
     pub aggregation: Option<Aggregation>,
     pub beta: f64,
+    pub ref_model: Option<PathBuf>,
     pub parallel: usize,
     pub input: PathBuf,
+    backend: BackendArgs,
+}
+
+/// The keys of the search settings (`SearchConfig`) a config file may hold
+/// besides flag names.
+pub fn search_config_keys() -> Vec<String> {
+    let mut keys: Vec<String> = serde_json::to_value(SearchConfig::default())
+        .ok()
+        .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
+        .unwrap_or_default();
+    // Skipped when unset, so not in the default's serialization.
+    keys.push("token_budget".into());
+    keys
 }
 
 impl SearchArgs {
     pub async fn setup(&self) -> Result<Setup> {
         let task = Task::parse(&self.task).map_err(UsageError)?;
+        // The file's flag-named keys reached the flags already (see
+        // `settings`); the search settings are read here.
         let mut config = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
-                toml::from_str::<SearchConfig>(&text)
+                let mut table: toml::Table = toml::from_str(&text)
+                    .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+                let keys = search_config_keys();
+                table.retain(|k, _| keys.iter().any(|x| x == k));
+                toml::Value::Table(table)
+                    .try_into::<SearchConfig>()
                     .map_err(|e| UsageError(format!("{}: {e}", path.display())))?
             }
             None => SearchConfig::default(),
@@ -216,21 +290,20 @@ impl SearchArgs {
         }
         config.reflection |= self.reflection;
         config.mcts_rollout |= self.mcts_rollout;
-        config.format = match self.prompt_format {
-            Format::Chat => PromptFormat::Chat,
-            Format::Plain => PromptFormat::Plain,
-        };
-        if let Some(v) = &self.verifier {
-            if !VERIFIERS.contains(&v.as_str()) {
-                return Err(UsageError(format!(
-                    "unknown verifier {v:?}: use one of {}",
-                    VERIFIERS.join(", ")
-                ))
-                .into());
-            }
-            if v == "dpo" && self.ref_model.is_none() {
-                return Err(UsageError("the dpo verifier needs --ref-model".into()).into());
-            }
+        if let Some(f) = self.prompt_format {
+            config.format = match f {
+                Format::Chat => PromptFormat::Chat,
+                Format::Plain => PromptFormat::Plain,
+            };
+        }
+        if config.step_delimiter.is_empty() {
+            return Err(UsageError(
+                "the step delimiter is empty: every step would end after one token".into(),
+            )
+            .into());
+        }
+        if self.verifier == Some(VerifierKind::Dpo) && self.ref_model.is_none() {
+            return Err(UsageError("the dpo verifier needs --ref-model".into()).into());
         }
         let aggregation = match &self.aggregation {
             Some(a) => Some(Aggregation::parse(a).ok_or_else(|| {
@@ -260,11 +333,13 @@ impl SearchArgs {
             task,
             problems,
             config,
-            verifier: self.verifier.clone(),
+            verifier: self.verifier,
             aggregation,
-            beta: self.beta,
+            beta: self.beta.unwrap_or(0.1),
+            ref_model: self.ref_model.clone(),
             parallel: self.parallel.max(1),
             input: self.input.clone(),
+            backend: self.backend.clone(),
         })
     }
 }
@@ -272,16 +347,16 @@ impl SearchArgs {
 impl Setup {
     /// The verifier named on the command line.
     pub fn verifier(&self) -> Option<Box<dyn Verifier + '_>> {
-        let name = self.verifier.as_deref()?;
-        Some(match name {
-            "checker" => Box::new(CheckerVerifier),
-            "prm" | "orm" => Box::new(JudgeVerifier {
+        let kind = self.verifier?;
+        Some(match kind {
+            VerifierKind::Checker => Box::new(CheckerVerifier),
+            VerifierKind::Prm | VerifierKind::Orm => Box::new(JudgeVerifier {
                 model: self.model.as_ref(),
-                outcome_only: name == "orm",
+                outcome_only: kind == VerifierKind::Orm,
             }),
-            "confidence" => Box::new(ConfidenceVerifier),
-            "leco" => Box::new(LecoVerifier),
-            "dpo" => Box::new(DpoVerifier {
+            VerifierKind::Confidence => Box::new(ConfidenceVerifier),
+            VerifierKind::Leco => Box::new(LecoVerifier),
+            VerifierKind::Dpo => Box::new(DpoVerifier {
                 policy: self.model.as_ref(),
                 reference: self
                     .reference_model
@@ -289,15 +364,26 @@ impl Setup {
                     .unwrap_or(self.model.as_ref()),
                 beta: self.beta,
             }),
-            _ => Box::new(AgreementVerifier),
+            VerifierKind::Agreement => Box::new(AgreementVerifier),
         })
     }
 
-    /// What a job's records depend on; a resumed job must match it.
-    pub fn describe(&self, strategy: &str, budget: usize) -> serde_json::Value {
-        json!({
+    /// What a job's records depend on, the job's key: every setting, the
+    /// compute-optimal policy, and the SHA-256 of the model, the reference
+    /// model and the input.
+    pub fn describe(
+        &self,
+        store: &Store,
+        strategy: &str,
+        budget: usize,
+        policy: Option<&Policy>,
+    ) -> Result<serde_json::Value> {
+        let ref_model_sha256 = match &self.ref_model {
+            Some(p) => Some(store.file_sha256(p)?),
+            None => None,
+        };
+        let mut described = json!({
             "task": self.task.name(),
-            "input": self.input.canonicalize().unwrap_or(self.input.clone()),
             "questions": self.problems.len(),
             "strategy": strategy,
             "budget": budget,
@@ -305,7 +391,13 @@ impl Setup {
             "aggregation": self.aggregation,
             "search": self.config,
             "backend": self.model.backend_name(),
-        })
+            "beta": self.beta,
+            "ref_model": self.ref_model,
+            "ref_model_sha256": ref_model_sha256,
+            "policy": policy,
+        });
+        add_fingerprint(&mut described, store, &self.backend, &self.input)?;
+        Ok(described)
     }
 
     /// Searches one question.
@@ -347,7 +439,7 @@ impl Setup {
             correct: outcome.correct,
             strategy: ran.name().into(),
             budget,
-            verifier: self.verifier.clone(),
+            verifier: self.verifier.map(|v| v.name().to_string()),
             difficulty,
             candidates: outcome.candidates,
             unparsed: outcome.unparsed,
@@ -357,67 +449,33 @@ impl Setup {
         })
     }
 
-    /// Runs `work` on every question not yet in the store under `job`,
-    /// `parallel` at a time, committing each record as it finishes; returns
-    /// the job's records in input order.
-    pub async fn run_job<F, Fut>(
-        &self,
-        store: &Store,
-        job: &str,
-        described: &serde_json::Value,
-        label: &str,
-        work: F,
-    ) -> Result<Vec<String>>
+    /// Runs `work` on every question the job `job` has no record of yet,
+    /// `parallel` at a time, committing each record as it finishes.
+    pub async fn run_job<F, Fut>(&self, job: &Job<'_>, work: F) -> Result<Finished>
     where
         F: Fn(Problem) -> Fut,
         Fut: std::future::Future<Output = Result<String, SearchError>>,
     {
-        store.begin(job, &serde_json::to_string_pretty(described)?)?;
-        let done = store.records(job)?;
-        let pending: Vec<&Problem> = self
-            .problems
-            .iter()
-            .filter(|p| !done.contains_key(&(p.line as u64)))
-            .collect();
-        if !done.is_empty() && !pending.is_empty() {
-            eprintln!(
-                "{label}: resuming, {} of {} questions already done",
-                self.problems.len() - pending.len(),
-                self.problems.len()
-            );
-        }
-        let bar = ProgressBar::new(self.problems.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template(&format!(
-                "{label} {{bar:30}} {{pos}}/{{len}} questions  {{per_sec}}  eta {{eta}}"
-            ))
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_position((self.problems.len() - pending.len()) as u64);
-        let mut results = futures::stream::iter(pending)
-            .map(|p| {
-                let line = p.line;
-                let fut = work(p.clone());
-                async move { (line, fut.await) }
-            })
-            .buffer_unordered(self.parallel);
-        while let Some((line, result)) = results.next().await {
-            let record = result.map_err(|e| match e.is_input_error() {
-                true => anyhow::Error::new(UsageError(e.to_string())),
-                false => anyhow::Error::new(e),
-            })?;
-            store.put(job, line as u64, &record)?;
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let wanted: std::collections::HashSet<u64> =
-            self.problems.iter().map(|p| p.line as u64).collect();
-        Ok(store
-            .records(job)?
-            .into_iter()
-            .filter(|(k, _)| wanted.contains(k))
-            .map(|(_, v)| v)
-            .collect())
+        job.run(
+            &self.problems,
+            |p| p.line as u64,
+            1,
+            self.parallel,
+            |chunk: Vec<Problem>| {
+                let calls: Vec<Fut> = chunk.into_iter().map(&work).collect();
+                async move {
+                    let mut records = Vec::with_capacity(calls.len());
+                    for call in calls {
+                        records.push(call.await.map_err(|e| match e.is_input_error() {
+                            true => anyhow::Error::new(UsageError(e.to_string())),
+                            false => anyhow::Error::new(e),
+                        })?);
+                    }
+                    Ok(records)
+                }
+            },
+        )
+        .await
     }
 }
 
@@ -438,27 +496,10 @@ pub fn check_strategy(strategy: Strategy, args: &SearchArgs) -> Result<()> {
         return Err(UsageError(format!(
             "strategy {} needs --verifier ({})",
             strategy.name(),
-            VERIFIERS.join(", ")
+            verifier_names()
         ))
         .into());
     }
-    Ok(())
-}
-
-/// Writes lines to `path` through a temporary file, so a reader never sees
-/// half a file.
-pub fn write_lines(path: &Path, lines: &[String]) -> Result<()> {
-    let tmp = sibling(path, ".part");
-    {
-        let mut f = std::io::BufWriter::new(
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
-        );
-        for l in lines {
-            writeln!(f, "{l}")?;
-        }
-        f.flush()?;
-    }
-    std::fs::rename(&tmp, path)?;
     Ok(())
 }
 
@@ -478,6 +519,16 @@ pub struct Summary {
     /// Finished solutions whose answer could not be found.
     pub unparsed: usize,
     pub candidates: usize,
+}
+
+/// `solve --json`: the totals, the job's record count and how many of the
+/// records an earlier run had made.
+#[derive(Serialize)]
+struct JobSummary<'a> {
+    #[serde(flatten)]
+    summary: &'a Summary,
+    records: usize,
+    resumed: usize,
 }
 
 pub fn summarize(records: &[SolveRecord]) -> Summary {
@@ -524,59 +575,68 @@ pub async fn solve(args: SolveArgs) -> Result<()> {
         check_strategy(strategy, &args.search)?;
     }
     let setup = args.search.setup().await?;
-    let store_path = args
-        .search
-        .store
-        .clone()
-        .unwrap_or_else(|| sibling(&args.out, ".store.sqlite"));
-    let store = Store::open(&store_path)?;
-    let job = format!("solve:{}", args.out.display());
-    let described = setup.describe(strategy.name(), args.budget);
+    let store = open_store(args.search.store.as_deref(), &args.out)?;
+    let described = setup.describe(&store, strategy.name(), args.budget, policy.as_ref())?;
+    let reporter = Reporter::new(args.json);
+    let job = Job::begin(
+        &store,
+        &format!("solve:{}", args.out.display()),
+        &described,
+        reporter,
+        "solve",
+        "questions",
+    )?;
     let setup_ref = &setup;
     let policy_ref = policy.as_ref();
-    let lines = setup
-        .run_job(&store, &job, &described, "solve", |p| async move {
+    let finished = setup
+        .run_job(&job, |p| async move {
             let r = setup_ref
                 .solve_one(&p, strategy, args.budget, policy_ref)
                 .await?;
             Ok(serde_json::to_string(&r).unwrap_or_default())
         })
         .await?;
-    write_lines(&args.out, &lines)?;
-    std::fs::write(
-        sibling(&args.out, ".config.json"),
-        serde_json::to_string_pretty(&described)?,
-    )?;
-    let records = parse_records(&lines)?;
+    job.export(&args.out, &finished.records)?;
+    let records = parse_records(&finished.records)?;
     let summary = summarize(&records);
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
-    } else {
-        print_summary(&summary, &format!("{}@{}", strategy.name(), args.budget));
-        println!("records → {}", args.out.display());
-    }
-    Ok(())
+    let line = JobSummary {
+        summary: &summary,
+        records: finished.records.len(),
+        resumed: finished.resumed,
+    };
+    let text = summary_text(&summary, &format!("{}@{}", strategy.name(), args.budget))
+        .line(format!("records → {}", args.out.display()));
+    reporter.summary(&line, &text)
 }
 
-fn print_summary(s: &Summary, name: &str) {
-    println!("| {name} | value |");
-    println!("| --- | ---: |");
-    println!("| questions | {} |", s.questions);
-    println!("| correct | {} ({:.1} %) |", s.correct, 100.0 * s.accuracy);
-    println!("| tokens generated | {} |", s.tokens_generated);
-    println!(
-        "| prompt tokens computed / reused | {} / {} |",
-        s.prompt_tokens_computed, s.prompt_tokens_reused
-    );
-    println!(
-        "| model / verifier calls | {} / {} |",
-        s.model_calls, s.verifier_calls
-    );
-    println!("| FLOPs | {} |", flops_text(s.flops));
-    println!(
-        "| solutions without an answer | {} of {} |",
-        s.unparsed, s.candidates
-    );
+/// The two-column table of a search's totals.
+fn summary_text(s: &Summary, name: &str) -> Text {
+    let rows = [
+        ("questions", s.questions.to_string()),
+        (
+            "correct",
+            format!("{} ({:.1} %)", s.correct, 100.0 * s.accuracy),
+        ),
+        ("tokens generated", s.tokens_generated.to_string()),
+        (
+            "prompt tokens computed / reused",
+            format!("{} / {}", s.prompt_tokens_computed, s.prompt_tokens_reused),
+        ),
+        (
+            "model / verifier calls",
+            format!("{} / {}", s.model_calls, s.verifier_calls),
+        ),
+        ("FLOPs", flops_text(s.flops)),
+        (
+            "solutions without an answer",
+            format!("{} of {}", s.unparsed, s.candidates),
+        ),
+    ];
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|(k, v)| vec![k.to_string(), v])
+        .collect();
+    Text::new().table(&[name, "value"], &[Align::Left, Align::Right], &rows)
 }
 
 /// FLOPs for a table: "unknown" when the parameter count is.
@@ -600,4 +660,23 @@ pub fn read_policy(path: &Path) -> Result<Policy> {
         ))
         .into()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_names_parse_back_and_serialize_as_before() {
+        for v in VERIFIERS {
+            assert_eq!(VerifierKind::parse(v.name()), Ok(v));
+            // Records and configurations name verifiers by these strings.
+            assert_eq!(serde_json::to_value(v).ok(), Some(json!(v.name())));
+        }
+        let err = VerifierKind::parse("oracle").err().unwrap_or_default();
+        assert!(
+            err.contains("unknown verifier") && err.contains("agreement"),
+            "{err}"
+        );
+    }
 }

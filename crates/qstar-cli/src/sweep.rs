@@ -14,24 +14,32 @@ use qstar_store::Store;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::job::Job;
+use crate::report::{Align, Reporter, Text};
 use crate::solve::{
-    check_strategy, parse_records, parse_strategy, summarize, write_lines, SearchArgs, Summary,
+    check_strategy, parse_records, parse_strategy, summarize, SearchArgs, Summary, VerifierKind,
+    MAX_BUDGET,
 };
-use crate::UsageError;
+use crate::{bounded, UsageError};
+
+/// The verifier of a sweep whose strategies need one and that names none.
+pub const DEFAULT_VERIFIER: VerifierKind = VerifierKind::Prm;
 
 #[derive(Args)]
 pub struct SweepArgs {
     #[command(flatten)]
     pub search: SearchArgs,
-    /// Strategies to compare (comma-separated).
+    /// Strategies to compare (comma-separated). Those that rank use the
+    /// prm verifier unless --verifier names another.
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "greedy,majority,best-of-n,beam"
     )]
     pub strategies: Vec<String>,
-    /// Budgets N (comma-separated); greedy runs once.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    /// Budgets N (comma-separated, 1 to 1024); greedy runs once.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16",
+          value_parser = bounded(1, MAX_BUDGET))]
     pub budgets: Vec<usize>,
     /// Directory for sweep.json, sweep.png, the runs and the store.
     #[arg(long)]
@@ -61,7 +69,7 @@ struct OptimalPoint {
     strategies: Vec<Option<String>>,
 }
 
-pub async fn sweep(args: SweepArgs) -> Result<()> {
+pub async fn sweep(mut args: SweepArgs) -> Result<()> {
     let strategies: Vec<Strategy> = args
         .strategies
         .iter()
@@ -75,6 +83,20 @@ pub async fn sweep(args: SweepArgs) -> Result<()> {
     }
     if args.budgets.is_empty() || args.budgets.contains(&0) {
         return Err(UsageError("--budgets needs positive numbers".into()).into());
+    }
+    let ranking: Vec<&str> = strategies
+        .iter()
+        .filter(|s| s.needs_verifier())
+        .map(|s| s.name())
+        .collect();
+    let reporter = Reporter::new(args.json);
+    if args.search.verifier.is_none() && !ranking.is_empty() {
+        reporter.note(&format!(
+            "sweep: {} rank with a verifier; using {} (choose one with --verifier)",
+            ranking.join(", "),
+            DEFAULT_VERIFIER.name()
+        ));
+        args.search.verifier = Some(DEFAULT_VERIFIER);
     }
     for &s in &strategies {
         check_strategy(s, &args.search)?;
@@ -92,27 +114,30 @@ pub async fn sweep(args: SweepArgs) -> Result<()> {
     let setup_ref = &setup;
 
     // How hard each question looks to the model, from a few samples.
-    let described = setup.describe("difficulty", PROBES);
+    let probed = setup.describe(&store, "difficulty", PROBES, None)?;
+    let job = Job::begin(
+        &store,
+        "sweep:difficulty",
+        &probed,
+        reporter,
+        "difficulty",
+        "questions",
+    )?;
     let probes = setup
-        .run_job(
-            &store,
-            "sweep:difficulty",
-            &described,
-            "difficulty",
-            |p| async move {
-                let meter = Meter::with_parameters(setup_ref.parameters);
-                let s = Searcher::new(
-                    setup_ref.model.as_ref(),
-                    setup_ref.task,
-                    &p,
-                    &setup_ref.config,
-                    &meter,
-                )?;
-                let d = estimate_difficulty(&s, PROBES).await?;
-                Ok(json!({"line": p.line, "difficulty": d, "compute": meter.total()}).to_string())
-            },
-        )
-        .await?;
+        .run_job(&job, |p| async move {
+            let meter = Meter::with_parameters(setup_ref.parameters);
+            let s = Searcher::new(
+                setup_ref.model.as_ref(),
+                setup_ref.task,
+                &p,
+                &setup_ref.config,
+                &meter,
+            )?;
+            let d = estimate_difficulty(&s, PROBES).await?;
+            Ok(json!({"line": p.line, "difficulty": d, "compute": meter.total()}).to_string())
+        })
+        .await?
+        .records;
     let mut difficulty = std::collections::HashMap::new();
     let mut probe_tokens = 0usize;
     for line in &probes {
@@ -136,20 +161,23 @@ pub async fn sweep(args: SweepArgs) -> Result<()> {
         };
         for budget in budgets {
             let name = format!("{}@{budget}", strategy.name());
-            let described = setup.describe(strategy.name(), budget);
+            let described = setup.describe(&store, strategy.name(), budget, None)?;
+            let job = Job::begin(
+                &store,
+                &format!("sweep:{name}"),
+                &described,
+                reporter,
+                &name,
+                "questions",
+            )?;
             let lines = setup
-                .run_job(
-                    &store,
-                    &format!("sweep:{name}"),
-                    &described,
-                    &name,
-                    |p| async move {
-                        let r = setup_ref.solve_one(&p, strategy, budget, None).await?;
-                        Ok(serde_json::to_string(&r).unwrap_or_default())
-                    },
-                )
-                .await?;
-            write_lines(&args.out.join("runs").join(format!("{name}.jsonl")), &lines)?;
+                .run_job(&job, |p| async move {
+                    let r = setup_ref.solve_one(&p, strategy, budget, None).await?;
+                    Ok(serde_json::to_string(&r).unwrap_or_default())
+                })
+                .await?
+                .records;
+            job.export(&args.out.join("runs").join(format!("{name}.jsonl")), &lines)?;
             let records = parse_records(&lines)?;
             let summary = summarize(&records);
             let n = summary.questions.max(1) as f64;
@@ -223,6 +251,8 @@ pub async fn sweep(args: SweepArgs) -> Result<()> {
         "verifier": setup.verifier,
         "search": setup.config,
         "backend": setup.model.backend_name(),
+        "model_sha256": probed["model_sha256"],
+        "input_sha256": probed["input_sha256"],
         "rows": rows,
         "difficulty_probes": PROBES,
         "probe_tokens_per_question": probe_tokens as f64 / questions,
@@ -253,41 +283,53 @@ pub async fn sweep(args: SweepArgs) -> Result<()> {
             .collect::<Vec<_>>(),
     )?;
 
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("| strategy | N | accuracy | tokens / question | prompt computed / reused | verifier calls | unparsed |");
-        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-        for r in &rows {
+    let mut table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
             let s = &r.summary;
-            println!(
-                "| {} | {} | {}/{} ({:.1} %) | {:.0} | {} / {} | {} | {} of {} |",
-                r.strategy,
-                r.budget,
-                s.correct,
-                s.questions,
-                100.0 * s.accuracy,
-                r.tokens_per_question,
-                s.prompt_tokens_computed,
-                s.prompt_tokens_reused,
-                s.verifier_calls,
-                s.unparsed,
-                s.candidates
-            );
-        }
-        for o in &optimal {
-            println!(
-                "| compute-optimal (in-sample) | {} | {:.1} % | {:.0} | | | |",
-                o.budget,
-                100.0 * o.accuracy,
-                o.tokens_per_question
-            );
-        }
-        println!(
-            "sweep → {}, plot → {}",
-            args.out.join("sweep.json").display(),
-            plot.display()
-        );
+            vec![
+                r.strategy.clone(),
+                r.budget.to_string(),
+                format!(
+                    "{}/{} ({:.1} %)",
+                    s.correct,
+                    s.questions,
+                    100.0 * s.accuracy
+                ),
+                format!("{:.0}", r.tokens_per_question),
+                format!("{} / {}", s.prompt_tokens_computed, s.prompt_tokens_reused),
+                s.verifier_calls.to_string(),
+                format!("{} of {}", s.unparsed, s.candidates),
+            ]
+        })
+        .collect();
+    for o in &optimal {
+        table.push(vec![
+            "compute-optimal (in-sample)".into(),
+            o.budget.to_string(),
+            format!("{:.1} %", 100.0 * o.accuracy),
+            format!("{:.0}", o.tokens_per_question),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
     }
+    let header = [
+        "strategy",
+        "N",
+        "accuracy",
+        "tokens / question",
+        "prompt computed / reused",
+        "verifier calls",
+        "unparsed",
+    ];
+    let mut align = [Align::Right; 7];
+    align[0] = Align::Left;
+    let text = Text::new().table(&header, &align, &table).line(format!(
+        "sweep → {}, plot → {}",
+        args.out.join("sweep.json").display(),
+        plot.display()
+    ));
+    reporter.summary(&report, &text)?;
     Ok(())
 }

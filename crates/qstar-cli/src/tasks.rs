@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use qstar_tasks::{arithmetic_problem, SerialFormat, Task};
 use serde_json::json;
 
-use crate::solve::write_lines;
+use crate::job::write_lines;
 use crate::UsageError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -172,7 +172,7 @@ fn bad_model_files_exit_2() {
             "--model",
             truncated.to_str().expect("path"),
         ],
-        "truncated",
+        "beyond the end of the file",
     );
 
     let header_cut = dir.path().join("header.gguf");
@@ -184,7 +184,7 @@ fn bad_model_files_exit_2() {
             "--model",
             header_cut.to_str().expect("path"),
         ],
-        "truncated",
+        "header.gguf is not a usable GGUF model",
     );
 
     // Same file, but its metadata names another architecture.

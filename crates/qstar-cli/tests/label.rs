@@ -44,11 +44,19 @@ fn label_args<'a>(out: &'a Path, extra: &[&'a str]) -> Vec<String> {
     args
 }
 
-/// Records the store holds for the labeling job that writes `out`.
+/// Records the store holds for the labeling jobs that write `out` (a job is
+/// named after its output and a digest of its configuration).
 fn records_in(store: &Path, out: &Path) -> usize {
-    qstar_store::Store::open(store)
-        .and_then(|s| s.records(&format!("label:{}", out.display())))
-        .map_or(0, |r| r.len())
+    let scope = format!("label:{}#", out.display());
+    let Ok(s) = qstar_store::Store::open(store) else {
+        return 0;
+    };
+    s.jobs()
+        .unwrap_or_default()
+        .iter()
+        .filter(|j| j.starts_with(&scope))
+        .map(|j| s.records(j).map_or(0, |r| r.len()))
+        .sum()
 }
 
 #[test]
@@ -69,7 +77,9 @@ fn labels_have_the_trl_contract_and_evaluate() {
         .collect();
     assert_eq!(rows.len(), 12);
     for r in &rows {
-        assert!(r["prompt"].is_array() && r["chosen"].is_string() && r["rejected"].is_string());
+        // Conversational input, conversational rows (never a mix).
+        assert!(r["prompt"].is_array() && r["chosen"].is_array() && r["rejected"].is_array());
+        assert_eq!(r["chosen"][0]["role"], "assistant");
         let soft = r["soft_label"].as_f64().expect("soft label");
         assert!((0.5..=1.0).contains(&soft));
         // Two principles, both orders.
@@ -149,13 +159,30 @@ fn a_killed_run_resumes_without_losing_or_repeating_records() {
         "resumed output differs from the uninterrupted run"
     );
 
-    // Same output and store, other settings: refused, not mixed.
+    // Same output and store, other settings: a job of its own that starts
+    // afresh, never mixing in the records made under the old settings.
     let other = qstar()
-        .args(label_args(&cut, &["--principles", "all", "--seed", "9"]))
+        .args(label_args(
+            &cut,
+            &[
+                "--principles",
+                "all",
+                "--seed",
+                "9",
+                "--limit",
+                "1",
+                "--json",
+            ],
+        ))
         .output()
         .expect("rerun");
-    assert_eq!(other.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&other.stderr).contains("another configuration"));
+    assert_ok(&other);
+    assert!(String::from_utf8_lossy(&other.stderr).contains("starting afresh"));
+    let summary: serde_json::Value = serde_json::from_slice(&other.stdout).expect("json");
+    assert_eq!(
+        (summary["records"].as_u64(), summary["resumed"].as_u64()),
+        (Some(1), Some(0))
+    );
 }
 
 #[test]

@@ -9,13 +9,9 @@ pub enum EngineError {
     NotFound(PathBuf),
     #[error("{path} is not a GGUF file: {reason}")]
     NotGguf { path: PathBuf, reason: String },
-    #[error("{path} is truncated: tensor `{tensor}` ends at byte {needed} but the file has {actual} bytes")]
-    Truncated {
-        path: PathBuf,
-        tensor: String,
-        needed: u64,
-        actual: u64,
-    },
+    /// The file is GGUF but its header or its model is inconsistent.
+    #[error("{path} is not a usable GGUF model: {reason}")]
+    Malformed { path: PathBuf, reason: String },
     #[error("unsupported model architecture `{0}` (qstar's engine runs `llama`)")]
     UnsupportedArchitecture(String),
     #[error("malformed model metadata: {0}")]
@@ -41,10 +37,24 @@ impl EngineError {
             self,
             EngineError::NotFound(_)
                 | EngineError::NotGguf { .. }
-                | EngineError::Truncated { .. }
+                | EngineError::Malformed { .. }
                 | EngineError::UnsupportedArchitecture(_)
                 | EngineError::Metadata(_)
                 | EngineError::PromptTooLong { .. }
         )
+    }
+
+    /// Names the model file in an error about its contents.
+    pub(crate) fn in_file(self, path: &std::path::Path) -> EngineError {
+        let reason = match &self {
+            EngineError::Metadata(m) => m.clone(),
+            EngineError::UnsupportedArchitecture(_) => self.to_string(),
+            EngineError::Template(m) => format!("its chat template does not compile: {m}"),
+            _ => return self,
+        };
+        EngineError::Malformed {
+            path: path.to_path_buf(),
+            reason,
+        }
     }
 }

@@ -6,6 +6,8 @@ mod engine;
 pub mod error;
 pub mod fetch;
 pub mod gguf;
+// SIMD intrinsics: the one module where `unsafe` is allowed.
+#[allow(unsafe_code)]
 pub mod kernels;
 pub mod llama;
 pub mod model;

@@ -35,7 +35,7 @@ impl LlamaConfig {
         self.n_head_kv * self.head_dim
     }
 
-    fn from_gguf(g: &GgufFile) -> Result<Self, EngineError> {
+    pub(crate) fn from_gguf(g: &GgufFile) -> Result<Self, EngineError> {
         let arch = g.string("general.architecture")?;
         if arch != "llama" {
             return Err(EngineError::UnsupportedArchitecture(arch));

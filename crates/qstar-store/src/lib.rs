@@ -1,11 +1,15 @@
 //! The store: every finished record of a job, committed as soon as it is
 //! done (SQLite in WAL mode), so a job stopped at any moment resumes without
-//! losing or repeating a record.
+//! losing or repeating a record. It also caches the SHA-256 of the files
+//! jobs are keyed on (models, inputs), keyed on their path, size and
+//! modification time, so a large model is hashed once.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -14,6 +18,12 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("job `{job}` was started with another configuration; use a new output or store")]
     ConfigMismatch { job: String },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub struct Store {
@@ -29,7 +39,10 @@ impl Store {
             "CREATE TABLE IF NOT EXISTS jobs (job TEXT PRIMARY KEY, config TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS records (
                  job TEXT NOT NULL, key INTEGER NOT NULL, data TEXT NOT NULL,
-                 PRIMARY KEY (job, key));",
+                 PRIMARY KEY (job, key));
+             CREATE TABLE IF NOT EXISTS file_hashes (
+                 path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+                 sha256 TEXT NOT NULL, PRIMARY KEY (path));",
         )?;
         Ok(Store { conn })
     }
@@ -44,7 +57,7 @@ impl Store {
                 params![job],
                 |r| r.get(0),
             )
-            .ok();
+            .optional()?;
         match existing {
             Some(c) if c != config => Err(StoreError::ConfigMismatch { job: job.into() }),
             Some(_) => Ok(()),
@@ -67,6 +80,53 @@ impl Store {
         Ok(())
     }
 
+    /// The names of the jobs registered in this store.
+    pub fn jobs(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT job FROM jobs ORDER BY job")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The SHA-256 of a file (lowercase hex). A digest computed before is
+    /// reused while the file keeps its canonical path, size and
+    /// modification time; otherwise the file is read again.
+    pub fn file_sha256(&self, path: &Path) -> Result<String, StoreError> {
+        let io = |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let canonical = path.canonicalize().map_err(io)?;
+        let meta = std::fs::metadata(&canonical).map_err(io)?;
+        let size = meta.len() as i64;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(-1, |d| d.as_nanos() as i64);
+        let key = canonical.to_string_lossy().into_owned();
+        let cached: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT sha256 FROM file_hashes WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3",
+                params![key, size, mtime_ns],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(digest) = cached {
+            return Ok(digest);
+        }
+        let digest = sha256_of(&canonical).map_err(io)?;
+        // A file without a modification time is hashed on every run.
+        if mtime_ns >= 0 {
+            self.conn.execute(
+                "INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, sha256)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![key, size, mtime_ns, digest],
+            )?;
+        }
+        Ok(digest)
+    }
+
     /// All records of a job, by key.
     pub fn records(&self, job: &str) -> Result<BTreeMap<u64, String>, StoreError> {
         let mut stmt = self
@@ -82,6 +142,30 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// The SHA-256 of a file's bytes, in lowercase hex.
+pub fn sha256_of(path: &Path) -> Result<String, std::io::Error> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// The SHA-256 of `bytes`, in lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -109,5 +193,34 @@ mod tests {
             recs.into_iter().collect::<Vec<_>>(),
             vec![(1, "one".into()), (3, "three".into())]
         );
+    }
+
+    #[test]
+    fn file_digests_match_a_known_vector_and_follow_changes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = Store::open(&dir.path().join("s.sqlite")).expect("open");
+        let file = dir.path().join("f.txt");
+        std::fs::write(&file, "abc").expect("write");
+        // FIPS 180-2, appendix B.1.
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(s.file_sha256(&file).expect("hash"), abc);
+        assert_eq!(s.file_sha256(&file).expect("cached"), abc);
+        // Another content (and size) is hashed again, not taken from the cache.
+        std::fs::write(&file, "").expect("write");
+        let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(s.file_sha256(&file).expect("rehash"), empty);
+        assert!(matches!(
+            s.file_sha256(&dir.path().join("missing")),
+            Err(StoreError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn jobs_are_listed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = Store::open(&dir.path().join("s.sqlite")).expect("open");
+        s.begin("b", "{}").expect("begin");
+        s.begin("a", "{}").expect("begin");
+        assert_eq!(s.jobs().expect("jobs"), ["a", "b"]);
     }
 }

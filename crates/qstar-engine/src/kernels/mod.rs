@@ -21,6 +21,12 @@ use std::cell::OnceCell;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod portable;
+
 /// Values per quantization block (Q4_1, Q8_0 and the activations' Q8 form).
 pub const BLOCK: usize = 32;
 
@@ -183,7 +189,19 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel the CPU supports (checked once, then cached).
+    /// The kernel's name in reports: "avx512vnni", "avx2" or "portable".
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => "avx512vnni",
+        }
+    }
+
+    /// The kernel every product of the engine runs (`Linear::forward`): the
+    /// fastest one the CPU supports, checked once, then cached.
     pub fn detect() -> Kernel {
         use std::sync::OnceLock;
         static BEST: OnceLock<Kernel> = OnceLock::new();
@@ -202,20 +220,30 @@ impl Kernel {
         })
     }
 
+    /// Whether this CPU can run the kernel.
+    pub fn supported(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => Kernel::detect() == Kernel::Avx512Vnni,
+        }
+    }
+
     /// Every kernel this CPU can run (for tests that compare them).
     pub fn available() -> Vec<Kernel> {
-        let mut all = vec![Kernel::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") && has!("fma") {
-                all.push(Kernel::Avx2);
-            }
-            if Kernel::detect() == Kernel::Avx512Vnni {
-                all.push(Kernel::Avx512Vnni);
-            }
-        }
-        all
+        let all = [
+            Kernel::Portable,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni,
+        ];
+        all.into_iter().filter(|k| k.supported()).collect()
     }
 }
 
@@ -274,6 +302,8 @@ impl Linear {
         y: &mut [f32],
         accumulate: bool,
     ) {
+        // A SIMD kernel on a CPU without its instructions would not run.
+        assert!(kernel.supported(), "{kernel:?} is not supported here");
         let t = x.t;
         assert_eq!(x.x.len(), t * self.k);
         assert_eq!(y.len(), t * self.n);
@@ -438,478 +468,7 @@ fn tile_product(
         Kernel::Avx512Vnni => simd_tile!(avx512),
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => simd_tile!(avx2),
-        Kernel::Portable => {
-            for i in 0..GROUP {
-                for j in 0..cols {
-                    out[i][j] = portable_dot(w, g * GROUP + i, q, h * GROUP + j, nb);
-                }
-            }
-        }
-    }
-}
-
-/// The kernels' arithmetic without SIMD: eight lanes of four-element integer
-/// sums per block, scaled and fused into f32 lane accumulators, then reduced.
-fn portable_dot(w: &Weights, row: usize, q: &QuantizedRows, col: usize, nb: usize) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut offset = 0f32;
-    for b in 0..nb {
-        let (wb, xb) = (slot(row, b, nb), slot(col, b, nb));
-        let x = &q.qs[xb * BLOCK..(xb + 1) * BLOCK];
-        let mut lanes = [0i32; 8];
-        let scale = match w {
-            Weights::Q4_1 { d, m, qs } => {
-                offset = m[wb].mul_add(q.s[xb], offset);
-                let nib = &qs[wb * 16..(wb + 1) * 16];
-                for e in 0..BLOCK {
-                    let v = if e < 16 {
-                        nib[e] & 0x0f
-                    } else {
-                        nib[e - 16] >> 4
-                    };
-                    lanes[e / 4] += v as i32 * x[e] as i32;
-                }
-                d[wb] * q.d[xb]
-            }
-            Weights::Q8_0 { d, qs } => {
-                for e in 0..BLOCK {
-                    lanes[e / 4] += qs[wb * BLOCK + e] as i32 * x[e] as i32;
-                }
-                d[wb] * q.d[xb]
-            }
-            Weights::Dense(_) => return 0.0,
-        };
-        for (a, l) in acc.iter_mut().zip(lanes) {
-            *a = scale.mul_add(l as f32, *a);
-        }
-    }
-    reduce8(&acc) + offset
-}
-
-/// Horizontal sum in the order of ggml's `hsum_float_8`: halves, then pairs.
-fn reduce8(a: &[f32; 8]) -> f32 {
-    let q = [a[4] + a[0], a[5] + a[1], a[6] + a[2], a[7] + a[3]];
-    let p = [q[0] + q[2], q[1] + q[3]];
-    p[0] + p[1]
-}
-
-/// Dispatches a runtime column count to a kernel compiled for it, so the
-/// accumulators of the tile live in registers.
-#[cfg(target_arch = "x86_64")]
-macro_rules! by_cols {
-    ($kernel:ident, $cols:expr, ($($arg:expr),*)) => {
-        match $cols {
-            4 => $kernel::<4>($($arg),*),
-            3 => $kernel::<3>($($arg),*),
-            2 => $kernel::<2>($($arg),*),
-            _ => $kernel::<1>($($arg),*),
-        }
-    };
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    use super::{BLOCK, GROUP};
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    pub fn hsum(v: __m256) -> f32 {
-        let mut r = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
-        r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-        r = _mm_add_ss(r, _mm_movehdup_ps(r));
-        _mm_cvtss_f32(r)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn q4_1_tile(
-        wd: &[f32],
-        wm: &[f32],
-        wq: &[u8],
-        xd: &[f32],
-        xs: &[f32],
-        xq: &[i8],
-        cols: usize,
-        nb: usize,
-        out: &mut [[f32; GROUP]; GROUP],
-    ) {
-        by_cols!(q4_1_fixed, cols, (wd, wm, wq, xd, xs, xq, nb, out))
-    }
-
-    /// Per block: lane sums of 4 products (unsigned nibble × signed byte),
-    /// times d_w·d_x, fused into the lane accumulators; m_w·s_x summed apart.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn q4_1_fixed<const C: usize>(
-        wd: &[f32],
-        wm: &[f32],
-        wq: &[u8],
-        xd: &[f32],
-        xs: &[f32],
-        xq: &[i8],
-        nb: usize,
-        out: &mut [[f32; GROUP]; GROUP],
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); C]; GROUP];
-        let mut offset = [[0f32; C]; GROUP];
-        let mask = _mm_set1_epi8(0x0f);
-        let ones = _mm256_set1_epi16(1);
-        for b in 0..nb {
-            let at = b * GROUP;
-            let mut w = [_mm256_setzero_si256(); GROUP];
-            for r in 0..GROUP {
-                let raw = _mm_loadu_si128(wq.as_ptr().add((at + r) * 16) as *const __m128i);
-                let lo = _mm_and_si128(raw, mask);
-                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-                w[r] = _mm256_set_m128i(hi, lo);
-            }
-            for c in 0..C {
-                let x = _mm256_loadu_si256(xq.as_ptr().add((at + c) * BLOCK) as *const __m256i);
-                let (dx, sx) = (*xd.get_unchecked(at + c), *xs.get_unchecked(at + c));
-                for r in 0..GROUP {
-                    offset[r][c] = (*wm.get_unchecked(at + r)).mul_add(sx, offset[r][c]);
-                    let scale = _mm256_set1_ps(*wd.get_unchecked(at + r) * dx);
-                    let lanes = _mm256_madd_epi16(ones, _mm256_maddubs_epi16(w[r], x));
-                    acc[r][c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(lanes), acc[r][c]);
-                }
-            }
-        }
-        for r in 0..GROUP {
-            for c in 0..C {
-                out[r][c] = hsum(acc[r][c]) + offset[r][c];
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn q8_0_tile(
-        wd: &[f32],
-        wq: &[i8],
-        xd: &[f32],
-        xq: &[i8],
-        cols: usize,
-        nb: usize,
-        out: &mut [[f32; GROUP]; GROUP],
-    ) {
-        by_cols!(q8_0_fixed, cols, (wd, wq, xd, xq, nb, out))
-    }
-
-    /// Signed × signed bytes: |w| times x carrying w's sign.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn q8_0_fixed<const C: usize>(
-        wd: &[f32],
-        wq: &[i8],
-        xd: &[f32],
-        xq: &[i8],
-        nb: usize,
-        out: &mut [[f32; GROUP]; GROUP],
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); C]; GROUP];
-        let ones = _mm256_set1_epi16(1);
-        for b in 0..nb {
-            let at = b * GROUP;
-            let mut w = [_mm256_setzero_si256(); GROUP];
-            let mut wabs = [_mm256_setzero_si256(); GROUP];
-            for r in 0..GROUP {
-                w[r] = _mm256_loadu_si256(wq.as_ptr().add((at + r) * BLOCK) as *const __m256i);
-                wabs[r] = _mm256_sign_epi8(w[r], w[r]);
-            }
-            for c in 0..C {
-                let x = _mm256_loadu_si256(xq.as_ptr().add((at + c) * BLOCK) as *const __m256i);
-                let dx = *xd.get_unchecked(at + c);
-                for r in 0..GROUP {
-                    let scale = _mm256_set1_ps(*wd.get_unchecked(at + r) * dx);
-                    let signed = _mm256_sign_epi8(x, w[r]);
-                    let lanes = _mm256_madd_epi16(ones, _mm256_maddubs_epi16(wabs[r], signed));
-                    acc[r][c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(lanes), acc[r][c]);
-                }
-            }
-        }
-        for r in 0..GROUP {
-            for c in 0..C {
-                out[r][c] = hsum(acc[r][c]);
-            }
-        }
-    }
-}
-
-/// The same arithmetic on 512-bit registers: each register carries two
-/// 8-lane accumulators (two columns of one row, or two rows of one column),
-/// and VNNI's byte dot product gives the lane sums in one instruction.
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    use super::{BLOCK, GROUP};
-
-    /// ggml's 8-lane sum of each half of a 512-bit register.
-    #[inline]
-    #[target_feature(enable = "avx512f,fma")]
-    fn hsum_halves(v: __m512) -> (f32, f32) {
-        let lo = _mm512_castps512_ps256(v);
-        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-        (super::avx2::hsum(lo), super::avx2::hsum(hi))
-    }
-
-    /// 64-bit lanes of (lo, hi) that make row r's 32 unpacked nibbles, twice.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn row_twice(r: i64) -> __m512i {
-        let (a, b) = (2 * r, 2 * r + 1);
-        _mm512_setr_epi64(a, b, 8 + a, 8 + b, a, b, 8 + a, 8 + b)
-    }
-
-    /// 64-bit lanes of (lo, hi) that make rows 2k and 2k+1, side by side.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn row_pair(k: i64) -> __m512i {
-        let (a, b) = (4 * k, 4 * k + 2);
-        _mm512_setr_epi64(a, a + 1, 8 + a, 9 + a, b, b + 1, 8 + b, 9 + b)
-    }
-
-    /// Lane i of a 4-float vector in the low half, lane j in the high half.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn spread(v: __m128, i: i32, j: i32) -> __m512 {
-        let idx = _mm512_setr_epi32(i, i, i, i, i, i, i, i, j, j, j, j, j, j, j, j);
-        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
-    pub unsafe fn q4_1_tile(
-        wd: &[f32],
-        wm: &[f32],
-        wq: &[u8],
-        xd: &[f32],
-        xs: &[f32],
-        xq: &[i8],
-        cols: usize,
-        nb: usize,
-        out: &mut [[f32; GROUP]; GROUP],
-    ) {
-        match cols {
-            1 => q4_1_one_col(wd, wm, wq, xd, xs, xq, nb, out),
-            2 => q4_1_col_pairs::<1>(wd, wm, wq, xd, xs, xq, nb, out),
-            // Three columns run as four: the fourth is a zero row.
-            _ => q4_1_col_pairs::<2>(wd, wm, wq, xd, xs, xq, nb, out),
-        }
-    }
-
-    /// One activation row: registers hold rows (0, 1) and (2, 3).
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
-    unsafe fn q4_1_one_col(
-        wd: &[f32],
-        wm: &[f32],
-        wq: &[u8],
-        xd: &[f32],
-        xs: &[f32],
-        xq: &[i8],
-        nb: usize,
-        out: &mut [[f32; GROUP]; GROUP],
-    ) {
-        let mask = _mm512_set1_epi8(0x0f);
-        let (pair0, pair1) = (row_pair(0), row_pair(1));
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let mut offset = _mm_setzero_ps();
-        for b in 0..nb {
-            let at = b * GROUP;
-            let v = _mm512_loadu_si512(wq.as_ptr().add(at * 16) as *const __m512i);
-            let lo = _mm512_and_si512(v, mask);
-            let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
-            let w = [
-                _mm512_permutex2var_epi64(lo, pair0, hi),
-                _mm512_permutex2var_epi64(lo, pair1, hi),
-            ];
-            let x = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                xq.as_ptr().add(at * BLOCK) as *const __m256i
-            ));
-            let (dx, sx) = (*xd.get_unchecked(at), *xs.get_unchecked(at));
-            let wd4 = _mm_loadu_ps(wd.as_ptr().add(at));
-            let wm4 = _mm_loadu_ps(wm.as_ptr().add(at));
-            offset = _mm_fmadd_ps(wm4, _mm_set1_ps(sx), offset);
-            let scales = _mm_mul_ps(wd4, _mm_set1_ps(dx));
-            for k in 0..2 {
-                let lanes = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[k], x);
-                let scale = spread(scales, 2 * k as i32, 2 * k as i32 + 1);
-                acc[k] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(lanes), acc[k]);
-            }
-        }
-        let mut off = [0f32; 4];
-        _mm_storeu_ps(off.as_mut_ptr(), offset);
-        for k in 0..2 {
-            let (a, b) = hsum_halves(acc[k]);
-            out[2 * k][0] = a + off[2 * k];
-            out[2 * k + 1][0] = b + off[2 * k + 1];
-        }
-    }
-
-    /// Column pairs: each register holds one weight row against two
-    /// activation rows.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
-    unsafe fn q4_1_col_pairs<const P: usize>(
-        wd: &[f32],
-        wm: &[f32],
-        wq: &[u8],
-        xd: &[f32],
-        xs: &[f32],
-        xq: &[i8],
-        nb: usize,
-        out: &mut [[f32; GROUP]; GROUP],
-    ) {
-        let mask = _mm512_set1_epi8(0x0f);
-        let twice = [row_twice(0), row_twice(1), row_twice(2), row_twice(3)];
-        let mut acc = [[_mm512_setzero_ps(); P]; GROUP];
-        let mut offset = [_mm_setzero_ps(); GROUP];
-        for b in 0..nb {
-            let at = b * GROUP;
-            let v = _mm512_loadu_si512(wq.as_ptr().add(at * 16) as *const __m512i);
-            let lo = _mm512_and_si512(v, mask);
-            let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
-            let xd4 = _mm_loadu_ps(xd.as_ptr().add(at));
-            let xs4 = _mm_loadu_ps(xs.as_ptr().add(at));
-            let mut x = [_mm512_setzero_si512(); P];
-            let mut dx = [_mm512_setzero_ps(); P];
-            for p in 0..P {
-                x[p] = _mm512_loadu_si512(xq.as_ptr().add((at + 2 * p) * BLOCK) as *const __m512i);
-                dx[p] = spread(xd4, 2 * p as i32, 2 * p as i32 + 1);
-            }
-            for r in 0..GROUP {
-                offset[r] = _mm_fmadd_ps(_mm_set1_ps(*wm.get_unchecked(at + r)), xs4, offset[r]);
-                let w = _mm512_permutex2var_epi64(lo, twice[r], hi);
-                let wdr = _mm512_set1_ps(*wd.get_unchecked(at + r));
-                for p in 0..P {
-                    let lanes = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x[p]);
-                    let scale = _mm512_mul_ps(wdr, dx[p]);
-                    acc[r][p] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(lanes), acc[r][p]);
-                }
-            }
-        }
-        for r in 0..GROUP {
-            let mut off = [0f32; 4];
-            _mm_storeu_ps(off.as_mut_ptr(), offset[r]);
-            for p in 0..P {
-                let (a, b) = hsum_halves(acc[r][p]);
-                out[r][2 * p] = a + off[2 * p];
-                out[r][2 * p + 1] = b + off[2 * p + 1];
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
-    pub unsafe fn q8_0_tile(
-        wd: &[f32],
-        wq: &[i8],
-        xd: &[f32],
-        xq: &[i8],
-        cols: usize,
-        nb: usize,
-        out: &mut [[f32; GROUP]; GROUP],
-    ) {
-        match cols {
-            1 => q8_0_one_col(wd, wq, xd, xq, nb, out),
-            2 => q8_0_col_pairs::<1>(wd, wq, xd, xq, nb, out),
-            _ => q8_0_col_pairs::<2>(wd, wq, xd, xq, nb, out),
-        }
-    }
-
-    /// x with the sign of w (zero where w is zero does not matter: |w| = 0).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
-    fn signed_like(x: __m512i, w: __m512i) -> __m512i {
-        let negative = _mm512_movepi8_mask(w);
-        _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
-    unsafe fn q8_0_one_col(
-        wd: &[f32],
-        wq: &[i8],
-        xd: &[f32],
-        xq: &[i8],
-        nb: usize,
-        out: &mut [[f32; GROUP]; GROUP],
-    ) {
-        let mut acc = [_mm512_setzero_ps(); 2];
-        for b in 0..nb {
-            let at = b * GROUP;
-            let x = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                xq.as_ptr().add(at * BLOCK) as *const __m256i
-            ));
-            let scales = _mm_mul_ps(
-                _mm_loadu_ps(wd.as_ptr().add(at)),
-                _mm_set1_ps(*xd.get_unchecked(at)),
-            );
-            for k in 0..2 {
-                let w = _mm512_loadu_si512(wq.as_ptr().add((at + 2 * k) * BLOCK) as *const __m512i);
-                let lanes = _mm512_dpbusd_epi32(
-                    _mm512_setzero_si512(),
-                    _mm512_abs_epi8(w),
-                    signed_like(x, w),
-                );
-                let scale = spread(scales, 2 * k as i32, 2 * k as i32 + 1);
-                acc[k] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(lanes), acc[k]);
-            }
-        }
-        for k in 0..2 {
-            let (a, b) = hsum_halves(acc[k]);
-            out[2 * k][0] = a;
-            out[2 * k + 1][0] = b;
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma")]
-    unsafe fn q8_0_col_pairs<const P: usize>(
-        wd: &[f32],
-        wq: &[i8],
-        xd: &[f32],
-        xq: &[i8],
-        nb: usize,
-        out: &mut [[f32; GROUP]; GROUP],
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); P]; GROUP];
-        for b in 0..nb {
-            let at = b * GROUP;
-            let xd4 = _mm_loadu_ps(xd.as_ptr().add(at));
-            let mut x = [_mm512_setzero_si512(); P];
-            let mut dx = [_mm512_setzero_ps(); P];
-            for p in 0..P {
-                x[p] = _mm512_loadu_si512(xq.as_ptr().add((at + 2 * p) * BLOCK) as *const __m512i);
-                dx[p] = spread(xd4, 2 * p as i32, 2 * p as i32 + 1);
-            }
-            for r in 0..GROUP {
-                let w = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                    wq.as_ptr().add((at + r) * BLOCK) as *const __m256i,
-                ));
-                let wabs = _mm512_abs_epi8(w);
-                let wdr = _mm512_set1_ps(*wd.get_unchecked(at + r));
-                for p in 0..P {
-                    let lanes =
-                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), wabs, signed_like(x[p], w));
-                    let scale = _mm512_mul_ps(wdr, dx[p]);
-                    acc[r][p] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(lanes), acc[r][p]);
-                }
-            }
-        }
-        for r in 0..GROUP {
-            for p in 0..P {
-                let (a, b) = hsum_halves(acc[r][p]);
-                out[r][2 * p] = a;
-                out[r][2 * p + 1] = b;
-            }
-        }
+        Kernel::Portable => portable::tile(w, g, q, h, cols, nb, out),
     }
 }
 
@@ -953,7 +512,7 @@ mod tests {
                 v
             })
             .collect();
-        for t in [1, 2, 3, 4, 5, 7, 9] {
+        for t in [1, 2, 3, 4, 5, 7, 8, 9, 16] {
             let x: Vec<f32> = (0..t * k)
                 .map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0)
                 .collect();

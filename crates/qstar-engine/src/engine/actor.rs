@@ -1,337 +1,41 @@
-//! The engine actor: one thread owns the model and serves every caller.
-//!
-//! Callers send jobs over a channel and await their answers. Between forward
-//! passes the actor takes in new jobs, so concurrent callers share batches
-//! (continuous batching). Each job becomes one or more sequences; a step
-//! stacks every sequence's pending tokens (a prompt chunk, or one token when
-//! decoding) into one forward pass.
-//!
-//! Prefix reuse: when a sequence is admitted, the leading blocks of its tokens
-//! that the prefix cache holds are copied in instead of computed. A sequence
-//! whose next uncomputed block is being computed right now by another
-//! sequence waits for it, so N samples of one prompt, the options of one
-//! question, or prompts sharing an instruction compute the shared part once.
+//! The actor: admission, scheduling of forward passes, and retirement of
+//! finished sequences, with recovery from panics.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use qstar_core::{
-    choose_response, Capabilities, ChooseRequest, ChooseResponse, Completion, FinishReason,
-    GenerateRequest, GenerateResponse, LanguageModel, Message, ModelError, SamplingParams,
-    ScoreRequest, ScoreResponse, ScoredOption, TokenLogprob, TopLogprob, Usage,
+    choose_response, ChooseRequest, Completion, FinishReason, GenerateRequest, GenerateResponse,
+    ModelError, ScoreRequest, ScoreResponse, ScoredOption, TokenLogprob, Usage,
 };
 use rayon::prelude::*;
-use serde::Serialize;
-use tokio::sync::oneshot;
 
+use super::handle::*;
+use super::job::*;
+use super::seq::*;
+use super::{EngineOptions, EngineStats};
 use crate::error::EngineError;
 use crate::llama::{KvCache, SeqStep};
-use crate::model::{LoadedModel, ModelInfo};
+use crate::model::LoadedModel;
 use crate::prefix_cache::{block_hashes, PrefixCache, BLOCK_TOKENS};
-use crate::sampling::{log_softmax, sample, top_k_indices, Rng};
+use crate::sampling::Rng;
 
-/// How the engine runs. Defaults suit a laptop.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct EngineOptions {
-    /// Worker threads for the matrix products (0: one per core).
-    pub threads: usize,
-    pub prefix_cache: bool,
-    /// Memory bound of the prefix cache.
-    pub prefix_cache_mb: usize,
-    /// Tokens per forward pass; longer prompts are processed in chunks.
-    pub max_batch_tokens: usize,
-    /// Sequences decoded together.
-    pub max_sequences: usize,
-}
-
-impl Default for EngineOptions {
-    fn default() -> Self {
-        EngineOptions {
-            threads: 0,
-            prefix_cache: true,
-            prefix_cache_mb: 512,
-            max_batch_tokens: 512,
-            max_sequences: 64,
-        }
-    }
-}
-
-/// Counters since the engine started.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct EngineStats {
-    pub prompt_tokens_computed: usize,
-    pub prompt_tokens_reused: usize,
-    pub tokens_generated: usize,
-    pub forward_passes: usize,
-    pub prefix_cache_bytes: usize,
-}
-
-type Reply<T> = oneshot::Sender<Result<T, ModelError>>;
-
-enum Job {
-    Generate(GenerateRequest, Reply<GenerateResponse>),
-    Score(ScoreRequest, Reply<ScoreResponse>),
-    Choose(ChooseRequest, Reply<ChooseResponse>),
-    Stats(oneshot::Sender<EngineStats>),
-    SetPrefixCache(bool, oneshot::Sender<()>),
-}
-
-/// Handle to the engine; cheap to clone, all clones feed the same actor.
-#[derive(Clone)]
-pub struct Engine {
-    model: Arc<LoadedModel>,
-    tx: mpsc::Sender<Job>,
-}
-
-impl Engine {
-    pub fn load(path: &Path, options: EngineOptions) -> Result<Self, EngineError> {
-        let model = Arc::new(LoadedModel::load(path)?);
-        Ok(Self::start(model, options))
-    }
-
-    pub fn start(model: Arc<LoadedModel>, options: EngineOptions) -> Self {
-        let (tx, rx) = mpsc::channel();
-        let actor_model = model.clone();
-        std::thread::Builder::new()
-            .name("qstar-engine".into())
-            .spawn(move || {
-                let threads = if options.threads == 0 {
-                    std::thread::available_parallelism().map_or(1, |n| n.get())
-                } else {
-                    options.threads
-                };
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
-                let mut actor = Actor::new(actor_model, options);
-                match pool {
-                    Ok(pool) => pool.install(|| actor.run(rx)),
-                    Err(_) => actor.run(rx),
-                }
-            })
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!("cannot start the engine thread: {e}"));
-        Engine { model, tx }
-    }
-
-    pub fn info(&self) -> &ModelInfo {
-        &self.model.info
-    }
-
-    pub fn tokenize(&self, text: &str, with_bos: bool) -> Vec<u32> {
-        self.model.tokenizer.encode(text, with_bos)
-    }
-
-    pub fn token_text(&self, id: u32) -> String {
-        self.model.tokenizer.token_text(id)
-    }
-
-    pub async fn stats(&self) -> EngineStats {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Job::Stats(tx)).is_err() {
-            return EngineStats::default();
-        }
-        rx.await.unwrap_or_default()
-    }
-
-    /// Turns prefix reuse on or off, emptying the cache (for measurements).
-    pub async fn set_prefix_cache(&self, on: bool) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Job::SetPrefixCache(on, tx)).is_ok() {
-            let _ = rx.await;
-        }
-    }
-
-    fn stopped() -> ModelError {
-        ModelError::Backend {
-            backend: "embedded".into(),
-            message: "the engine thread stopped".into(),
-        }
-    }
-
-    async fn submit<R, T>(
-        &self,
-        requests: Vec<R>,
-        wrap: impl Fn(R, Reply<T>) -> Job,
-    ) -> Result<Vec<T>, ModelError> {
-        let mut pending = Vec::with_capacity(requests.len());
-        for r in requests {
-            let (tx, rx) = oneshot::channel();
-            self.tx.send(wrap(r, tx)).map_err(|_| Self::stopped())?;
-            pending.push(rx);
-        }
-        let mut out = Vec::with_capacity(pending.len());
-        for rx in pending {
-            out.push(rx.await.map_err(|_| Self::stopped())??);
-        }
-        Ok(out)
-    }
-}
-
-#[async_trait]
-impl LanguageModel for Engine {
-    fn backend_name(&self) -> String {
-        format!("embedded ({})", self.model.info.path)
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            generate: true,
-            score: true,
-            choose: true,
-            max_top_logprobs: 20,
-            chat_template: self.model.chat.is_some(),
-        }
-    }
-
-    async fn generate(
-        &self,
-        requests: Vec<GenerateRequest>,
-    ) -> Result<Vec<GenerateResponse>, ModelError> {
-        self.submit(requests, Job::Generate).await
-    }
-
-    async fn score(&self, requests: Vec<ScoreRequest>) -> Result<Vec<ScoreResponse>, ModelError> {
-        self.submit(requests, Job::Score).await
-    }
-
-    async fn choose(
-        &self,
-        requests: Vec<ChooseRequest>,
-    ) -> Result<Vec<ChooseResponse>, ModelError> {
-        self.submit(requests, Job::Choose).await
-    }
-
-    fn render_chat(
-        &self,
-        messages: &[Message],
-        add_generation_prompt: bool,
-    ) -> Result<String, ModelError> {
-        render_chat(
-            &self.model,
-            &self.backend_name(),
-            messages,
-            add_generation_prompt,
-        )
-    }
-}
-
-/// Renders messages with the model's chat template, or says it has none.
-fn render_chat(
-    model: &LoadedModel,
-    backend: &str,
-    messages: &[Message],
-    add_generation_prompt: bool,
-) -> Result<String, ModelError> {
-    let chat = model.chat.as_ref().ok_or_else(|| ModelError::Unsupported {
-        backend: backend.into(),
-        capability: "chat templates (the GGUF has no tokenizer.chat_template)".into(),
-    })?;
-    chat.render(messages, add_generation_prompt)
-        .map_err(|e| ModelError::InvalidRequest(e.to_string()))
-}
-
-/// What a finished sequence reports to its job.
-enum SeqOutput {
-    Completion(Completion),
-    /// Log-probs of the wanted ids, per wanted row, in order.
-    Logprobs(Vec<Vec<f32>>),
-}
-
-struct Generation {
-    params: SamplingParams,
-    rng: Rng,
-    top_logprobs: Option<usize>,
-    generated: Vec<u32>,
-    logprobs: Vec<TokenLogprob>,
-    finish: Option<FinishReason>,
-    /// Length of the text cut before a stop string, when one appeared.
-    stop_at: Option<usize>,
-}
-
-struct Seq {
-    job: u64,
-    /// Which part of the job this is (sample index, option index).
-    tag: usize,
-    tokens: Vec<u32>,
-    /// Tokens that were given (the rest were generated).
-    prompt_len: usize,
-    hashes: Vec<u64>,
-    kv: KvCache,
-    /// Rows whose next-token log-probs are wanted, with the ids wanted.
-    wants: Vec<(usize, Vec<u32>)>,
-    results: Vec<Vec<f32>>,
-    generation: Option<Generation>,
-    reused: usize,
-    /// Block hashes this sequence is computing that others may wait for.
-    claimed: Vec<u64>,
-}
-
-impl Seq {
-    /// First row whose logits this sequence needs.
-    fn first_logit_row(&self) -> usize {
-        match &self.generation {
-            Some(_) => self.tokens.len() - 1,
-            None => self.wants.first().map_or(self.tokens.len() - 1, |w| w.0),
-        }
-    }
-
-    fn done(&self) -> bool {
-        match &self.generation {
-            Some(g) => g.finish.is_some(),
-            None => self.kv.len >= self.tokens.len(),
-        }
-    }
-}
-
-enum JobState {
-    Generate {
-        reply: Reply<GenerateResponse>,
-        completions: Vec<Option<Completion>>,
-    },
-    Score {
-        reply: Reply<ScoreResponse>,
-        ids: Vec<u32>,
-        /// Whether the first continuation token has nothing before it.
-        first_unconditioned: bool,
-        /// Log-prob of each conditioned token, filled when the sequence ends.
-        logprobs: Vec<f32>,
-    },
-    Choose {
-        reply: Reply<ChooseResponse>,
-        options: Vec<String>,
-        /// Each option's tokens and their log-probs, filled in as the
-        /// prompt's sequence (first tokens) and the options' sequences finish.
-        scored: Vec<ScoredOption<u32>>,
-    },
-}
-
-struct PendingJob {
-    state: JobState,
-    remaining: usize,
-    usage: Usage,
-}
-
-/// Tag of a choose job's prompt-only sequence (options use their index).
-const PROMPT_TAG: usize = usize::MAX;
-
-struct Actor {
-    model: Arc<LoadedModel>,
-    options: EngineOptions,
-    cache: PrefixCache,
-    jobs: HashMap<u64, PendingJob>,
-    waiting: VecDeque<Seq>,
-    active: Vec<Seq>,
+pub(super) struct Actor {
+    pub(super) model: Arc<LoadedModel>,
+    pub(super) options: EngineOptions,
+    pub(super) cache: PrefixCache,
+    pub(super) jobs: HashMap<u64, PendingJob>,
+    pub(super) waiting: VecDeque<Seq>,
+    pub(super) active: Vec<Seq>,
     /// Blocks being computed by active sequences, not yet in the cache.
-    in_flight: HashSet<u64>,
-    next_job: u64,
-    stats: EngineStats,
+    pub(super) in_flight: HashSet<u64>,
+    pub(super) next_job: u64,
+    pub(super) stats: EngineStats,
 }
 
 impl Actor {
-    fn new(model: Arc<LoadedModel>, options: EngineOptions) -> Self {
+    pub(super) fn new(model: Arc<LoadedModel>, options: EngineOptions) -> Self {
         let kv_dim = model.llama.config.kv_dim();
         Actor {
             cache: PrefixCache::new(kv_dim, options.prefix_cache_mb << 20),
@@ -346,7 +50,9 @@ impl Actor {
         }
     }
 
-    fn run(&mut self, rx: mpsc::Receiver<Job>) {
+    /// Serves jobs until every handle is gone. A panic while serving fails
+    /// the jobs it concerns (with the panic's message) and nothing else.
+    pub(super) fn run(&mut self, rx: mpsc::Receiver<Job>) {
         loop {
             if self.active.is_empty() && self.waiting.is_empty() {
                 match rx.recv() {
@@ -357,12 +63,66 @@ impl Actor {
             while let Ok(job) = rx.try_recv() {
                 self.intake(job);
             }
-            self.admit();
+            if let Err(reason) = guarded(|| self.admit()) {
+                self.recover(&reason);
+            }
             self.step();
         }
     }
 
-    fn new_seq(&self, job: u64, tag: usize, tokens: Vec<u32>) -> Seq {
+    /// Fails a job: answers it with the error and drops its sequences.
+    pub(super) fn fail_job(&mut self, job: u64, error: ModelError) {
+        if let Some(pending) = self.jobs.remove(&job) {
+            pending.state.fail(error);
+        }
+        let mut released = Vec::new();
+        self.waiting.retain(|s| s.job != job);
+        self.active.retain(|s| {
+            let keep = s.job != job;
+            if !keep {
+                released.extend(s.claimed.iter().copied());
+            }
+            keep
+        });
+        for h in released {
+            self.in_flight.remove(&h);
+        }
+    }
+
+    /// After a panic whose jobs are unknown: every job that lost a sequence
+    /// (it has fewer queued or active than it waits for) fails.
+    pub(super) fn recover(&mut self, reason: &str) {
+        tracing::error!("the engine recovered from an internal error: {reason}");
+        let mut present: HashMap<u64, usize> = HashMap::new();
+        for s in self.waiting.iter().chain(&self.active) {
+            *present.entry(s.job).or_default() += 1;
+        }
+        let lost: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|(id, p)| present.get(id).copied().unwrap_or(0) < p.remaining)
+            .map(|(id, _)| *id)
+            .collect();
+        for job in lost {
+            self.fail_job(job, internal_error(reason));
+        }
+        // Sequences of jobs that no longer exist are dropped too.
+        let jobs = &self.jobs;
+        self.waiting.retain(|s| jobs.contains_key(&s.job));
+        let mut released = Vec::new();
+        self.active.retain(|s| {
+            let keep = jobs.contains_key(&s.job);
+            if !keep {
+                released.extend(s.claimed.iter().copied());
+            }
+            keep
+        });
+        for h in released {
+            self.in_flight.remove(&h);
+        }
+    }
+
+    pub(super) fn new_seq(&self, job: u64, tag: usize, tokens: Vec<u32>) -> Seq {
         let hashes = if self.options.prefix_cache {
             block_hashes(&tokens)
         } else {
@@ -380,10 +140,12 @@ impl Actor {
             generation: None,
             reused: 0,
             claimed: Vec::new(),
+            #[cfg(test)]
+            fault: None,
         }
     }
 
-    fn check_length(&self, tokens: usize, room: usize) -> Result<(), ModelError> {
+    pub(super) fn check_length(&self, tokens: usize, room: usize) -> Result<(), ModelError> {
         let context = self.model.llama.config.context_length;
         if tokens + room > context {
             return Err(ModelError::InvalidRequest(
@@ -393,7 +155,7 @@ impl Actor {
         Ok(())
     }
 
-    fn intake(&mut self, job: Job) {
+    pub(super) fn intake(&mut self, job: Job) {
         let id = self.next_job;
         self.next_job += 1;
         match job {
@@ -411,7 +173,7 @@ impl Actor {
                 let _ = tx.send(());
             }
             Job::Generate(req, reply) => {
-                let n = match self.intake_generate(id, req) {
+                let n = match self.guarded_intake(id, |a| a.intake_generate(id, req)) {
                     Ok(n) => n,
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -429,9 +191,11 @@ impl Actor {
                         usage: Usage::default(),
                     },
                 );
-                self.finish_if_done(id);
+                if let Err(reason) = guarded(|| self.finish_if_done(id)) {
+                    self.recover(&reason);
+                }
             }
-            Job::Score(req, reply) => match self.intake_score(id, &req) {
+            Job::Score(req, reply) => match self.guarded_intake(id, |a| a.intake_score(id, &req)) {
                 Ok(state) => {
                     let state = JobState::Score {
                         reply,
@@ -452,7 +216,8 @@ impl Actor {
                     let _ = reply.send(Err(e));
                 }
             },
-            Job::Choose(req, reply) => match self.intake_choose(id, &req) {
+            Job::Choose(req, reply) => match self.guarded_intake(id, |a| a.intake_choose(id, &req))
+            {
                 Ok((seqs, option_ids)) => {
                     let scored = option_ids
                         .into_iter()
@@ -481,8 +246,29 @@ impl Actor {
         }
     }
 
+    /// Runs the intake of job `id`; if it panics, the sequences it queued are
+    /// dropped and the panic becomes the job's error.
+    pub(super) fn guarded_intake<T>(
+        &mut self,
+        id: u64,
+        f: impl FnOnce(&mut Self) -> Result<T, ModelError>,
+    ) -> Result<T, ModelError> {
+        match guarded(|| f(self)) {
+            Ok(result) => result,
+            Err(reason) => {
+                tracing::error!("the engine recovered from an internal error: {reason}");
+                self.waiting.retain(|s| s.job != id);
+                Err(internal_error(&reason))
+            }
+        }
+    }
+
     /// Queues one sequence per sample and returns how many.
-    fn intake_generate(&mut self, id: u64, req: GenerateRequest) -> Result<usize, ModelError> {
+    pub(super) fn intake_generate(
+        &mut self,
+        id: u64,
+        req: GenerateRequest,
+    ) -> Result<usize, ModelError> {
         let prompt = match &req.messages {
             Some(messages) => render_chat(&self.model, "embedded", messages, true)?,
             None => req.prompt.clone(),
@@ -494,11 +280,21 @@ impl Actor {
             ));
         }
         self.check_length(tokens.len(), 1)?;
+        #[cfg(test)]
+        let fault = Fault::in_prompt(&prompt);
+        #[cfg(test)]
+        if fault == Some(Fault::Intake) {
+            panic!("injected fault in intake");
+        }
         // With nothing to generate, the samples are finished before they
         // start and never touch the model.
         let nothing = req.params.max_tokens == 0;
         for i in 0..req.n {
             let mut seq = self.new_seq(id, i, tokens.clone());
+            #[cfg(test)]
+            {
+                seq.fault = fault;
+            }
             if nothing {
                 seq.kv.len = tokens.len();
             }
@@ -516,7 +312,7 @@ impl Actor {
         Ok(req.n)
     }
 
-    fn intake_score(
+    pub(super) fn intake_score(
         &mut self,
         id: u64,
         req: &ScoreRequest,
@@ -562,7 +358,7 @@ impl Actor {
     /// Queues a choose job: one sequence for the prompt (its last row gives
     /// every option's first token) and one per option of several tokens.
     /// Returns the number of sequences and each option's token ids.
-    fn intake_choose(
+    pub(super) fn intake_choose(
         &mut self,
         id: u64,
         req: &ChooseRequest,
@@ -610,7 +406,7 @@ impl Actor {
     }
 
     /// Moves waiting sequences into the active set, reusing cached prefixes.
-    fn admit(&mut self) {
+    pub(super) fn admit(&mut self) {
         let mut deferred = VecDeque::new();
         // Prompt tokens already waiting in admitted sequences: admitting more
         // than a step can take would only hold their KV memory early.
@@ -656,8 +452,35 @@ impl Actor {
         }
     }
 
-    fn step(&mut self) {
-        // Decoding sequences first (one token each), then prompt chunks.
+    pub(super) fn step(&mut self) {
+        let chunks = self.plan();
+        if !chunks.is_empty() {
+            let mut failed = Vec::new();
+            match self.run_chunks(&chunks) {
+                Ok(f) => failed.extend(f),
+                // One of the batched sequences broke the pass: run each alone
+                // so that only the culprit's job fails.
+                Err(_) if chunks.len() > 1 => {
+                    for &chunk in &chunks {
+                        match self.run_chunks(&[chunk]) {
+                            Ok(f) => failed.extend(f),
+                            Err(reason) => failed.push((self.active[chunk.0].job, reason)),
+                        }
+                    }
+                }
+                Err(reason) => failed.push((self.active[chunks[0].0].job, reason)),
+            }
+            for (job, reason) in failed {
+                tracing::error!("the engine recovered from an internal error: {reason}");
+                self.fail_job(job, internal_error(&reason));
+            }
+        }
+        self.retire();
+    }
+
+    /// Which active sequences go into the next pass, and how many tokens
+    /// each: decoding sequences first (one token each), then prompt chunks.
+    pub(super) fn plan(&self) -> Vec<(usize, usize)> {
         let mut order: Vec<usize> = (0..self.active.len())
             .filter(|&i| !self.active[i].done())
             .collect();
@@ -673,53 +496,101 @@ impl Actor {
             chunks.push((i, take));
             budget -= take;
         }
-        if !chunks.is_empty() {
-            let mut plan: HashMap<usize, usize> = chunks.iter().copied().collect();
-            let mut steps: Vec<SeqStep<'_>> = Vec::with_capacity(chunks.len());
-            let mut starts = Vec::with_capacity(chunks.len());
-            let mut which = Vec::with_capacity(chunks.len());
-            for (i, s) in self.active.iter_mut().enumerate() {
-                let Some(take) = plan.remove(&i) else {
-                    continue;
-                };
-                let start = s.kv.len;
-                let first_row = s.first_logit_row();
-                let logits_from = first_row.saturating_sub(start);
-                starts.push(start);
-                which.push(i);
-                steps.push(SeqStep {
-                    kv: &mut s.kv,
-                    tokens: &s.tokens[start..start + take],
-                    logits_from,
-                });
-            }
-            let logits = self.model.llama.forward(&mut steps);
-            drop(steps);
-            self.stats.forward_passes += 1;
-            let mut per_seq: Vec<Option<(usize, Vec<f32>)>> = vec![None; self.active.len()];
-            for ((i, start), rows) in which.into_iter().zip(starts).zip(logits) {
-                per_seq[i] = Some((start, rows));
-            }
-            // Sampling and log-softmax touch one sequence each: in parallel.
-            let model = &self.model;
-            let outcomes: Vec<Option<Absorbed>> = self
-                .active
-                .par_iter_mut()
-                .zip(per_seq.into_par_iter())
-                .map(|(seq, work)| work.map(|(start, rows)| absorb(model, seq, start, rows)))
-                .collect();
-            for (i, outcome) in outcomes.into_iter().enumerate() {
-                if let Some(outcome) = outcome {
-                    self.record(i, outcome);
+        chunks
+    }
+
+    /// One forward pass over `chunks`, then each
+    /// sequence takes in its logits. A panic in the pass undoes what it did
+    /// to the KV caches and is returned as the error; a panic while one
+    /// sequence takes in its logits fails only that sequence's job, listed in
+    /// the result.
+    pub(super) fn run_chunks(
+        &mut self,
+        chunks: &[(usize, usize)],
+    ) -> Result<Vec<(u64, String)>, String> {
+        // The pass stacks sequences in the order of the active set.
+        let mut chunks = chunks.to_vec();
+        chunks.sort_unstable_by_key(|&(i, _)| i);
+        let chunks = &chunks[..];
+        let before: Vec<usize> = chunks.iter().map(|&(i, _)| self.active[i].kv.len).collect();
+        let pass = guarded(|| self.forward(chunks));
+        let logits = match pass {
+            Ok(logits) => logits,
+            Err(reason) => {
+                let kv_dim = self.model.llama.config.kv_dim();
+                for (&(i, _), &len) in chunks.iter().zip(&before) {
+                    let kv = &mut self.active[i].kv;
+                    for layer in kv.k.iter_mut().chain(kv.v.iter_mut()) {
+                        layer.truncate(len * kv_dim);
+                    }
+                    kv.len = len;
                 }
+                return Err(reason);
+            }
+        };
+        self.stats.forward_passes += 1;
+        let mut per_seq: Vec<Option<(usize, Vec<f32>)>> = vec![None; self.active.len()];
+        for ((&(i, _), &start), rows) in chunks.iter().zip(&before).zip(logits) {
+            per_seq[i] = Some((start, rows));
+        }
+        // Sampling and log-softmax touch one sequence each: in parallel.
+        let model = &self.model;
+        let outcomes: Vec<Option<Result<Absorbed, String>>> = self
+            .active
+            .par_iter_mut()
+            .zip(per_seq.into_par_iter())
+            .map(|(seq, work)| {
+                work.map(|(start, rows)| guarded(|| absorb(model, seq, start, rows)))
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            let result = match outcome {
+                None => continue,
+                Some(Ok(outcome)) => guarded(|| self.record(i, outcome)),
+                Some(Err(reason)) => Err(reason),
+            };
+            if let Err(reason) = result {
+                failed.push((self.active[i].job, reason));
             }
         }
-        self.retire();
+        Ok(failed)
+    }
+
+    /// The forward pass itself: the logits of every chunk's wanted rows.
+    pub(super) fn forward(&mut self, chunks: &[(usize, usize)]) -> Vec<Vec<f32>> {
+        let mut plan: HashMap<usize, usize> = chunks.iter().copied().collect();
+        let mut steps: Vec<SeqStep<'_>> = Vec::with_capacity(chunks.len());
+        for (i, s) in self.active.iter_mut().enumerate() {
+            let Some(take) = plan.remove(&i) else {
+                continue;
+            };
+            let start = s.kv.len;
+            let first_row = s.first_logit_row();
+            let logits_from = first_row.saturating_sub(start);
+            steps.push(SeqStep {
+                kv: &mut s.kv,
+                tokens: &s.tokens[start..start + take],
+                logits_from,
+            });
+        }
+        let logits = self.model.llama.forward(&mut steps);
+        drop(steps);
+        // A sequence that asked for it fails after the pass has written to
+        // the KV caches, so the undo is exercised too.
+        #[cfg(test)]
+        if chunks
+            .iter()
+            .any(|&(i, _)| self.active[i].fault == Some(Fault::Forward))
+        {
+            panic!("injected fault in the forward pass");
+        }
+        logits
     }
 
     /// Counts what a forward pass did for sequence `i`, and shares its
     /// prompt's blocks once the prompt is complete.
-    fn record(&mut self, i: usize, outcome: Absorbed) {
+    pub(super) fn record(&mut self, i: usize, outcome: Absorbed) {
         self.stats.prompt_tokens_computed += outcome.prompt_computed;
         self.stats.tokens_generated += outcome.generated;
         let seq = &mut self.active[i];
@@ -732,8 +603,9 @@ impl Actor {
         }
     }
 
-    /// Hands finished sequences to their jobs.
-    fn retire(&mut self) {
+    /// Hands finished sequences to their jobs. A panic while handing one
+    /// over fails that sequence's job alone.
+    pub(super) fn retire(&mut self) {
         let mut i = 0;
         while i < self.active.len() {
             if !self.active[i].done() {
@@ -745,9 +617,19 @@ impl Actor {
                 self.in_flight.remove(h);
             }
             let job = seq.job;
+            if let Err(reason) = guarded(|| self.retire_one(seq)) {
+                tracing::error!("the engine recovered from an internal error: {reason}");
+                self.fail_job(job, internal_error(&reason));
+            }
+        }
+    }
+
+    pub(super) fn retire_one(&mut self, seq: Seq) {
+        {
+            let job = seq.job;
             let tokenizer = &self.model.tokenizer;
             let Some(pending) = self.jobs.get_mut(&job) else {
-                continue;
+                return;
             };
             pending.usage.prompt_tokens += seq.prompt_len;
             pending.usage.prompt_tokens_reused += seq.reused;
@@ -797,7 +679,7 @@ impl Actor {
         }
     }
 
-    fn finish_if_done(&mut self, job: u64) {
+    pub(super) fn finish_if_done(&mut self, job: u64) {
         if self.jobs.get(&job).is_none_or(|p| p.remaining > 0) {
             return;
         }
@@ -855,97 +737,4 @@ impl Actor {
             }
         }
     }
-}
-
-/// What a forward pass did for one sequence.
-struct Absorbed {
-    prompt_computed: usize,
-    generated: usize,
-    prompt_completed: bool,
-}
-
-/// Uses the logits a sequence got from a forward pass: wanted log-probs for
-/// scoring, or the next token for generation.
-fn absorb(model: &LoadedModel, seq: &mut Seq, start: usize, rows: Vec<f32>) -> Absorbed {
-    let n_vocab = model.llama.config.n_vocab;
-    let tokenizer = &model.tokenizer;
-    let context = model.llama.config.context_length;
-    let end = seq.kv.len;
-    let n_rows = rows.len() / n_vocab;
-    let first_row = end - n_rows;
-    let was_prefill = start < seq.prompt_len;
-    let mut outcome = Absorbed {
-        prompt_computed: if was_prefill {
-            end.min(seq.prompt_len) - start
-        } else {
-            0
-        },
-        generated: 0,
-        prompt_completed: was_prefill && end >= seq.prompt_len,
-    };
-    if seq.generation.is_none() {
-        for (r, row) in rows.chunks_exact(n_vocab).enumerate() {
-            let abs = first_row + r;
-            if !seq.wants.iter().any(|w| w.0 == abs) {
-                continue;
-            }
-            let lsm = log_softmax(row);
-            for (_, ids) in seq.wants.iter().filter(|w| w.0 == abs) {
-                seq.results
-                    .push(ids.iter().map(|&id| lsm[id as usize]).collect());
-            }
-        }
-        return outcome;
-    }
-    if end != seq.tokens.len() || n_rows == 0 {
-        return outcome;
-    }
-    let row = &rows[(n_rows - 1) * n_vocab..];
-    let Some(g) = seq.generation.as_mut() else {
-        return outcome;
-    };
-    let token = sample(row, &g.params, &mut g.rng);
-    if tokenizer.is_end_of_generation(token) && !g.params.ignore_eos {
-        g.finish = Some(FinishReason::Eos);
-        return outcome;
-    }
-    if let Some(k) = g.top_logprobs {
-        let lsm = log_softmax(row);
-        let top = top_k_indices(&lsm, k)
-            .into_iter()
-            .map(|id| TopLogprob {
-                id: id as u32,
-                text: tokenizer.token_text(id as u32),
-                logprob: lsm[id],
-            })
-            .collect();
-        g.logprobs.push(TokenLogprob {
-            id: token,
-            text: tokenizer.token_text(token),
-            logprob: Some(lsm[token as usize]),
-            top,
-        });
-    }
-    g.generated.push(token);
-    seq.tokens.push(token);
-    outcome.generated = 1;
-    if !g.params.stop.is_empty() {
-        let text = tokenizer.decode(&g.generated);
-        if let Some(at) = g
-            .params
-            .stop
-            .iter()
-            .filter_map(|s| text.find(s.as_str()))
-            .min()
-        {
-            g.stop_at = Some(at);
-            g.finish = Some(FinishReason::Stop);
-        }
-    }
-    if g.finish.is_none()
-        && (g.generated.len() >= g.params.max_tokens || seq.tokens.len() >= context)
-    {
-        g.finish = Some(FinishReason::Length);
-    }
-    outcome
 }

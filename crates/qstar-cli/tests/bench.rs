@@ -1,0 +1,136 @@
+//! `qstar bench` on the real default model against a stand-in for
+//! llama-bench: one peer call per round with `-r 1`, each after a qstar
+//! round, and the peer's figures are the medians of its calls.
+
+use std::path::PathBuf;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn model() -> PathBuf {
+    let path = qstar_engine::fetch::default_model_path();
+    assert!(
+        path.exists(),
+        "the default model is missing; run `cargo run --release -- model fetch` first"
+    );
+    path
+}
+
+/// A `llama-bench` that logs its arguments and the time of each call and
+/// prints the JSON rows of the real one: pp256 and tg128 at the next pair of
+/// rates from a fixed list.
+fn fake_llama_bench(dir: &std::path::Path) {
+    let script = r#"#!/bin/sh
+log="$(dirname "$0")/calls.log"
+n=$(cat "$log" 2>/dev/null | wc -l)
+echo "$(date +%s.%N) $*" >> "$log"
+set -- 300 100 500 200 400
+i=0
+for v in "$@"; do
+  if [ "$i" -eq "$n" ]; then pp=$v; fi
+  i=$((i + 1))
+done
+tg=$((pp / 10))
+cat <<JSON
+[{"build_commit": "abc1234", "build_number": 42, "cpu_info": "Test CPU", "n_prompt": 256, "n_gen": 0, "avg_ts": $pp.0},
+ {"build_commit": "abc1234", "build_number": 42, "cpu_info": "Test CPU", "n_prompt": 0, "n_gen": 128, "avg_ts": $tg.5}]
+JSON
+"#;
+    let path = dir.join("llama-bench");
+    std::fs::write(&path, script).expect("write script");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::write(
+        dir.join("BUILD-INFO"),
+        "llama.cpp test build\ncmake -DGGML_NATIVE=ON\n",
+    )
+    .expect("write info");
+}
+
+#[test]
+fn peer_runs_interleaved_and_medians_on_both_sides() {
+    model();
+    let dir = tempfile::tempdir().expect("tempdir");
+    fake_llama_bench(dir.path());
+    let path = std::env::join_paths(std::iter::once(dir.path().to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .expect("PATH");
+    let out = Command::cargo_bin("qstar")
+        .expect("binary")
+        .env("PATH", path)
+        .args(["bench", "--runs", "5", "--json"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+
+    // The peer: five calls, one repetition each, medians of its figures.
+    let log = std::fs::read_to_string(dir.path().join("calls.log")).expect("log");
+    let calls: Vec<&str> = log.lines().collect();
+    assert_eq!(calls.len(), 5, "{log}");
+    for call in &calls {
+        assert!(call.contains("-r 1"), "{call}");
+        assert!(call.contains("-p 256") && call.contains("-n 128"), "{call}");
+        assert!(call.contains("-t 2"), "{call}");
+    }
+    let peer = &r["llamacpp"];
+    assert_eq!(peer["prefill_tok_s"], 300.0);
+    assert_eq!(peer["decode_tok_s"], 30.5);
+    assert_eq!(peer["build_commit"], "abc1234");
+    assert_eq!(peer["build_number"], 42);
+    assert_eq!(peer["build_info"][1], "cmake -DGGML_NATIVE=ON");
+
+    // qstar ran a whole round (prefill, two decodes, eight sequences: seconds
+    // of work) between two peer calls.
+    let times: Vec<f64> = calls
+        .iter()
+        .map(|c| {
+            c.split(' ')
+                .next()
+                .and_then(|t| t.parse().ok())
+                .expect("time")
+        })
+        .collect();
+    for w in times.windows(2) {
+        assert!(w[1] - w[0] > 0.5, "peer calls back to back: {times:?}");
+    }
+
+    // qstar's side: five samples each, and the reported figure is their median.
+    for key in ["prefill_tok_s", "decode_tok_s", "batch8_decode_tok_s"] {
+        let mut v: Vec<f64> = r["samples"][key]
+            .as_array()
+            .expect("samples")
+            .iter()
+            .map(|x| x.as_f64().expect("number"))
+            .collect();
+        assert_eq!(v.len(), 5, "{key}");
+        v.sort_by(f64::total_cmp);
+        assert_eq!(r[key].as_f64(), Some(v[2]), "{key}");
+    }
+    assert_eq!(r["runs"], 5);
+    assert_eq!(
+        r["ratio_prefill"].as_f64(),
+        r["prefill_tok_s"].as_f64().map(|x| x / 300.0)
+    );
+
+    // The kernel the engine's dispatch really takes.
+    let kernel = r["kernel"].as_str().expect("kernel");
+    assert_eq!(kernel, qstar_engine::kernels::Kernel::detect().name());
+    assert!(["avx512vnni", "avx2", "portable"].contains(&kernel));
+}
+
+#[test]
+fn zero_runs_is_a_usage_error() {
+    let out = Command::cargo_bin("qstar")
+        .expect("binary")
+        .args(["bench", "--runs", "0"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--runs"));
+}

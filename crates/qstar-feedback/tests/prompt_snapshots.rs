@@ -424,7 +424,7 @@ fn unknown_files_and_broken_templates_are_errors_naming_them() {
         .expect_err("broken template")
         .to_string();
     assert!(
-        err.contains("rlaif.j2") && err.contains("does not parse"),
+        err.contains("rlaif.j2") && err.contains("line 1") && err.contains("does not parse"),
         "{err}"
     );
     let missing = dir.path().join("absent");

@@ -72,7 +72,7 @@ impl Prompts {
             .ok_or_else(|| format!("no prompt is named {name:?}; the prompts are {known}"))?;
         Environment::new()
             .template_from_str(&source)
-            .map_err(|e| format!("the template does not parse: {e}"))?;
+            .map_err(|e| parse_error(&e))?;
         slot.1 = Cow::Owned(source);
         Ok(())
     }
@@ -145,6 +145,19 @@ pub fn step_judge(problem: &str, solution: &str) -> Result<String, SearchError> 
 /// [`Prompts::revision`] of the built-in templates.
 pub fn revision(question: &str, instruction: &str, attempt: &str) -> Result<String, SearchError> {
     Prompts::builtin().revision(question, instruction, attempt)
+}
+
+/// Why a template does not parse, with its line when the parser knows it
+/// (minijinja's own message names the template `<string>`).
+fn parse_error(e: &minijinja::Error) -> String {
+    let what = match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    };
+    match e.line() {
+        Some(line) => format!("line {line}: the template does not parse: {what}"),
+        None => format!("the template does not parse: {what}"),
+    }
 }
 
 #[cfg(test)]

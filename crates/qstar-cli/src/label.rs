@@ -18,6 +18,7 @@ use serde_json::json;
 use crate::backend::BackendArgs;
 pub(crate) use crate::job::sibling;
 use crate::job::{add_fingerprint, open_store, Finished, Job};
+use crate::prompts::{PromptArgs, PromptSet};
 use crate::report::{Reporter, Text};
 use crate::{bounded, UsageError};
 
@@ -215,6 +216,8 @@ pub struct LabelArgs {
     /// auto (the input's form).
     #[arg(long, value_enum, default_value = "auto")]
     row_form: RowForm,
+    #[command(flatten)]
+    prompts: PromptArgs,
 }
 
 /// A probability flag's value, in [0, 1].
@@ -403,6 +406,7 @@ pub async fn label(args: LabelArgs) -> Result<()> {
         ))
         .into());
     }
+    let prompts = PromptSet::load(&args.prompts)?;
     let keys = args.keys;
     let form = args.row_form.resolve(&args.job.input);
     let config = CaiConfig {
@@ -422,8 +426,13 @@ pub async fn label(args: LabelArgs) -> Result<()> {
         format: args.job.format(),
     };
     let model = args.job.backend.open().await?;
-    let labeler = CaiLabeler::new(model.as_ref(), &constitution, config.clone())?;
-    let resolved = json!({
+    let labeler = CaiLabeler::with_prompts(
+        model.as_ref(),
+        &constitution,
+        config.clone(),
+        &prompts.feedback,
+    )?;
+    let mut resolved = json!({
         "method": args.method,
         "keys": format!("{:?}", args.keys).to_lowercase(),
         "row_form": form,
@@ -431,6 +440,11 @@ pub async fn label(args: LabelArgs) -> Result<()> {
         "constitution": constitution,
         "backend": model.backend_name(),
     });
+    let used = match args.method {
+        Method::Rlaif => crate::prompts::LABEL_RLAIF,
+        Method::Cai | Method::Cot => crate::prompts::LABEL_CAI,
+    };
+    prompts.add_to(&mut resolved, used);
     let labeler = &labeler;
     let out = &args.job.out;
     let finished = run_pair_job(
@@ -514,19 +528,24 @@ pub struct RateArgs {
     /// auto (the input's form).
     #[arg(long, value_enum, default_value = "auto")]
     row_form: RowForm,
+    #[command(flatten)]
+    prompts: PromptArgs,
 }
 
 /// `qstar rate`: d-RLAIF rewards for both replies of each pair.
 pub async fn rate(args: RateArgs) -> Result<()> {
+    let prompts = PromptSet::load(&args.prompts)?;
     let model = args.job.backend.open().await?;
-    let rater = qstar_feedback::Rater::new(model.as_ref(), args.job.format())?;
+    let rater =
+        qstar_feedback::Rater::with_prompts(model.as_ref(), args.job.format(), &prompts.feedback)?;
     let form = args.row_form.resolve(&args.job.input);
-    let resolved = json!({
+    let mut resolved = json!({
         "method": "d-rlaif",
         "format": args.job.format(),
         "row_form": form,
         "backend": model.backend_name(),
     });
+    prompts.add_to(&mut resolved, crate::prompts::RATE);
     let rater = &rater;
     let finished = run_pair_job(
         &args.job,
@@ -745,6 +764,8 @@ pub struct JudgeArgs {
     /// auto (the input's form).
     #[arg(long, value_enum, default_value = "auto")]
     row_form: RowForm,
+    #[command(flatten)]
+    prompts: PromptArgs,
 }
 
 /// `qstar judge`: self-rewarding DPO pairs (best vs worst judged reply).
@@ -756,20 +777,23 @@ pub async fn judge(args: JudgeArgs) -> Result<()> {
         max_tokens: args.max_tokens,
         ..Default::default()
     };
+    let prompts = PromptSet::load(&args.prompts)?;
     let model = args.job.backend.open().await?;
     let form = args.row_form.resolve(&args.job.input);
-    let resolved = json!({
+    let mut resolved = json!({
         "method": "llm-as-judge",
         "config": config,
         "row_form": form,
         "backend": model.backend_name(),
     });
-    let (model_ref, config) = (model.as_ref(), &config);
+    prompts.add_to(&mut resolved, crate::prompts::JUDGE);
+    let (model_ref, config, templates) = (model.as_ref(), &config, &prompts.feedback);
     // Every prompt's record is stored; only formed pairs are exported.
     let finished = run_pair_job(&args.job, true, "judge", &resolved, is_dpo_pair, |chunk| {
         Box::pin(async move {
             let prompts = opening_prompts(&chunk);
-            let judged = qstar_feedback::judge_prompts(model_ref, config, &prompts).await?;
+            let judged =
+                qstar_feedback::judge_prompts_with(model_ref, templates, config, &prompts).await?;
             chunk
                 .iter()
                 .zip(judged)

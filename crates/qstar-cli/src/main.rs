@@ -8,6 +8,7 @@ mod export;
 mod job;
 mod label;
 mod plot;
+mod prompts;
 mod report;
 mod settings;
 mod solve;
@@ -79,6 +80,18 @@ enum Command {
         #[command(subcommand)]
         command: EvalCommand,
     },
+    /// The prompt templates that `--prompts DIR` replaces.
+    Prompts {
+        #[command(subcommand)]
+        command: PromptsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PromptsCommand {
+    /// Write every built-in template to DIR/<name>.j2, to edit and pass
+    /// back with `--prompts DIR`.
+    Export(prompts::ExportArgs),
 }
 
 #[derive(Subcommand)]
@@ -229,6 +242,9 @@ fn main() -> ExitCode {
             },
             Command::Eval { command } => match command {
                 EvalCommand::Labels(args) => label::eval_labels(args),
+            },
+            Command::Prompts { command } => match command {
+                PromptsCommand::Export(args) => prompts::export(args),
             },
         }
     });

@@ -145,6 +145,22 @@ mod tests {
     }
 
     #[test]
+    fn a_prompt_directory_comes_from_the_file_unless_a_flag_names_one() {
+        let toml = "strategy = \"greedy\"\nprompts = \"from-file\"\n";
+        let a = solve_args(merged(&SOLVE, toml).expect("parse"));
+        assert_eq!(a.search.prompts.prompts, Some(PathBuf::from("from-file")));
+        let mut args = SOLVE.to_vec();
+        args.extend(["--prompts", "from-flag"]);
+        let a = solve_args(merged(&args, toml).expect("parse"));
+        assert_eq!(a.search.prompts.prompts, Some(PathBuf::from("from-flag")));
+        // Every command that renders a template takes it.
+        for command in ["label", "rate", "judge"] {
+            let args = [command, "--input", "p.jsonl", "--out", "o.jsonl"];
+            assert!(merged(&args, "prompts = \"d\"\n").is_ok(), "{command}");
+        }
+    }
+
+    #[test]
     fn unknown_and_ill_typed_keys_are_errors() {
         let err = merged(&SOLVE, "strategy = \"greedy\"\nbogus = 1\n").err();
         assert!(err.is_some_and(|e| e.contains("`bogus`")));

@@ -24,6 +24,7 @@ use serde_json::json;
 use crate::backend::BackendArgs;
 use crate::job::{add_fingerprint, open_store, Finished, Job};
 use crate::label::Format;
+use crate::prompts::{PromptArgs, PromptSet};
 use crate::report::{Align, Reporter, Text};
 use crate::{bounded, non_empty, UsageError};
 
@@ -167,6 +168,8 @@ pub struct SearchArgs {
     /// Where finished records are kept (default: beside the output).
     #[arg(long)]
     pub store: Option<PathBuf>,
+    #[command(flatten)]
+    pub prompts: PromptArgs,
 }
 
 #[derive(Args)]
@@ -228,6 +231,9 @@ pub struct Setup {
     pub parallel: usize,
     pub input: PathBuf,
     backend: BackendArgs,
+    /// The templates, for the job's key (the search renders
+    /// `config.prompts`).
+    prompts: PromptSet,
 }
 
 /// The keys of the search settings (`SearchConfig`) a config file may hold
@@ -245,6 +251,7 @@ pub fn search_config_keys() -> Vec<String> {
 impl SearchArgs {
     pub async fn setup(&self) -> Result<Setup> {
         let task = Task::parse(&self.task).map_err(UsageError)?;
+        let prompts = PromptSet::load(&self.prompts)?;
         // The file's flag-named keys reached the flags already (see
         // `settings`); the search settings are read here.
         let mut config = match &self.config {
@@ -288,6 +295,7 @@ impl SearchArgs {
         if let Some(d) = &self.step_delimiter {
             config.step_delimiter = d.replace("\\n", "\n");
         }
+        config.prompts = prompts.search.clone();
         config.reflection |= self.reflection;
         config.mcts_rollout |= self.mcts_rollout;
         if let Some(f) = self.prompt_format {
@@ -340,6 +348,7 @@ impl SearchArgs {
             parallel: self.parallel.max(1),
             input: self.input.clone(),
             backend: self.backend.clone(),
+            prompts,
         })
     }
 }
@@ -396,6 +405,7 @@ impl Setup {
             "ref_model_sha256": ref_model_sha256,
             "policy": policy,
         });
+        self.prompts.add_to(&mut described, crate::prompts::SEARCH);
         add_fingerprint(&mut described, store, &self.backend, &self.input)?;
         Ok(described)
     }

@@ -7,6 +7,7 @@
 mod error;
 mod model;
 mod prompt;
+mod prompt_dir;
 mod rng;
 pub mod shared_data;
 mod types;
@@ -14,5 +15,6 @@ mod types;
 pub use error::ModelError;
 pub use model::{Capabilities, LanguageModel};
 pub use prompt::PromptFormat;
+pub use prompt_dir::prompt_files;
 pub use rng::{mix, SplitMix};
 pub use types::*;

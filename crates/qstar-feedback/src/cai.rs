@@ -13,8 +13,7 @@ use crate::mix;
 
 use crate::constitution::Constitution;
 
-const CAI_TEMPLATE: &str = include_str!("../prompts/cai_pairwise.j2");
-const RLAIF_TEMPLATE: &str = include_str!("../prompts/rlaif.j2");
+use crate::prompts::Prompts;
 
 /// How a pair is put to the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,16 +136,23 @@ impl<'a> CaiLabeler<'a> {
         constitution: &'a Constitution,
         config: CaiConfig,
     ) -> Result<Self, ModelError> {
+        Self::with_prompts(model, constitution, config, &Prompts::builtin())
+    }
+
+    /// A labeler whose questions come from `prompts` (`cai_pairwise` for CAI
+    /// and CoT, `rlaif` for RLAIF).
+    pub fn with_prompts(
+        model: &'a dyn LanguageModel,
+        constitution: &'a Constitution,
+        config: CaiConfig,
+        prompts: &Prompts,
+    ) -> Result<Self, ModelError> {
         config.format.check(model, "labeling")?;
-        let mut env = Environment::new();
-        env.add_template("cai", CAI_TEMPLATE)
-            .and_then(|_| env.add_template("rlaif", RLAIF_TEMPLATE))
-            .map_err(|e| ModelError::InvalidRequest(format!("labeling template: {e}")))?;
         Ok(CaiLabeler {
             model,
             constitution,
             config,
-            env,
+            env: prompts.environment()?,
         })
     }
 
@@ -202,7 +208,7 @@ impl<'a> CaiLabeler<'a> {
         let template = if self.config.method == Method::Rlaif {
             "rlaif"
         } else {
-            "cai"
+            "cai_pairwise"
         };
         let question = self
             .env

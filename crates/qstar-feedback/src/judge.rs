@@ -3,13 +3,12 @@
 //! (an unreadable judgement is counted, never guessed), and pair the best
 //! reply against the worst for DPO, skipping ties.
 
-use minijinja::Environment;
 use qstar_core::{GenerateRequest, LanguageModel, Message, ModelError, SamplingParams};
 use serde::{Deserialize, Serialize};
 
 use crate::mix;
 
-const TEMPLATE: &str = include_str!("../prompts/judge.j2");
+use crate::prompts::Prompts;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JudgeConfig {
@@ -63,9 +62,18 @@ pub async fn judge_prompts(
     config: &JudgeConfig,
     prompts: &[(u64, String)],
 ) -> Result<Vec<JudgedPrompt>, ModelError> {
-    let mut env = Environment::new();
-    env.add_template("judge", TEMPLATE)
-        .map_err(|e| ModelError::InvalidRequest(format!("judge template: {e}")))?;
+    judge_prompts_with(model, &Prompts::builtin(), config, prompts).await
+}
+
+/// [`judge_prompts`] with the rubric taken from the template `judge` of
+/// `templates`.
+pub async fn judge_prompts_with(
+    model: &dyn LanguageModel,
+    templates: &Prompts,
+    config: &JudgeConfig,
+    prompts: &[(u64, String)],
+) -> Result<Vec<JudgedPrompt>, ModelError> {
+    let env = templates.environment()?;
     let samples = model
         .generate(
             prompts

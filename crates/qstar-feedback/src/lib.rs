@@ -7,12 +7,14 @@ pub mod cai;
 pub mod constitution;
 pub mod judge;
 pub mod metrics;
+pub mod prompts;
 pub mod rate;
 pub mod revise;
 
 pub use cai::{CaiConfig, CaiLabeler, Method, PairLabel, PrincipleChoice};
 pub use constitution::{Constitution, CritiqueRevision};
-pub use judge::{judge_prompts, JudgeConfig, JudgedPrompt};
+pub use judge::{judge_prompts, judge_prompts_with, JudgeConfig, JudgedPrompt};
+pub use prompts::Prompts;
 pub use qstar_core::PromptFormat;
 pub use rate::{Rater, Rating};
 pub use revise::{critique_and_revise, ReviseConfig, Revision};

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use qstar_core::PromptFormat;
 
-const TEMPLATE: &str = include_str!("../prompts/rate.j2");
+use crate::prompts::Prompts;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rating {
@@ -31,14 +31,25 @@ pub struct Rater<'a> {
 
 impl<'a> Rater<'a> {
     pub fn new(model: &'a dyn LanguageModel, format: PromptFormat) -> Result<Self, ModelError> {
-        format.check(model, "rating")?;
-        let mut env = Environment::new();
-        env.add_template("rate", TEMPLATE)
-            .map_err(|e| ModelError::InvalidRequest(format!("rating template: {e}")))?;
-        Ok(Rater { model, format, env })
+        Self::with_prompts(model, format, &Prompts::builtin())
     }
 
-    fn prompt(&self, conversation: &[Message], reply: &str) -> Result<String, ModelError> {
+    /// A rater whose question is the template `rate` of `prompts`.
+    pub fn with_prompts(
+        model: &'a dyn LanguageModel,
+        format: PromptFormat,
+        prompts: &Prompts,
+    ) -> Result<Self, ModelError> {
+        format.check(model, "rating")?;
+        Ok(Rater {
+            model,
+            format,
+            env: prompts.environment()?,
+        })
+    }
+
+    /// The question for one reply, framed up to where the model answers.
+    pub fn prompt(&self, conversation: &[Message], reply: &str) -> Result<String, ModelError> {
         let question = self
             .env
             .get_template("rate")

@@ -16,6 +16,7 @@ pub mod verifier;
 
 pub use compute::{Compute, Meter};
 pub use optimal::{Policy, PolicyChoice};
+pub use prompts::Prompts;
 pub use searcher::{SearchConfig, Searcher};
 pub use strategy::{run, Outcome, Scorer, Strategy, STRATEGIES};
 pub use tree::{Node, NodeId, Tree};

@@ -1,7 +1,12 @@
 //! The search's own prompts, kept as template files beside the crate so
 //! they can be read and changed without touching the algorithms: the
 //! step-correctness question of the PRM/ORM judge, the request of sequential
-//! revision, and the reflection text that MCTS can start a step with.
+//! revision, and the reflection text that MCTS can start a step with. A file
+//! `<name>.j2` in a directory of the user's replaces the built-in template
+//! of that name ([`Prompts::from_dir`]).
+
+use std::borrow::Cow;
+use std::path::Path;
 
 use minijinja::{context, Environment};
 
@@ -11,38 +16,148 @@ const STEP_JUDGE: &str = include_str!("../prompts/step_judge.j2");
 const REVISION: &str = include_str!("../prompts/revision.j2");
 
 /// Text a reflective MCTS step starts with (Marco-o1's reflection prompt,
-/// in our words), part of the step itself.
-pub const REFLECTION: &str = include_str!("../prompts/reflection.txt");
+/// in our words), part of the step itself: the built-in `reflection`.
+pub const REFLECTION: &str = include_str!("../prompts/reflection.j2");
 
-/// Renders a template source; an error names the template. Parsing a few
-/// hundred bytes per call costs nothing next to the model call it feeds.
-fn render(name: &str, source: &str, values: minijinja::Value) -> Result<String, SearchError> {
-    Environment::new()
-        .render_str(source, values)
-        .map_err(|e| SearchError::Config(format!("prompt template {name}: {e}")))
+/// The template sources of the search, by name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompts {
+    sources: Vec<(&'static str, Cow<'static, str>)>,
 }
 
-/// Asks whether the last step of a partial (or finished) solution is right;
-/// the judge verifier reads the probability of "Yes".
+impl Default for Prompts {
+    fn default() -> Self {
+        Prompts::builtin()
+    }
+}
+
+impl Prompts {
+    /// The names a prompt file can have (without `.j2`).
+    pub const NAMES: [&'static str; 3] = ["step_judge", "revision", "reflection"];
+
+    /// The templates that ship with the crate.
+    pub fn builtin() -> Self {
+        Prompts {
+            sources: Prompts::NAMES
+                .into_iter()
+                .zip([STEP_JUDGE, REVISION, REFLECTION])
+                .map(|(name, source)| (name, Cow::Borrowed(source)))
+                .collect(),
+        }
+    }
+
+    /// The built-in templates, with each file `DIR/<name>.j2` replacing the
+    /// template of that name. Any other entry in `dir`, an unreadable file or
+    /// a template that does not parse is an error naming it.
+    pub fn from_dir(dir: &Path) -> Result<Self, SearchError> {
+        let mut prompts = Prompts::builtin();
+        for (name, path, source) in
+            qstar_core::prompt_files(dir, &Prompts::NAMES).map_err(SearchError::Config)?
+        {
+            prompts
+                .set(&name, source)
+                .map_err(|e| SearchError::Config(format!("{}: {e}", path.display())))?;
+        }
+        Ok(prompts)
+    }
+
+    /// Replaces the template `name`; an unknown name or a template that does
+    /// not parse is an error.
+    pub fn set(&mut self, name: &str, source: String) -> Result<(), String> {
+        let known = Prompts::NAMES.join(", ");
+        let slot = self
+            .sources
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| format!("no prompt is named {name:?}; the prompts are {known}"))?;
+        Environment::new()
+            .template_from_str(&source)
+            .map_err(|e| parse_error(&e))?;
+        slot.1 = Cow::Owned(source);
+        Ok(())
+    }
+
+    /// The source of the template `name`.
+    pub fn source(&self, name: &str) -> Option<&str> {
+        self.sources
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| s.as_ref())
+    }
+
+    /// Renders the template `name`; an error names it. Parsing a few hundred
+    /// bytes per call costs nothing next to the model call it feeds.
+    fn render(
+        &self,
+        name: &str,
+        env: Environment<'_>,
+        values: minijinja::Value,
+    ) -> Result<String, SearchError> {
+        let source = self
+            .source(name)
+            .ok_or_else(|| SearchError::Config(format!("no prompt template {name}")))?;
+        env.render_str(source, values)
+            .map_err(|e| SearchError::Config(format!("prompt template {name}: {e}")))
+    }
+
+    /// Asks whether the last step of a partial (or finished) solution is
+    /// right; the judge verifier reads the probability of "Yes".
+    pub fn step_judge(&self, problem: &str, solution: &str) -> Result<String, SearchError> {
+        self.render(
+            "step_judge",
+            Environment::new(),
+            context! { problem => problem.trim(), solution => solution.trim_end() },
+        )
+    }
+
+    /// Asks for a corrected solution given an earlier attempt.
+    pub fn revision(
+        &self,
+        question: &str,
+        instruction: &str,
+        attempt: &str,
+    ) -> Result<String, SearchError> {
+        self.render(
+            "revision",
+            Environment::new(),
+            context! {
+                question => question.trim_end(),
+                instruction => instruction,
+                attempt => attempt.trim(),
+            },
+        )
+    }
+
+    /// The text a reflective MCTS step starts with. Its trailing newlines
+    /// are kept: they separate the reflection from the step's own text.
+    pub fn reflection(&self) -> Result<String, SearchError> {
+        let mut env = Environment::new();
+        env.set_keep_trailing_newline(true);
+        self.render("reflection", env, context! {})
+    }
+}
+
+/// [`Prompts::step_judge`] of the built-in templates.
 pub fn step_judge(problem: &str, solution: &str) -> Result<String, SearchError> {
-    render(
-        "step_judge",
-        STEP_JUDGE,
-        context! { problem => problem.trim(), solution => solution.trim_end() },
-    )
+    Prompts::builtin().step_judge(problem, solution)
 }
 
-/// Asks for a corrected solution given an earlier attempt.
+/// [`Prompts::revision`] of the built-in templates.
 pub fn revision(question: &str, instruction: &str, attempt: &str) -> Result<String, SearchError> {
-    render(
-        "revision",
-        REVISION,
-        context! {
-            question => question.trim_end(),
-            instruction => instruction,
-            attempt => attempt.trim(),
-        },
-    )
+    Prompts::builtin().revision(question, instruction, attempt)
+}
+
+/// Why a template does not parse, with its line when the parser knows it
+/// (minijinja's own message names the template `<string>`).
+fn parse_error(e: &minijinja::Error) -> String {
+    let what = match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    };
+    match e.line() {
+        Some(line) => format!("line {line}: the template does not parse: {what}"),
+        None => format!("the template does not parse: {what}"),
+    }
 }
 
 #[cfg(test)]
@@ -70,6 +185,10 @@ mod tests {
         assert_eq!(
             REFLECTION,
             "Wait! Maybe I made some mistakes! I need to rethink from scratch.\n\n"
+        );
+        assert_eq!(
+            Prompts::builtin().reflection().expect("renders"),
+            REFLECTION
         );
     }
 

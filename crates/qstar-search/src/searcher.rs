@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::compute::{Caller, Meter};
+use crate::prompts::Prompts;
 use crate::tree::{NodeId, Tree};
 use crate::SearchError;
 
@@ -56,6 +57,10 @@ pub struct SearchConfig {
     /// question (N then only caps it), so strategies meet at equal compute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_budget: Option<usize>,
+    /// The prompt templates (built in unless replaced from a directory);
+    /// never part of a serialized configuration.
+    #[serde(skip)]
+    pub prompts: Prompts,
 }
 
 impl Default for SearchConfig {
@@ -80,6 +85,7 @@ impl Default for SearchConfig {
             revision_chains: 1,
             top_logprobs: 5,
             token_budget: None,
+            prompts: Prompts::builtin(),
         }
     }
 }

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::prompts::{self, REFLECTION};
 use crate::searcher::{Searcher, StepRequest};
 use crate::tree::{NodeId, Tree};
 use crate::verifier::{Aggregation, Verifier};
@@ -392,7 +391,7 @@ pub async fn mcts(
                 parent: leaf,
                 n: 1,
                 greedy: false,
-                forced_prefix: REFLECTION.into(),
+                forced_prefix: s.config.prompts.reflection()?,
             });
         }
         requests.retain(|r| r.n > 0);
@@ -603,7 +602,7 @@ pub async fn revise(
         }
         let mut next = Vec::with_capacity(last.len());
         for &previous in &last {
-            let request = prompts::revision(
+            let request = s.config.prompts.revision(
                 &s.problem.question,
                 s.task.instruction(),
                 &tree.text(previous),

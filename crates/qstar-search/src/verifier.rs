@@ -8,7 +8,6 @@ use qstar_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::prompts;
 use crate::searcher::Searcher;
 use crate::tree::{NodeId, Tree};
 use crate::SearchError;
@@ -156,7 +155,9 @@ impl Verifier for JudgeVerifier<'_> {
         for &n in &nodes {
             let prompt = s.config.format.frame(
                 self.model,
-                &prompts::step_judge(&s.problem.question, &tree.text(n))?,
+                &s.config
+                    .prompts
+                    .step_judge(&s.problem.question, &tree.text(n))?,
                 "",
             )?;
             requests.push(ChooseRequest {

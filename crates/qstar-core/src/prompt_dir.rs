@@ -1,0 +1,70 @@
+//! Reading a directory of prompt overrides: every entry must be a file
+//! `<name>.j2` with a known name. Parsing the templates is left to the
+//! crates that render them.
+
+use std::path::{Path, PathBuf};
+
+/// The files of `dir` as (name, path, text), sorted by name. An entry that is
+/// not a `<name>.j2` file of one of `names`, or that cannot be read, is an
+/// error naming it (and, for an unknown name, listing the known ones).
+pub fn prompt_files(dir: &Path, names: &[&str]) -> Result<Vec<(String, PathBuf, String)>, String> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("prompt directory {}: {e}", dir.display()))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("prompt directory {}: {e}", dir.display()))?;
+        paths.push(entry.path());
+    }
+    paths.sort();
+    let known = names
+        .iter()
+        .map(|n| format!("{n}.j2"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut files = Vec::with_capacity(paths.len());
+    for path in paths {
+        let name = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .and_then(|f| f.strip_suffix(".j2"))
+            .filter(|n| names.contains(n))
+            .ok_or_else(|| {
+                format!(
+                    "prompt file {} is not a known prompt; the known prompts are {known}",
+                    path.display()
+                )
+            })?
+            .to_string();
+        if !path.is_file() {
+            return Err(format!("prompt file {} is not a file", path.display()));
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("prompt file {}: {e}", path.display()))?;
+        files.push((name, path, text));
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_names_and_missing_directories_are_errors_naming_them() {
+        let dir = std::env::temp_dir().join(format!("qstar-prompt-dir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("a.j2"), "A {{ x }}").expect("write");
+        let files = prompt_files(&dir, &["a", "b"]).expect("known file");
+        assert_eq!(files.len(), 1);
+        assert_eq!(
+            (files[0].0.as_str(), files[0].2.as_str()),
+            ("a", "A {{ x }}")
+        );
+        std::fs::write(dir.join("c.j2"), "C").expect("write");
+        let err = prompt_files(&dir, &["a", "b"]).expect_err("unknown file");
+        assert!(err.contains("c.j2") && err.contains("a.j2, b.j2"), "{err}");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+        let err = prompt_files(&dir, &["a"]).expect_err("missing directory");
+        assert!(err.contains("prompt directory"), "{err}");
+    }
+}

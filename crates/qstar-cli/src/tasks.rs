@@ -9,6 +9,7 @@ use qstar_tasks::{arithmetic_problem, SerialFormat, Task};
 use serde_json::json;
 
 use crate::job::write_lines;
+use crate::report::Reporter;
 use crate::UsageError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -67,6 +68,10 @@ pub fn generate(args: GenerateTasksArgs) -> Result<()> {
             .collect::<Result<_, _>>()?
     };
     write_lines(&args.out, &rows)?;
-    eprintln!("{} questions → {}", rows.len(), args.out.display());
+    Reporter::new(false).note(&format!(
+        "{} questions → {}",
+        rows.len(),
+        args.out.display()
+    ));
     Ok(())
 }

@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use qstar_core::LanguageModel;
 use qstar_engine::{Engine, EngineOptions};
 
+use crate::report::Reporter;
 use crate::UsageError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -61,7 +62,8 @@ impl BackendArgs {
     pub async fn ensure_model(&self) -> Result<PathBuf> {
         let path = self.model_path();
         if self.model.is_none() && !path.exists() {
-            eprintln!("the default model is not in the cache yet; fetching it");
+            // A note on stderr, whatever the command's output mode.
+            Reporter::default().note("the default model is not in the cache yet; fetching it");
             qstar_engine::fetch::fetch_default(&|_, _| {}).await?;
         }
         Ok(path)

@@ -15,6 +15,7 @@ use qstar_engine::Engine;
 use serde_json::{json, Value};
 
 use crate::backend::BackendArgs;
+use crate::report::{Reporter, Text};
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
@@ -153,6 +154,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if let Some(BenchCommand::Train(a)) = args.command {
         return crate::bench_train::run(a, args.backend.model.clone()).await;
     }
+    let reporter = Reporter::new(args.json);
     let threads = if args.backend.threads == 0 {
         2
     } else {
@@ -193,7 +195,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     } else {
         let found = which("llama-bench");
         if found.is_none() {
-            eprintln!("llama-bench is not on PATH: no peer in this run");
+            reporter.note("llama-bench is not on PATH: no peer in this run");
         }
         found
     };
@@ -221,7 +223,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             match llama_bench(bin, &model_arg, threads) {
                 Ok(run) => rounds.push(run),
                 Err(e) => {
-                    eprintln!("llama-bench failed: {e:#}");
+                    reporter.note(&format!("llama-bench failed: {e:#}"));
                     failed = true;
                 }
             }
@@ -367,96 +369,95 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         report["ratio_prefill"] = json!(prefill_tok_s / pp);
         report["ratio_decode"] = json!(decode_tok_s / tg);
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
-    }
-    Ok(())
+    reporter.summary_pretty(&report, &table_text(&report))
 }
 
-fn print_table(r: &Value) {
+/// The report as a Markdown table and the lines about the kernel and the
+/// peer's build.
+fn table_text(r: &Value) -> Text {
     let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
     let peer = &r["llamacpp"];
-    println!("| workload | qstar | llama.cpp | ratio |");
-    println!("| --- | ---: | ---: | ---: |");
-    println!(
+    let mut t = Text::new();
+    t = t.line("| workload | qstar | llama.cpp | ratio |");
+    t = t.line("| --- | ---: | ---: | ---: |");
+    t = t.line(format!(
         "| prefill, 256-token prompt (tok/s) | {} | {} | {} |",
         f(&r["prefill_tok_s"]),
         f(&peer["prefill_tok_s"]),
         r["ratio_prefill"]
             .as_f64()
             .map_or("-".into(), |x| format!("{x:.2}×"))
-    );
-    println!(
+    ));
+    t = t.line(format!(
         "| decode, 1 sequence (tok/s) | {} | {} | {} |",
         f(&r["decode_tok_s"]),
         f(&peer["decode_tok_s"]),
         r["ratio_decode"]
             .as_f64()
             .map_or("-".into(), |x| format!("{x:.2}×"))
-    );
-    println!(
+    ));
+    t = t.line(format!(
         "| decode, 8 sequences (tok/s) | {} | | |",
         f(&r["batch8_decode_tok_s"])
-    );
-    println!(
+    ));
+    t = t.line(format!(
         "| shared-prefix choose ×64, cache off (s) | {:.2} | | |",
         r["prefix_workload_uncached_s"].as_f64().unwrap_or(0.0)
-    );
-    println!(
+    ));
+    t = t.line(format!(
         "| shared-prefix choose ×64, cache on (s) | {:.2} | | {:.2}× faster |",
         r["prefix_workload_cached_s"].as_f64().unwrap_or(0.0),
         r["prefix_workload_speedup"].as_f64().unwrap_or(0.0)
-    );
+    ));
     if r["label_pairs_per_s_cached"].is_number() {
-        println!(
+        t = t.line(format!(
             "| CAI labeling, 100 pairs × 4 principles × 2 orders, cache off (pairs/s) | {} | | |",
             f(&r["label_pairs_per_s_uncached"])
-        );
-        println!(
+        ));
+        t = t.line(format!(
             "| CAI labeling, cache on (pairs/s) | {} | {} (llama-server) | {:.2}× faster |",
             f(&r["label_pairs_per_s_cached"]),
             f(&r["label_pairs_per_s_llama_server"]),
             r["label_cache_speedup"].as_f64().unwrap_or(0.0)
-        );
+        ));
     }
     let search = &r["search"];
     if search.is_object() {
-        println!(
+        t = t.line(format!(
             "| beam search N=16 + PRM, 10 GSM8K questions, cache off (s) | {:.1} | | {} prompt tokens computed |",
             search["uncached_s"].as_f64().unwrap_or(0.0),
             search["prompt_tokens_computed_uncached"]
-        );
-        println!(
+        ));
+        t = t.line(format!(
             "| beam search, cache on (s) | {:.1} | | {:.2}× faster, {} prompt tokens computed ({:.1}× fewer) |",
             search["cached_s"].as_f64().unwrap_or(0.0),
             search["speedup"].as_f64().unwrap_or(0.0),
             search["prompt_tokens_computed_cached"],
             search["prompt_token_saving"].as_f64().unwrap_or(0.0)
-        );
+        ));
     }
-    println!("| peak RSS (MB) | {} | | |", f(&r["peak_rss_mb"]));
-    println!();
-    println!(
+    t = t.line(format!("| peak RSS (MB) | {} | | |", f(&r["peak_rss_mb"])));
+    t = t.line("");
+    t = t.line(format!(
         "kernel: {}; {} threads; prefill and decode figures are medians of {} rounds, qstar and llama-bench taking turns",
         r["kernel"].as_str().unwrap_or("-"),
         r["threads"],
         r["runs"]
-    );
+    ));
     if peer.is_object() {
         let commit = peer["build_commit"].as_str().unwrap_or("unknown");
         let number = peer["build_number"]
             .as_u64()
             .map_or("-".into(), |n| n.to_string());
-        println!(
+        t = t.line(format!(
             "llama.cpp: build {number}, commit {commit}, CPU {}",
             peer["cpu_info"].as_str().unwrap_or("-")
-        );
+        ));
         for line in peer["build_info"].as_array().into_iter().flatten() {
-            println!("  {}", line.as_str().unwrap_or_default());
+            t = t.line(format!("  {}", line.as_str().unwrap_or_default()));
         }
     }
+    t
 }
 
 /// qstar's figure of each round, in tok/s.
@@ -622,6 +623,74 @@ impl LanguageModel for RenderedChat<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_is_the_one_bench_has_always_printed() {
+        // The figures of a `qstar bench --runs 1 --no-peer` run and, below,
+        // what that run printed.
+        let report = json!({
+            "prefill_tok_s": 96.71, "decode_tok_s": 31.62, "batch8_decode_tok_s": 87.46,
+            "prefix_workload_uncached_s": 259.0, "prefix_workload_cached_s": 29.9,
+            "prefix_workload_speedup": 8.662, "peak_rss_mb": 733.9,
+            "kernel": "avx2", "threads": 2, "runs": 1,
+        });
+        let printed = "\
+| workload | qstar | llama.cpp | ratio |
+| --- | ---: | ---: | ---: |
+| prefill, 256-token prompt (tok/s) | 96.7 | - | - |
+| decode, 1 sequence (tok/s) | 31.6 | - | - |
+| decode, 8 sequences (tok/s) | 87.5 | | |
+| shared-prefix choose ×64, cache off (s) | 259.00 | | |
+| shared-prefix choose ×64, cache on (s) | 29.90 | | 8.66× faster |
+| peak RSS (MB) | 733.9 | | |
+
+kernel: avx2; 2 threads; prefill and decode figures are medians of 1 rounds, qstar and llama-bench taking turns";
+        assert_eq!(table_text(&report).lines().join("\n"), printed);
+    }
+
+    #[test]
+    fn the_table_has_the_peer_labeling_and_search_rows_when_they_ran() {
+        let report = json!({
+            "prefill_tok_s": 390.0, "decode_tok_s": 149.0, "batch8_decode_tok_s": 500.0,
+            "prefix_workload_uncached_s": 10.0, "prefix_workload_cached_s": 2.0,
+            "prefix_workload_speedup": 5.0, "peak_rss_mb": 700.0,
+            "kernel": "avx512vnni", "threads": 2, "runs": 5,
+            "ratio_prefill": 1.345, "ratio_decode": 1.12,
+            "label_pairs_per_s_uncached": 0.132, "label_pairs_per_s_cached": 0.384,
+            "label_pairs_per_s_llama_server": 0.159, "label_cache_speedup": 2.909,
+            "search": {"uncached_s": 80.0, "cached_s": 20.0, "speedup": 4.0,
+                       "prompt_tokens_computed_uncached": 9000,
+                       "prompt_tokens_computed_cached": 1000, "prompt_token_saving": 9.0},
+            "llamacpp": {"prefill_tok_s": 290.0, "decode_tok_s": 133.0,
+                         "build_commit": "abc123", "build_number": 42,
+                         "cpu_info": "EPYC", "build_info": ["GGML_NATIVE=ON"]},
+        });
+        let text = table_text(&report);
+        let lines = text.lines();
+        assert_eq!(
+            lines[2],
+            "| prefill, 256-token prompt (tok/s) | 390.0 | 290.0 | 1.34× |"
+        );
+        assert_eq!(
+            lines[3],
+            "| decode, 1 sequence (tok/s) | 149.0 | 133.0 | 1.12× |"
+        );
+        assert_eq!(
+            lines[8],
+            "| CAI labeling, cache on (pairs/s) | 0.4 | 0.2 (llama-server) | 2.91× faster |"
+        );
+        assert_eq!(
+            lines[10],
+            "| beam search, cache on (s) | 20.0 | | 4.00× faster, 1000 prompt tokens computed (9.0× fewer) |"
+        );
+        assert_eq!(
+            &lines[lines.len() - 2..],
+            [
+                "llama.cpp: build 42, commit abc123, CPU EPYC",
+                "  GGML_NATIVE=ON"
+            ]
+        );
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {

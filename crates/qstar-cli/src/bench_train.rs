@@ -208,8 +208,8 @@ pub async fn run(args: BenchTrainArgs, model: Option<PathBuf>) -> Result<()> {
     if let Some(mode) = args.worker {
         let figures =
             tokio::task::spawn_blocking(move || worker(&args, mode, &model_path)).await??;
-        println!("{figures}");
-        return Ok(());
+        // The figures go to the process that started this worker.
+        return Reporter::new(false).data(&Text::new().line(figures.to_string()));
     }
     let reporter = Reporter::new(args.json);
     let shapes: Vec<(String, (usize, usize))> = args

@@ -2,24 +2,19 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use qstar_core::{ChooseRequest, GenerateRequest, Message, SamplingParams, ScoreRequest};
 use serde_json::json;
 
 use crate::backend::BackendArgs;
+use crate::report::{Reporter, Text};
 use crate::{bounded, non_empty, UsageError};
 
 /// The most samples `generate` draws for one prompt.
 pub const MAX_SAMPLES: usize = 256;
 
 pub async fn model_fetch() -> Result<()> {
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {bytes}/{total_bytes} {bar:30} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let reporter = Reporter::new(false);
+    let bar = reporter.download_progress();
     let progress = |done: u64, total: Option<u64>| {
         if let Some(t) = total {
             bar.set_length(t);
@@ -28,73 +23,84 @@ pub async fn model_fetch() -> Result<()> {
     };
     let (path, downloaded) = qstar_engine::fetch::fetch_default(&progress).await?;
     bar.finish_and_clear();
-    if downloaded {
-        eprintln!("fetched the default model");
+    reporter.note(if downloaded {
+        "fetched the default model"
     } else {
-        eprintln!("the default model is already in the cache and intact");
-    }
-    println!("{}", path.display());
-    Ok(())
+        "the default model is already in the cache and intact"
+    });
+    reporter.data(&Text::new().line(path.display().to_string()))
 }
 
 pub async fn model_info(backend: &BackendArgs, json: bool) -> Result<()> {
+    let reporter = Reporter::new(json);
     let path = backend.ensure_model().await?;
     let model = qstar_engine::LoadedModel::load_with_adapter(&path, backend.adapter.as_deref())?;
     let info = &model.info;
-    if json {
-        println!("{}", serde_json::to_string_pretty(info)?);
-        return Ok(());
-    }
+    reporter.summary_pretty(info, &info_text(info))
+}
+
+/// `model info` without `--json`: one aligned line per fact, then the
+/// chat template.
+fn info_text(info: &qstar_engine::model::ModelInfo) -> Text {
     let c = &info.config;
-    println!("path            {}", info.path);
-    println!("name            {}", info.name.as_deref().unwrap_or("-"));
-    println!("architecture    {}", info.architecture);
-    println!("file size       {:.1} MB", info.file_bytes as f64 / 1e6);
-    println!("parameters      {:.1} M", info.parameters as f64 / 1e6);
-    println!(
-        "quantization    {} (tensors: {:?})",
-        info.quantization, info.tensor_types
-    );
-    println!(
-        "layers          {} (width {}, {} heads, {} KV heads, FFN {})",
-        c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.n_ff
-    );
-    println!("context length  {}", info.context_length);
-    println!(
-        "vocabulary      {} (pre-tokenizer {})",
-        info.vocab_size, info.pre_tokenizer
-    );
     let show = |t: &Option<qstar_engine::model::SpecialToken>| {
         t.as_ref()
             .map_or("-".to_string(), |t| format!("{} ({})", t.text, t.id))
     };
-    println!(
-        "BOS / EOS       {} / {} (add BOS: {})",
-        show(&info.bos_token),
-        show(&info.eos_token),
-        info.add_bos_token
-    );
     let specials: Vec<String> = info
         .special_tokens
         .iter()
         .map(|t| format!("{}={}", t.id, t.text))
         .collect();
-    println!("special tokens  {}", specials.join(" "));
+    let mut text = Text::new()
+        .line(format!("path            {}", info.path))
+        .line(format!(
+            "name            {}",
+            info.name.as_deref().unwrap_or("-")
+        ))
+        .line(format!("architecture    {}", info.architecture))
+        .line(format!(
+            "file size       {:.1} MB",
+            info.file_bytes as f64 / 1e6
+        ))
+        .line(format!(
+            "parameters      {:.1} M",
+            info.parameters as f64 / 1e6
+        ))
+        .line(format!(
+            "quantization    {} (tensors: {:?})",
+            info.quantization, info.tensor_types
+        ))
+        .line(format!(
+            "layers          {} (width {}, {} heads, {} KV heads, FFN {})",
+            c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.n_ff
+        ))
+        .line(format!("context length  {}", info.context_length))
+        .line(format!(
+            "vocabulary      {} (pre-tokenizer {})",
+            info.vocab_size, info.pre_tokenizer
+        ))
+        .line(format!(
+            "BOS / EOS       {} / {} (add BOS: {})",
+            show(&info.bos_token),
+            show(&info.eos_token),
+            info.add_bos_token
+        ))
+        .line(format!("special tokens  {}", specials.join(" ")));
     if let Some(a) = &info.adapter {
-        println!(
+        text = text.line(format!(
             "adapter         {} (LoRA rank {}, alpha {}, {} in {} layers)",
             a.path,
             a.rank,
             a.alpha,
             a.target_modules.join(", "),
             a.layers
-        );
+        ));
     }
-    println!(
+    text.line(format!(
         "chat template:\n{}",
         info.chat_template.as_deref().unwrap_or("(none)")
-    );
-    Ok(())
+    ))
 }
 
 #[derive(Args)]
@@ -153,25 +159,24 @@ pub async fn generate(args: GenerateArgs) -> Result<()> {
         .await?
         .pop()
         .context("the backend returned no answer")?;
-    if args.json {
-        let completions: Vec<_> = response
-            .completions
-            .iter()
-            .map(|c| json!({"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}))
-            .collect();
-        println!(
-            "{}",
-            json!({"completions": completions, "usage": response.usage})
-        );
-    } else {
-        for (i, c) in response.completions.iter().enumerate() {
-            if response.completions.len() > 1 {
-                println!("--- sample {i} ---");
-            }
-            println!("{}", c.text);
+    let completions: Vec<_> = response
+        .completions
+        .iter()
+        .map(
+            |c| json!({"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}),
+        )
+        .collect();
+    let mut text = Text::new();
+    for (i, c) in response.completions.iter().enumerate() {
+        if response.completions.len() > 1 {
+            text = text.line(format!("--- sample {i} ---"));
         }
+        text = text.line(c.text.clone());
     }
-    Ok(())
+    Reporter::new(args.json).summary(
+        &json!({"completions": completions, "usage": response.usage}),
+        &text,
+    )
 }
 
 #[derive(Args)]
@@ -196,26 +201,23 @@ pub async fn score(args: ScoreArgs) -> Result<()> {
         .await?
         .pop()
         .context("the backend returned no answer")?;
-    if args.json {
-        let tokens: Vec<_> = response
-            .tokens
-            .iter()
-            .map(|t| json!({"id": t.id, "text": t.text, "logprob": t.logprob}))
-            .collect();
-        println!(
-            "{}",
-            json!({"tokens": tokens, "total_logprob": response.total_logprob})
-        );
-    } else {
-        for t in &response.tokens {
-            let lp = t
-                .logprob
-                .map_or("    -   ".to_string(), |l| format!("{l:8.4}"));
-            println!("{lp}  {:>6}  {:?}", t.id, t.text);
-        }
-        println!("total {:.4}", response.total_logprob);
+    let tokens: Vec<_> = response
+        .tokens
+        .iter()
+        .map(|t| json!({"id": t.id, "text": t.text, "logprob": t.logprob}))
+        .collect();
+    let mut text = Text::new();
+    for t in &response.tokens {
+        let lp = t
+            .logprob
+            .map_or("    -   ".to_string(), |l| format!("{l:8.4}"));
+        text = text.line(format!("{lp}  {:>6}  {:?}", t.id, t.text));
     }
-    Ok(())
+    let text = text.line(format!("total {:.4}", response.total_logprob));
+    Reporter::new(args.json).summary(
+        &json!({"tokens": tokens, "total_logprob": response.total_logprob}),
+        &text,
+    )
 }
 
 #[derive(Args)]
@@ -243,17 +245,14 @@ pub async fn choose(args: ChooseArgs) -> Result<()> {
         .await?
         .pop()
         .context("the backend returned no answer")?;
-    if args.json {
-        let options: Vec<_> = response
-            .options
-            .iter()
-            .map(|o| json!({"text": o.text, "logprob": o.logprob, "prob": o.prob}))
-            .collect();
-        println!("{}", json!({"options": options}));
-    } else {
-        for o in &response.options {
-            println!("{:8.4}  {:9.4}  {:?}", o.prob, o.logprob, o.text);
-        }
+    let options: Vec<_> = response
+        .options
+        .iter()
+        .map(|o| json!({"text": o.text, "logprob": o.logprob, "prob": o.prob}))
+        .collect();
+    let mut text = Text::new();
+    for o in &response.options {
+        text = text.line(format!("{:8.4}  {:9.4}  {:?}", o.prob, o.logprob, o.text));
     }
-    Ok(())
+    Reporter::new(args.json).summary(&json!({"options": options}), &text)
 }

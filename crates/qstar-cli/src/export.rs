@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use qstar_engine::gguf_write::{export_peft, ExportType};
 
+use crate::report::{Reporter, Text};
 use crate::UsageError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -38,12 +39,13 @@ pub struct GgufArgs {
 }
 
 pub async fn gguf(args: GgufArgs) -> Result<()> {
+    let reporter = Reporter::new(args.json);
     let source = match &args.model {
         Some(path) => path.clone(),
         None => {
             let path = qstar_engine::fetch::default_model_path();
             if !path.exists() {
-                eprintln!("the default model is not in the cache yet; fetching it");
+                reporter.note("the default model is not in the cache yet; fetching it");
                 qstar_engine::fetch::fetch_default(&|_, _| {}).await?;
             }
             path
@@ -57,17 +59,18 @@ pub async fn gguf(args: GgufArgs) -> Result<()> {
         TensorType::F16 => ExportType::F16,
     };
     let summary = export_peft(&source, args.adapter.as_deref(), &args.out, ty)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+    if reporter.is_json() {
+        reporter.summary_pretty(&summary, &Text::new())
     } else {
-        eprintln!(
+        // Without --json the summary is a note: stdout stays empty.
+        reporter.note(&format!(
             "wrote {} ({:.1} MB, {} tensors, {} with the adapter merged, {})",
             summary.path,
             summary.bytes as f64 / 1e6,
             summary.tensors,
             summary.merged,
             summary.tensor_type
-        );
+        ));
+        Ok(())
     }
-    Ok(())
 }

@@ -902,11 +902,9 @@ pub fn eval_labels(args: EvalLabelsArgs) -> Result<()> {
         &format!("{} pairs · ECE {:.3}", m.pairs, m.ece),
         &bins,
     )?;
-    if args.json {
-        println!("{}", serde_json::to_string(&m)?);
-    } else {
-        let mass = mass_text(m.option_mass_mean, m.option_mass_min);
-        println!(
+    let mass = mass_text(m.option_mass_mean, m.option_mass_min);
+    let text = Text::new()
+        .line(format!(
             "pairs {}  alignment {:.3}  position-bias rate {}  ECE {:.3}  mean P(A) {:.3}  mass on the options {}",
             m.pairs,
             m.alignment,
@@ -914,10 +912,9 @@ pub fn eval_labels(args: EvalLabelsArgs) -> Result<()> {
             m.ece,
             m.mean_p_a,
             mass
-        );
-        println!("reliability diagram → {}", plot.display());
-    }
-    Ok(())
+        ))
+        .line(format!("reliability diagram → {}", plot.display()));
+    Reporter::new(args.json).summary(&m, &text)
 }
 
 /// The mass on the options for a summary line: mean and least, or n/a for
@@ -960,17 +957,13 @@ fn eval_rewards(args: &EvalLabelsArgs) -> Result<()> {
     // written before it was recorded).
     let mass_mean = (!masses.is_empty()).then(|| masses.iter().sum::<f64>() / masses.len() as f64);
     let mass_min = masses.iter().copied().reduce(f64::min);
-    if args.json {
-        println!(
-            "{}",
-            json!({"pairs": pairs, "reward_alignment": rate,
-                   "option_mass_mean": mass_mean, "option_mass_min": mass_min})
-        );
-    } else {
-        let mass = mass_text(mass_mean, mass_min);
-        println!(
-            "pairs {pairs}  human-preferred reply rewarded higher {rate:.3}  mass on the ratings {mass}"
-        );
-    }
-    Ok(())
+    let mass = mass_text(mass_mean, mass_min);
+    let text = Text::new().line(format!(
+        "pairs {pairs}  human-preferred reply rewarded higher {rate:.3}  mass on the ratings {mass}"
+    ));
+    Reporter::new(args.json).summary(
+        &json!({"pairs": pairs, "reward_alignment": rate,
+                "option_mass_mean": mass_mean, "option_mass_min": mass_min}),
+        &text,
+    )
 }

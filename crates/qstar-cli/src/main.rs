@@ -199,7 +199,7 @@ fn main() -> ExitCode {
     let argv = match settings::merge_config(std::env::args_os().collect()) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("error: {e}");
+            report::error(e);
             return ExitCode::from(2);
         }
     };
@@ -211,7 +211,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            report::error(format!("cannot start the async runtime: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -251,7 +251,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            report::error(format!("{e:#}"));
             ExitCode::from(exit_code(&e))
         }
     }

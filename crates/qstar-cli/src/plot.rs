@@ -25,7 +25,9 @@ fn load_font() -> bool {
             .chain(FONT_PATHS.iter().map(|p| p.to_string()))
             .find(|p| Path::new(p).exists());
         let Some(bytes) = path.and_then(|p| std::fs::read(p).ok()) else {
-            eprintln!("warning: no TrueType font found (set QSTAR_FONT); the plot has no text");
+            // A note on stderr, whatever the command's output mode.
+            crate::report::Reporter::default()
+                .note("warning: no TrueType font found (set QSTAR_FONT); the plot has no text");
             return false;
         };
         let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());

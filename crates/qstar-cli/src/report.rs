@@ -1,8 +1,9 @@
-//! What the job commands print goes through one [`Reporter`]: the summary
-//! on stdout (lines and Markdown tables, or one JSON line under `--json`),
+//! Everything the binary prints goes through one [`Reporter`]: data and
+//! summaries on stdout (lines and Markdown tables, or JSON under `--json`),
 //! notes and progress bars on stderr, so a script reading stdout never
 //! sees a note. A closed stdout (`qstar … | head -1`) ends the output
-//! quietly instead of panicking.
+//! quietly instead of panicking. Nothing else in the binary prints; the
+//! last-resort error line of `main` is [`error`].
 
 use std::io::Write;
 
@@ -10,7 +11,9 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy)]
+/// The default reporter writes text (no `--json`); its notes go to stderr
+/// like every reporter's.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Reporter {
     json: bool,
 }
@@ -19,6 +22,11 @@ impl Reporter {
     /// A reporter whose summaries are JSON when `json`.
     pub fn new(json: bool) -> Self {
         Reporter { json }
+    }
+
+    /// Whether summaries are JSON.
+    pub fn is_json(&self) -> bool {
+        self.json
     }
 
     /// A line for the person watching the run, on stderr.
@@ -37,6 +45,19 @@ impl Reporter {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_position(done as u64);
+        bar
+    }
+
+    /// A byte counter for a download of a size learnt on the way, on
+    /// stderr (drawn only on a terminal).
+    pub fn download_progress(&self) -> ProgressBar {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {bytes}/{total_bytes} {bar:30} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         bar
     }
 
@@ -69,6 +90,30 @@ impl Reporter {
             write_stdout(&text.lines)
         }
     }
+
+    /// A summary whose JSON form is indented (a model's description, a
+    /// benchmark report): `figures` pretty-printed under `--json`,
+    /// otherwise `text`.
+    pub fn summary_pretty(&self, figures: &impl Serialize, text: &Text) -> Result<()> {
+        if self.json {
+            let json = serde_json::to_string_pretty(figures)?;
+            write_stdout(std::slice::from_ref(&json))
+        } else {
+            write_stdout(&text.lines)
+        }
+    }
+
+    /// Lines on stdout in every mode: the result itself (a path, a worker's
+    /// figures for the process that started it).
+    pub fn data(&self, text: &Text) -> Result<()> {
+        write_stdout(&text.lines)
+    }
+}
+
+/// The error that ends the program, on stderr: the one print outside a
+/// [`Reporter`], for failures before or after any command runs.
+pub fn error(message: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr().lock(), "error: {message}");
 }
 
 /// Writes lines to stdout; a reader that went away is not an error.
@@ -99,6 +144,12 @@ pub enum Align {
 impl Text {
     pub fn new() -> Self {
         Text::default()
+    }
+
+    /// The lines as they will be written.
+    #[cfg(test)]
+    pub fn lines(&self) -> &[String] {
+        &self.lines
     }
 
     pub fn line(mut self, text: impl Into<String>) -> Self {
@@ -148,6 +199,32 @@ impl Text {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nothing_outside_this_module_prints() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut offenders = Vec::new();
+        let mut files = 0;
+        for entry in std::fs::read_dir(&src).expect("src") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|e| e != "rs") || path.ends_with("report.rs") {
+                continue;
+            }
+            files += 1;
+            let text = std::fs::read_to_string(&path).expect("source");
+            for (i, line) in text.lines().enumerate() {
+                let printing = ["print!(", "println!(", "eprint!(", "eprintln!(", "dbg!("]
+                    .iter()
+                    .any(|m| line.contains(m));
+                let streams = line.contains("io::stdout()") || line.contains("io::stderr()");
+                if printing || streams {
+                    offenders.push(format!("{}:{}: {}", path.display(), i + 1, line.trim()));
+                }
+            }
+        }
+        assert!(files > 10, "read {files} source files");
+        assert!(offenders.is_empty(), "{}", offenders.join("\n"));
+    }
 
     #[test]
     fn tables_are_markdown_with_empty_cells_kept_narrow() {

@@ -77,7 +77,11 @@ pub fn merge_config(argv: Vec<OsString>) -> Result<Vec<OsString>, String> {
                     }
                 }
                 _ if !takes_value => return Err(bad("is true or false")),
-                toml::Value::String(s) => added.push(format!("--{long}={s}").into()),
+                toml::Value::String(s) => {
+                    check_name(arg, s)
+                        .map_err(|what| format!("{}: `{key}` {what}", path.display()))?;
+                    added.push(format!("--{long}={s}").into())
+                }
                 toml::Value::Integer(_) | toml::Value::Float(_) => {
                     added.push(format!("--{long}={v}").into())
                 }
@@ -88,6 +92,31 @@ pub fn merge_config(argv: Vec<OsString>) -> Result<Vec<OsString>, String> {
     let mut argv = argv;
     argv.extend(added);
     Ok(argv)
+}
+
+/// A value of a flag that takes one of a set of names (a strategy, a
+/// verifier, an aggregation, a prompt format…) must be one of them, each
+/// item of a comma-separated list too; otherwise the error lists the names.
+fn check_name(arg: &clap::Arg, value: &str) -> Result<(), String> {
+    let names = arg.get_possible_values();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let items: Vec<&str> = match arg.get_value_delimiter() {
+        Some(d) => value.split(d).collect(),
+        None => vec![value],
+    };
+    for item in items {
+        if !names.iter().any(|n| n.matches(item, false)) {
+            let shown: Vec<&str> = names
+                .iter()
+                .filter(|n| !n.is_hide_set())
+                .map(|n| n.get_name())
+                .collect();
+            return Err(format!("is one of {}, not \"{item}\"", shown.join(", ")));
+        }
+    }
+    Ok(())
 }
 
 /// The flag was given on the command line (or through its environment
@@ -136,12 +165,100 @@ mod tests {
         let toml = "beta = 0.5\nbudget = 8\nstrategy = \"majority\"\nreflection = true\n";
         let a = solve_args(merged(&SOLVE, toml).expect("parse"));
         assert_eq!((a.search.beta, a.budget), (Some(0.5), 8));
-        assert_eq!(a.strategy, "majority");
+        assert_eq!(a.strategy, qstar_search::Strategy::Majority);
         assert!(a.search.reflection);
         let mut args = SOLVE.to_vec();
         args.extend(["--beta", "0.3", "--budget=2"]);
         let a = solve_args(merged(&args, toml).expect("parse"));
         assert_eq!((a.search.beta, a.budget), (Some(0.3), 2));
+    }
+
+    fn sweep_args(cli: crate::Cli) -> crate::sweep::SweepArgs {
+        match cli.command {
+            crate::Command::Sweep(a) => a,
+            _ => panic!("not sweep"),
+        }
+    }
+
+    const SWEEP: [&str; 7] = [
+        "sweep",
+        "--task",
+        "arithmetic",
+        "--input",
+        "q.jsonl",
+        "--out",
+        "dir",
+    ];
+
+    #[test]
+    fn every_strategy_and_aggregation_name_parses_from_a_flag_and_a_file() {
+        use clap::{Parser, ValueEnum};
+        use qstar_search::{Aggregation, Strategy};
+        for &s in Strategy::all() {
+            let a = solve_args(merged(&SOLVE, &format!("strategy = \"{s}\"\n")).expect("file"));
+            assert_eq!(a.strategy, s);
+            let mut argv = vec!["qstar"];
+            argv.extend(SOLVE);
+            argv.extend(["--strategy", s.name()]);
+            let a = solve_args(crate::Cli::try_parse_from(argv).expect("flag"));
+            assert_eq!(a.strategy, s);
+        }
+        for &g in Aggregation::value_variants() {
+            let name = serde_json::to_value(g).expect("name");
+            let toml = format!("strategy = \"greedy\"\naggregation = {name}\n");
+            let a = solve_args(merged(&SOLVE, &toml).expect("file"));
+            assert_eq!(a.search.aggregation, Some(g));
+        }
+        let toml = "strategy = \"greedy\"\naggregation = \"prod\"\n";
+        let a = solve_args(merged(&SOLVE, toml).expect("prod"));
+        assert_eq!(a.search.aggregation, Some(Aggregation::Product));
+        // A list takes an array or one comma-separated string.
+        let a = sweep_args(merged(&SWEEP, "strategies = [\"greedy\", \"beam\"]\n").expect("list"));
+        assert_eq!(a.strategies, [Strategy::Greedy, Strategy::Beam]);
+        let a = sweep_args(merged(&SWEEP, "strategies = \"mcts,dvts\"\n").expect("string"));
+        assert_eq!(a.strategies, [Strategy::Mcts, Strategy::Dvts]);
+    }
+
+    #[test]
+    fn an_unknown_name_in_a_file_is_an_error_naming_the_file_and_the_names() {
+        let all = "greedy, majority, weighted, best-of-n, beam, dvts, lookahead, mcts, rebase, \
+                   revise, compute-optimal";
+        let cases: [(&[&str], &str, String); 5] = [
+            (
+                &SOLVE,
+                "strategy = \"beams\"\n",
+                format!("`strategy` is one of {all}, not \"beams\""),
+            ),
+            (
+                &SWEEP,
+                "strategies = [\"greedy\", \"bem\"]\n",
+                format!("`strategies` is one of {all}, not \"bem\""),
+            ),
+            (
+                &SWEEP,
+                "strategies = \"greedy,bem\"\n",
+                format!("`strategies` is one of {all}, not \"bem\""),
+            ),
+            (
+                &SOLVE,
+                "strategy = \"greedy\"\naggregation = \"max\"\n",
+                "`aggregation` is one of min, last, product, mean, not \"max\"".into(),
+            ),
+            (
+                &SOLVE,
+                "strategy = \"greedy\"\nverifier = \"oracle\"\n",
+                "`verifier` is one of checker, prm, orm, confidence, leco, dpo, agreement, \
+                 not \"oracle\""
+                    .into(),
+            ),
+        ];
+        for (args, toml, message) in cases {
+            let err = merged(args, toml).err().unwrap_or_default();
+            assert!(
+                err.contains("c.toml: ") && err.contains(&message),
+                "{toml}: {err}"
+            );
+        }
     }
 
     #[test]

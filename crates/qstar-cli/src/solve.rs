@@ -14,7 +14,7 @@ use qstar_search::verifier::{
 };
 use qstar_search::{
     optimal, run, Compute, Meter, Outcome, Policy, Scorer, SearchConfig, SearchError, Searcher,
-    Strategy, Tree, Verifier, STRATEGIES,
+    Strategy, Tree, Verifier,
 };
 use qstar_store::Store;
 use qstar_tasks::{read_problems, Problem, Task};
@@ -31,11 +31,12 @@ use crate::{bounded, non_empty, UsageError};
 /// The largest budget N (samples, beams, simulations or attempts).
 pub const MAX_BUDGET: usize = 1024;
 
-/// The verifiers, as a flag or a config file names them. Adding one means
-/// adding a variant here and its arm in [`Setup::verifier`]; the compiler
-/// checks that both are there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The verifiers, as a flag, a config file or a record names them. Adding
+/// one means adding a variant here; the compiler then points at
+/// [`VerifierKind::name`] and [`Setup::verifier`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
+#[value(rename_all = "kebab-case")]
 pub enum VerifierKind {
     /// An oracle: the reference answer.
     Checker,
@@ -53,16 +54,6 @@ pub enum VerifierKind {
     Agreement,
 }
 
-pub const VERIFIERS: [VerifierKind; 7] = [
-    VerifierKind::Checker,
-    VerifierKind::Prm,
-    VerifierKind::Orm,
-    VerifierKind::Confidence,
-    VerifierKind::Leco,
-    VerifierKind::Dpo,
-    VerifierKind::Agreement,
-];
-
 impl VerifierKind {
     pub fn name(self) -> &'static str {
         match self {
@@ -75,18 +66,14 @@ impl VerifierKind {
             VerifierKind::Agreement => "agreement",
         }
     }
-
-    /// The verifier named `name`, or an error listing them all.
-    pub fn parse(name: &str) -> Result<Self, String> {
-        VERIFIERS
-            .into_iter()
-            .find(|v| v.name() == name)
-            .ok_or_else(|| format!("unknown verifier {name:?}: use one of {}", verifier_names()))
-    }
 }
 
 fn verifier_names() -> String {
-    VERIFIERS.map(VerifierKind::name).join(", ")
+    let names: Vec<&str> = <VerifierKind as clap::ValueEnum>::value_variants()
+        .iter()
+        .map(|v| v.name())
+        .collect();
+    names.join(", ")
 }
 
 /// What `solve` and `sweep` share: the model, the questions, the search
@@ -101,13 +88,12 @@ pub struct SearchArgs {
     /// Questions (JSONL): GSM8K, MATH, or rows written by `qstar tasks generate`.
     #[arg(long)]
     pub input: PathBuf,
-    /// checker (an oracle), prm, orm, confidence, leco, dpo or agreement.
-    #[arg(long, value_parser = VerifierKind::parse)]
+    /// What scores steps and solutions.
+    #[arg(long, value_enum)]
     pub verifier: Option<VerifierKind>,
-    /// How step scores combine: min, last, product or mean (default: the
-    /// verifier's own).
-    #[arg(long)]
-    pub aggregation: Option<String>,
+    /// How step scores combine (default: the verifier's own).
+    #[arg(long, value_enum)]
+    pub aggregation: Option<Aggregation>,
     #[arg(long)]
     pub limit: Option<usize>,
     /// Settings (TOML): flag names and the search settings without a flag
@@ -176,10 +162,9 @@ pub struct SearchArgs {
 pub struct SolveArgs {
     #[command(flatten)]
     pub search: SearchArgs,
-    /// greedy, majority, weighted, best-of-n, beam, dvts, lookahead, mcts,
-    /// rebase, revise or compute-optimal.
-    #[arg(long)]
-    pub strategy: String,
+    /// The search strategy.
+    #[arg(long, value_enum)]
+    pub strategy: Strategy,
     /// N: samples, beams, simulations or attempts (1 to 1024).
     #[arg(long, default_value_t = 4, value_parser = bounded(1, MAX_BUDGET))]
     pub budget: usize,
@@ -203,9 +188,9 @@ pub struct SolveRecord {
     pub answer: Option<String>,
     pub correct: bool,
     /// The strategy that ran (compute-optimal names its choice).
-    pub strategy: String,
+    pub strategy: Strategy,
     pub budget: usize,
-    pub verifier: Option<String>,
+    pub verifier: Option<VerifierKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub difficulty: Option<f64>,
     pub candidates: usize,
@@ -313,14 +298,6 @@ impl SearchArgs {
         if self.verifier == Some(VerifierKind::Dpo) && self.ref_model.is_none() {
             return Err(UsageError("the dpo verifier needs --ref-model".into()).into());
         }
-        let aggregation = match &self.aggregation {
-            Some(a) => Some(Aggregation::parse(a).ok_or_else(|| {
-                UsageError(format!(
-                    "unknown aggregation {a:?}: use min, last, product or mean"
-                ))
-            })?),
-            None => None,
-        };
         let problems =
             read_problems(&self.input, task, self.limit).map_err(|e| UsageError(e.to_string()))?;
         let (model, parameters) = self.backend.open_with_size().await?;
@@ -342,7 +319,7 @@ impl SearchArgs {
             problems,
             config,
             verifier: self.verifier,
-            aggregation,
+            aggregation: self.aggregation,
             beta: self.beta.unwrap_or(0.1),
             ref_model: self.ref_model.clone(),
             parallel: self.parallel.max(1),
@@ -447,9 +424,9 @@ impl Setup {
             reference: problem.answer.clone(),
             answer: outcome.answer,
             correct: outcome.correct,
-            strategy: ran.name().into(),
+            strategy: ran,
             budget,
-            verifier: self.verifier.map(|v| v.name().to_string()),
+            verifier: self.verifier,
             difficulty,
             candidates: outcome.candidates,
             unparsed: outcome.unparsed,
@@ -487,17 +464,6 @@ impl Setup {
         )
         .await
     }
-}
-
-pub fn parse_strategy(name: &str) -> Result<Strategy> {
-    Strategy::parse(name).ok_or_else(|| {
-        let names: Vec<&str> = STRATEGIES.iter().map(|(n, _)| *n).collect();
-        UsageError(format!(
-            "unknown strategy {name:?}: use one of {}",
-            names.join(", ")
-        ))
-        .into()
-    })
 }
 
 /// Checks up front that the strategy can run with the verifier given.
@@ -570,7 +536,7 @@ pub fn parse_records(lines: &[String]) -> Result<Vec<SolveRecord>> {
 }
 
 pub async fn solve(args: SolveArgs) -> Result<()> {
-    let strategy = parse_strategy(&args.strategy)?;
+    let strategy = args.strategy;
     let policy = match &args.policy {
         Some(path) => Some(read_policy(path)?),
         None => None,
@@ -677,16 +643,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn verifier_names_parse_back_and_serialize_as_before() {
-        for v in VERIFIERS {
-            assert_eq!(VerifierKind::parse(v.name()), Ok(v));
+    fn verifier_names_round_trip_through_serde_and_clap() {
+        use clap::ValueEnum;
+        let variants = VerifierKind::value_variants();
+        assert_eq!(variants.len(), 7);
+        for &v in variants {
             // Records and configurations name verifiers by these strings.
             assert_eq!(serde_json::to_value(v).ok(), Some(json!(v.name())));
+            let back: VerifierKind = serde_json::from_value(json!(v.name())).expect("name");
+            assert_eq!(back, v);
+            assert_eq!(VerifierKind::from_str(v.name(), false), Ok(v));
         }
-        let err = VerifierKind::parse("oracle").err().unwrap_or_default();
-        assert!(
-            err.contains("unknown verifier") && err.contains("agreement"),
-            "{err}"
+        assert_eq!(
+            verifier_names(),
+            "checker, prm, orm, confidence, leco, dpo, agreement"
         );
+        assert!(VerifierKind::from_str("oracle", false).is_err());
     }
 }

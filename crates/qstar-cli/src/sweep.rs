@@ -17,8 +17,7 @@ use serde_json::json;
 use crate::job::Job;
 use crate::report::{Align, Reporter, Text};
 use crate::solve::{
-    check_strategy, parse_records, parse_strategy, summarize, SearchArgs, Summary, VerifierKind,
-    MAX_BUDGET,
+    check_strategy, parse_records, summarize, SearchArgs, Summary, VerifierKind, MAX_BUDGET,
 };
 use crate::{bounded, UsageError};
 
@@ -33,10 +32,11 @@ pub struct SweepArgs {
     /// prm verifier unless --verifier names another.
     #[arg(
         long,
+        value_enum,
         value_delimiter = ',',
         default_value = "greedy,majority,best-of-n,beam"
     )]
-    pub strategies: Vec<String>,
+    pub strategies: Vec<Strategy>,
     /// Budgets N (comma-separated, 1 to 1024); greedy runs once.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16",
           value_parser = bounded(1, MAX_BUDGET))]
@@ -50,7 +50,7 @@ pub struct SweepArgs {
 
 #[derive(Debug, Clone, Serialize)]
 struct Row {
-    strategy: String,
+    strategy: Strategy,
     budget: usize,
     #[serde(flatten)]
     summary: Summary,
@@ -66,15 +66,11 @@ struct OptimalPoint {
     accuracy: f64,
     tokens_per_question: f64,
     /// Which strategy each difficulty bin used.
-    strategies: Vec<Option<String>>,
+    strategies: Vec<Option<Strategy>>,
 }
 
 pub async fn sweep(mut args: SweepArgs) -> Result<()> {
-    let strategies: Vec<Strategy> = args
-        .strategies
-        .iter()
-        .map(|s| parse_strategy(s))
-        .collect::<Result<_>>()?;
+    let strategies = args.strategies.clone();
     if strategies.contains(&Strategy::ComputeOptimal) {
         return Err(UsageError(
             "sweep fits compute-optimal itself; leave it out of --strategies".into(),
@@ -182,7 +178,7 @@ pub async fn sweep(mut args: SweepArgs) -> Result<()> {
             let summary = summarize(&records);
             let n = summary.questions.max(1) as f64;
             rows.push(Row {
-                strategy: strategy.name().into(),
+                strategy,
                 budget,
                 tokens_per_question: summary.tokens_generated as f64 / n,
                 flops_per_question: summary.flops.map(|f| f / n),
@@ -220,7 +216,7 @@ pub async fn sweep(mut args: SweepArgs) -> Result<()> {
         for p in &setup.problems {
             let bin = bin_of(difficulty.get(&p.line).copied().unwrap_or(1.0));
             let strategy = policy.choose(budget, bin);
-            chosen[bin] = Some(strategy.name().to_string());
+            chosen[bin] = Some(strategy);
             let run_budget = if strategy == Strategy::Greedy {
                 1
             } else {
@@ -271,7 +267,7 @@ pub async fn sweep(mut args: SweepArgs) -> Result<()> {
             .iter()
             .map(|r| {
                 (
-                    r.strategy.clone(),
+                    r.strategy.name().to_string(),
                     r.tokens_per_question,
                     r.summary.accuracy,
                 )
@@ -288,7 +284,7 @@ pub async fn sweep(mut args: SweepArgs) -> Result<()> {
         .map(|r| {
             let s = &r.summary;
             vec![
-                r.strategy.clone(),
+                r.strategy.name().to_string(),
                 r.budget.to_string(),
                 format!(
                     "{}/{} ({:.1} %)",

@@ -9,6 +9,7 @@ use qstar_tasks::{arithmetic_problem_in, ArithmeticFormat, SerialFormat, Task};
 use serde_json::json;
 
 use crate::job::write_lines;
+use crate::report::Reporter;
 use crate::UsageError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -82,6 +83,10 @@ pub fn generate(args: GenerateTasksArgs) -> Result<()> {
             .collect::<Result<_, _>>()?
     };
     write_lines(&args.out, &rows)?;
-    eprintln!("{} questions → {}", rows.len(), args.out.display());
+    Reporter::new(false).note(&format!(
+        "{} questions → {}",
+        rows.len(),
+        args.out.display()
+    ));
     Ok(())
 }

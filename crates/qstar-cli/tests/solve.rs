@@ -426,13 +426,29 @@ fn bad_input_is_a_clear_error() {
     )
     .expect("write");
     let out = dir.path().join("o.jsonl");
-    let cases: [(&[&str], &str); 4] = [
-        (&["--strategy", "greedy"], "bad.jsonl:2"),
-        (&["--strategy", "beam"], "needs --verifier"),
-        (&["--strategy", "nope"], "unknown strategy"),
+    let toml = dir.path().join("bad.toml");
+    std::fs::write(&toml, "budget = 2\nstrategy = \"nope\"\n").expect("write");
+    let toml = toml.to_str().expect("utf-8 path");
+    let strategies = "greedy, majority, weighted, best-of-n, beam, dvts, lookahead, mcts, \
+                      rebase, revise, compute-optimal";
+    let cases: [(&[&str], String); 6] = [
+        (&["--strategy", "greedy"], "bad.jsonl:2".into()),
+        (&["--strategy", "beam"], "needs --verifier".into()),
+        (
+            &["--strategy", "nope"],
+            format!("invalid value 'nope' for '--strategy <STRATEGY>'\n  [possible values: {strategies}]"),
+        ),
+        (
+            &["--config", toml],
+            format!("bad.toml: `strategy` is one of {strategies}, not \"nope\""),
+        ),
         (
             &["--strategy", "greedy", "--verifier", "oracle"],
-            "unknown verifier",
+            "[possible values: checker, prm, orm, confidence, leco, dpo, agreement]".into(),
+        ),
+        (
+            &["--strategy", "greedy", "--aggregation", "max"],
+            "[possible values: min, last, product, mean]".into(),
         ),
     ];
     for (args, message) in cases {
@@ -446,7 +462,7 @@ fn bad_input_is_a_clear_error() {
             .expect("run");
         assert_eq!(run.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&run.stderr);
-        assert!(err.contains(message), "{args:?}: {err}");
+        assert!(err.contains(&message), "{args:?}: {err}");
     }
     let run = qstar()
         .args([

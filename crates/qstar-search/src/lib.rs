@@ -18,7 +18,7 @@ pub use compute::{Compute, Meter};
 pub use optimal::{Policy, PolicyChoice};
 pub use prompts::Prompts;
 pub use searcher::{SearchConfig, Searcher};
-pub use strategy::{run, Outcome, Scorer, Strategy, STRATEGIES};
+pub use strategy::{run, Outcome, Scorer, Strategy};
 pub use tree::{Node, NodeId, Tree};
 pub use verifier::{
     Aggregation, AgreementVerifier, CheckerVerifier, ConfidenceVerifier, DpoVerifier,

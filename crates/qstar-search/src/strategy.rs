@@ -12,61 +12,82 @@ use crate::tree::{NodeId, Tree};
 use crate::verifier::{Aggregation, Verifier};
 use crate::SearchError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A search strategy, as a flag (`--strategy beam`), a config file
+/// (`strategy = "beam"`), a record or a policy names it: the kebab-case
+/// name of the variant. Adding one means adding a variant here; the
+/// compiler then points at [`Strategy::name`], [`Strategy::needs_verifier`]
+/// and [`run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
+#[value(rename_all = "kebab-case")]
 pub enum Strategy {
+    /// One greedy solution.
     Greedy,
+    /// N samples, the most common answer.
     Majority,
+    /// N samples, answers voted with their verifier scores.
     Weighted,
+    /// N samples, the one the verifier scores highest.
     BestOfN,
+    /// Step-wise beam search keeping N/M prefixes of width M.
     Beam,
+    /// Diverse verifier tree search: N/M subtrees of one beam each.
     Dvts,
+    /// Beam search ranking steps by a greedy rollout of a few more.
     Lookahead,
+    /// Monte Carlo tree search over steps, N simulations.
     Mcts,
+    /// REBASE: children in proportion to softmax(score / T).
     Rebase,
+    /// Sequential revision: each attempt corrects the one before.
     Revise,
+    /// The strategy a sweep's policy picks for the question's difficulty.
     ComputeOptimal,
 }
 
-pub const STRATEGIES: [(&str, Strategy); 11] = [
-    ("greedy", Strategy::Greedy),
-    ("majority", Strategy::Majority),
-    ("weighted", Strategy::Weighted),
-    ("best-of-n", Strategy::BestOfN),
-    ("beam", Strategy::Beam),
-    ("dvts", Strategy::Dvts),
-    ("lookahead", Strategy::Lookahead),
-    ("mcts", Strategy::Mcts),
-    ("rebase", Strategy::Rebase),
-    ("revise", Strategy::Revise),
-    ("compute-optimal", Strategy::ComputeOptimal),
-];
-
 impl Strategy {
-    pub fn parse(name: &str) -> Option<Self> {
-        STRATEGIES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    /// Every strategy, in the order of the enum.
+    pub fn all() -> &'static [Strategy] {
+        <Strategy as clap::ValueEnum>::value_variants()
     }
 
+    /// The name flags, config files and records use.
     pub fn name(self) -> &'static str {
-        STRATEGIES
-            .iter()
-            .find(|(_, s)| *s == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("?")
+        match self {
+            Strategy::Greedy => "greedy",
+            Strategy::Majority => "majority",
+            Strategy::Weighted => "weighted",
+            Strategy::BestOfN => "best-of-n",
+            Strategy::Beam => "beam",
+            Strategy::Dvts => "dvts",
+            Strategy::Lookahead => "lookahead",
+            Strategy::Mcts => "mcts",
+            Strategy::Rebase => "rebase",
+            Strategy::Revise => "revise",
+            Strategy::ComputeOptimal => "compute-optimal",
+        }
     }
 
     /// Strategies that rank solutions or steps need a verifier.
     pub fn needs_verifier(self) -> bool {
-        matches!(
-            self,
+        match self {
             Strategy::Weighted
-                | Strategy::BestOfN
-                | Strategy::Beam
-                | Strategy::Dvts
-                | Strategy::Lookahead
-                | Strategy::Mcts
-                | Strategy::Rebase
-        )
+            | Strategy::BestOfN
+            | Strategy::Beam
+            | Strategy::Dvts
+            | Strategy::Lookahead
+            | Strategy::Mcts
+            | Strategy::Rebase => true,
+            Strategy::Greedy | Strategy::Majority | Strategy::Revise | Strategy::ComputeOptimal => {
+                false
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -627,11 +648,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_round_trip() {
-        for (name, s) in STRATEGIES {
-            assert_eq!(Strategy::parse(name), Some(s));
-            assert_eq!(s.name(), name);
+    fn every_name_round_trips_through_serde_and_clap() {
+        use clap::ValueEnum;
+        assert_eq!(Strategy::all().len(), 11);
+        for &s in Strategy::all() {
+            let name = s.name();
+            assert_eq!(serde_json::to_value(s).ok(), Some(serde_json::json!(name)));
+            let back: Strategy = serde_json::from_value(serde_json::json!(name)).expect(name);
+            assert_eq!(back, s);
+            assert_eq!(Strategy::from_str(name, false), Ok(s));
+            let shown = s.to_possible_value().map(|v| v.get_name().to_string());
+            assert_eq!(shown.as_deref(), Some(name));
+            assert_eq!(s.to_string(), name);
         }
+        // The names records and job keys have always used.
+        let names: Vec<&str> = Strategy::all().iter().map(|s| s.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "greedy",
+                "majority",
+                "weighted",
+                "best-of-n",
+                "beam",
+                "dvts",
+                "lookahead",
+                "mcts",
+                "rebase",
+                "revise",
+                "compute-optimal"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_name_is_an_error_that_lists_the_names() {
+        let err = serde_json::from_value::<Strategy>(serde_json::json!("beams"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("beams") && err.contains("best-of-n") && err.contains("compute-optimal"),
+            "{err}"
+        );
+        assert!(<Strategy as clap::ValueEnum>::from_str("beams", false).is_err());
+        // Names are exact: no other spelling or case.
+        assert!(<Strategy as clap::ValueEnum>::from_str("Beam", false).is_err());
+        assert!(<Strategy as clap::ValueEnum>::from_str("best_of_n", false).is_err());
     }
 
     #[test]

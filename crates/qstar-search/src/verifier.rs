@@ -12,27 +12,25 @@ use crate::searcher::Searcher;
 use crate::tree::{NodeId, Tree};
 use crate::SearchError;
 
-/// How step scores become a solution score.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// How step scores become a solution score, as `--aggregation` and a
+/// config file name it (`product` is also accepted as `prod`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+#[value(rename_all = "kebab-case")]
 pub enum Aggregation {
+    /// The weakest step.
     Min,
+    /// The last step.
     Last,
+    /// The product of the steps.
+    #[serde(alias = "prod")]
+    #[value(alias = "prod")]
     Product,
+    /// The mean of the steps.
     Mean,
 }
 
 impl Aggregation {
-    pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "min" => Aggregation::Min,
-            "last" => Aggregation::Last,
-            "product" | "prod" => Aggregation::Product,
-            "mean" => Aggregation::Mean,
-            _ => return None,
-        })
-    }
-
     /// The solution score of these step scores (0 for none).
     pub fn apply(self, scores: &[f64]) -> f64 {
         if scores.is_empty() {
@@ -396,6 +394,38 @@ impl Verifier for AgreementVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aggregation_names_round_trip_through_serde_and_clap() {
+        use clap::ValueEnum;
+        let expected = [
+            (Aggregation::Min, "min"),
+            (Aggregation::Last, "last"),
+            (Aggregation::Product, "product"),
+            (Aggregation::Mean, "mean"),
+        ];
+        assert_eq!(Aggregation::value_variants().len(), expected.len());
+        for (a, name) in expected {
+            // Job keys hold the aggregation by this name.
+            assert_eq!(serde_json::to_value(a).ok(), Some(serde_json::json!(name)));
+            let back: Aggregation = serde_json::from_value(serde_json::json!(name)).expect(name);
+            assert_eq!(back, a);
+            assert_eq!(Aggregation::from_str(name, false), Ok(a));
+        }
+        // The short spelling the flag has always taken.
+        assert_eq!(
+            Aggregation::from_str("prod", false),
+            Ok(Aggregation::Product)
+        );
+        let prod: Aggregation = serde_json::from_value(serde_json::json!("prod")).expect("prod");
+        assert_eq!(prod, Aggregation::Product);
+        let err = serde_json::from_value::<Aggregation>(serde_json::json!("max"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("max") && err.contains("product"), "{err}");
+        assert!(Aggregation::from_str("max", false).is_err());
+    }
 
     fn token(id: u32, lp: f32, top: &[(u32, f32)]) -> TokenLogprob {
         TokenLogprob {

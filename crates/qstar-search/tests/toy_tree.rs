@@ -319,7 +319,8 @@ async fn every_strategy_runs_and_meters_its_work() {
         verifier: &ToyVerifier,
         aggregation: qstar_search::Aggregation::Min,
     };
-    for (name, strategy) in qstar_search::STRATEGIES {
+    for &strategy in Strategy::all() {
+        let name = strategy.name();
         if strategy == Strategy::ComputeOptimal {
             continue;
         }

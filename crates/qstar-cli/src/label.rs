@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use qstar_eval::label_metrics;
 use qstar_feedback::cai::Judgement;
-use qstar_feedback::metrics::label_metrics;
 use qstar_feedback::{
     CaiConfig, CaiLabeler, Constitution, PairLabel, PrincipleChoice, PromptFormat,
 };
@@ -897,7 +897,8 @@ pub fn eval_labels(args: EvalLabelsArgs) -> Result<()> {
         .iter()
         .map(|b| (b.low, b.high, b.count, b.mean_confidence, b.accuracy))
         .collect();
-    crate::plot::reliability(
+    crate::report::Reporter::default().before_plot();
+    qstar_eval::plot::reliability(
         &plot,
         &format!("{} pairs · ECE {:.3}", m.pairs, m.ece),
         &bins,

@@ -7,7 +7,6 @@ mod commands;
 mod export;
 mod job;
 mod label;
-mod plot;
 mod prompts;
 mod report;
 mod settings;

@@ -34,6 +34,14 @@ impl Reporter {
         let _ = writeln!(std::io::stderr().lock(), "{text}");
     }
 
+    /// Before a plot is drawn: a note on stderr, whatever the output mode,
+    /// when no font was found and the plot will have no text.
+    pub fn before_plot(&self) {
+        if !qstar_eval::plot::font_available() {
+            self.note("warning: no TrueType font found (set QSTAR_FONT); the plot has no text");
+        }
+    }
+
     /// A progress bar over `len` items of which `done` are done, on stderr
     /// (drawn only on a terminal).
     pub fn progress(&self, len: usize, done: usize, label: &str, unit: &str) -> ProgressBar {

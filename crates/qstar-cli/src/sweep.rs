@@ -260,7 +260,8 @@ pub async fn sweep(mut args: SweepArgs) -> Result<()> {
         serde_json::to_string_pretty(&report)?,
     )?;
     let plot = args.out.join("sweep.png");
-    crate::plot::accuracy_vs_compute(
+    crate::report::Reporter::default().before_plot();
+    qstar_eval::plot::accuracy_vs_compute(
         &plot,
         &format!("{} · {} questions", args.search.task, setup.problems.len()),
         &rows

@@ -273,7 +273,8 @@ pub async fn sft(args: SftArgs) -> Result<()> {
         .iter()
         .filter_map(|r| r.eval_loss.map(|e| (r.step as f64, e)))
         .collect();
-    crate::plot::loss_curve(
+    crate::report::Reporter::default().before_plot();
+    qstar_eval::plot::loss_curve(
         &args.out.join("loss.png"),
         "SFT loss",
         &train_points,

@@ -5,6 +5,7 @@
 //! runs on the embedded engine, on one remote server or on a fleet of them.
 
 mod error;
+pub mod labels;
 mod model;
 mod prompt;
 mod prompt_dir;

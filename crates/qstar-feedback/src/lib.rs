@@ -6,7 +6,6 @@
 pub mod cai;
 pub mod constitution;
 pub mod judge;
-pub mod metrics;
 pub mod prompts;
 pub mod rate;
 pub mod revise;

@@ -1,8 +1,9 @@
-//! How good a labeler is against human preferences.
+//! How good a labeler is against human preferences: alignment, position
+//! bias, calibration and the mass behind its choices.
 
 use serde::Serialize;
 
-use crate::cai::PairLabel;
+use qstar_core::labels::PairLabel;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LabelMetrics {
@@ -134,7 +135,7 @@ pub fn label_metrics(labels: &[PairLabel]) -> LabelMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cai::Judgement;
+    use qstar_core::labels::Judgement;
 
     fn label(p_a_first: f64, p_a_second: f64) -> PairLabel {
         let judgements = vec![

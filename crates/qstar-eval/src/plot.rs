@@ -1,8 +1,8 @@
-//! Plots (PNG) of accuracy against compute.
+//! Plots (PNG) of runs: accuracy against compute, reliability diagrams and
+//! training loss curves.
 
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -13,6 +13,30 @@ const FONT_PATHS: [&str; 4] = [
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
     "/System/Library/Fonts/Supplemental/Arial.ttf",
 ];
+
+/// Why a plot could not be drawn.
+#[derive(Debug, thiserror::Error)]
+#[error("drawing {path}: {message}")]
+pub struct PlotError {
+    pub path: String,
+    pub message: String,
+}
+
+type Result<T> = std::result::Result<T, PlotError>;
+
+fn failed(path: &Path, e: Box<dyn std::error::Error>) -> PlotError {
+    PlotError {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Whether a TrueType font for the plots' text was found (`QSTAR_FONT` or
+/// a usual system place); without one, plots are drawn without text, and
+/// the caller may want to say so.
+pub fn font_available() -> bool {
+    load_font()
+}
 
 /// Registers a system font once; false when none was found (the plot is
 /// then drawn without text).
@@ -25,9 +49,6 @@ fn load_font() -> bool {
             .chain(FONT_PATHS.iter().map(|p| p.to_string()))
             .find(|p| Path::new(p).exists());
         let Some(bytes) = path.and_then(|p| std::fs::read(p).ok()) else {
-            // A note on stderr, whatever the command's output mode.
-            crate::report::Reporter::default()
-                .note("warning: no TrueType font found (set QSTAR_FONT); the plot has no text");
             return false;
         };
         let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
@@ -55,7 +76,7 @@ pub fn accuracy_vs_compute(
     optimal: &[(f64, f64)],
 ) -> Result<()> {
     let text = load_font();
-    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
         let xs = points
             .iter()
             .map(|p| p.1)
@@ -136,7 +157,7 @@ pub fn accuracy_vs_compute(
         root.present()?;
         Ok(())
     };
-    draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))
+    draw().map_err(|e| failed(path, e))
 }
 
 /// A reliability diagram: per confidence bin, how often the labeler agreed
@@ -144,7 +165,7 @@ pub fn accuracy_vs_compute(
 /// `bins` holds (low, high, count, mean confidence, accuracy).
 pub fn reliability(path: &Path, title: &str, bins: &[(f64, f64, usize, f64, f64)]) -> Result<()> {
     let text = load_font();
-    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
         let root = BitMapBackend::new(path, (720, 640)).into_drawing_area();
         root.fill(&WHITE)?;
         let mut builder = ChartBuilder::on(&root);
@@ -186,7 +207,7 @@ pub fn reliability(path: &Path, title: &str, bins: &[(f64, f64, usize, f64, f64)
         root.present()?;
         Ok(())
     };
-    draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))
+    draw().map_err(|e| failed(path, e))
 }
 
 /// Training loss per step, and the evaluation loss where it was measured.
@@ -197,7 +218,7 @@ pub fn loss_curve(
     eval: &[(f64, f64)],
 ) -> Result<()> {
     let text = load_font();
-    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
         let last = train.iter().chain(eval).map(|p| p.0).fold(1f64, f64::max);
         let top = train
             .iter()
@@ -251,5 +272,5 @@ pub fn loss_curve(
         root.present()?;
         Ok(())
     };
-    draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))
+    draw().map_err(|e| failed(path, e))
 }

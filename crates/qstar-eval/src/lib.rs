@@ -1,0 +1,9 @@
+//! What qstar measures and shows: how well a labeler agrees with people
+//! (alignment, position bias, calibration), and the plots of labeling,
+//! search and training runs. Pure functions of finished records, so every
+//! figure can be recomputed from the files a run wrote.
+
+pub mod labels;
+pub mod plot;
+
+pub use labels::{label_metrics, LabelMetrics, ReliabilityBin};

@@ -740,3 +740,64 @@ fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
         .send();
     assert!(after.is_err());
 }
+
+#[test]
+fn labeling_through_serve_agrees_with_the_embedded_run() {
+    let server = start(&[], &[]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let pairs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/pairs.jsonl");
+    let run = |out: &str, extra: &[&str]| {
+        let status = Command::new(env!("CARGO_BIN_EXE_qstar"))
+            .current_dir(dir.path())
+            .args([
+                "label",
+                "--input",
+                &pairs.display().to_string(),
+                "--out",
+                out,
+            ])
+            .args([
+                "--prompt-format",
+                "plain",
+                "--limit",
+                "3",
+                "--principles",
+                "1",
+            ])
+            .args(extra)
+            .output()
+            .expect("run");
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        std::fs::read_to_string(dir.path().join(out))
+            .expect("labels")
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
+            .collect::<Vec<_>>()
+    };
+    let embedded = run("embedded.jsonl", &[]);
+    let served = run(
+        "served.jsonl",
+        &["--backend", "openai", "--base-url", &server.url],
+    );
+    assert_eq!(embedded.len(), 3);
+    assert_eq!(served.len(), 3);
+    for (a, b) in embedded.iter().zip(&served) {
+        let (la, lb) = (a["soft_label"].as_f64(), b["soft_label"].as_f64());
+        let (la, lb) = (la.expect("soft label"), lb.expect("soft label"));
+        assert!((la - lb).abs() < 1e-4, "{la} vs {lb}");
+        let ja = a["judgements"].as_array().expect("judgements");
+        let jb = b["judgements"].as_array().expect("judgements");
+        assert_eq!(ja.len(), jb.len());
+        for (x, y) in ja.iter().zip(jb) {
+            let (px, py) = (
+                x["p_a"].as_f64().expect("p_a"),
+                y["p_a"].as_f64().expect("p_a"),
+            );
+            assert!((px - py).abs() < 1e-4, "{px} vs {py}");
+        }
+    }
+}

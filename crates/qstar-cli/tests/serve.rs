@@ -801,3 +801,62 @@ fn labeling_through_serve_agrees_with_the_embedded_run() {
         }
     }
 }
+
+/// The `data:` payloads of a server-sent event stream.
+fn sse_data(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.trim_start().to_string())
+        .collect()
+}
+
+#[test]
+fn streams_end_with_done_and_carry_the_same_answer() {
+    let server = start(&[], &[]);
+    let body = json!({"prompt": PROMPT, "max_tokens": 8, "temperature": 0});
+    let plain = ok_json(&server, "/v1/completions", body.clone());
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let a = post(&server, "/v1/completions", streamed);
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(a
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream")));
+    let data = sse_data(&a.text);
+    assert_eq!(
+        data.last().map(String::as_str),
+        Some("[DONE]"),
+        "{}",
+        a.text
+    );
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("chunk JSON"))
+        .collect();
+    let text: String = chunks
+        .iter()
+        .flat_map(|c| c["choices"].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["text"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(text, plain["choices"][0]["text"].as_str().expect("text"));
+    let usage = &chunks.last().expect("usage chunk")["usage"];
+    assert_eq!(usage["completion_tokens"].as_u64(), Some(8));
+
+    let chat = json!({"messages": [{"role": "user", "content": "Name a fruit."}],
+                      "max_tokens": 6, "temperature": 0});
+    let plain = ok_json(&server, "/v1/chat/completions", chat.clone());
+    let mut streamed = chat;
+    streamed["stream"] = json!(true);
+    let a = post(&server, "/v1/chat/completions", streamed);
+    let data = sse_data(&a.text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let first: Value = serde_json::from_str(&data[0]).expect("chunk");
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert_eq!(
+        first["choices"][0]["delta"]["content"],
+        plain["choices"][0]["message"]["content"]
+    );
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+}

@@ -5,6 +5,7 @@
 mod limits;
 mod metrics;
 mod routes;
+mod stream;
 mod wire;
 
 use std::net::SocketAddr;

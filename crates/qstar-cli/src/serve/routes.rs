@@ -95,12 +95,6 @@ fn sampling(
     s: &Sampling,
     default_max_tokens: usize,
 ) -> Result<(SamplingParams, usize), ApiError> {
-    if s.stream == Some(true) {
-        return Err(ApiError::bad_param(
-            "stream",
-            "streaming is not supported by this server yet; send \"stream\": false",
-        ));
-    }
     let max_tokens = match s.max_tokens.or(s.max_completion_tokens) {
         None => default_max_tokens.min(state.max_tokens_limit),
         Some(m) if m as usize <= state.max_tokens_limit => m as usize,
@@ -268,6 +262,7 @@ pub async fn completions(
     ApiJson(body): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let (params, n) = sampling(&state, &body.sampling, 16)?;
+    let stream = body.sampling.stream.unwrap_or(false);
     let prompts = body.prompt.into_vec();
     if prompts.is_empty() || prompts.len() > MAX_BATCH {
         return Err(ApiError::bad_param(
@@ -369,6 +364,9 @@ pub async fn completions(
         "choices": choices,
         "usage": usage_json(&usage),
     });
+    if stream {
+        return Ok(super::stream::events(body, false, &usage));
+    }
     Ok(answer(body, &usage))
 }
 
@@ -394,6 +392,7 @@ pub async fn chat_completions(
     ApiJson(body): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let (params, n) = sampling(&state, &body.sampling, 256)?;
+    let stream = body.sampling.stream.unwrap_or(false);
     if body.messages.is_empty() {
         return Err(ApiError::bad_param(
             "messages",
@@ -464,6 +463,9 @@ pub async fn chat_completions(
         "choices": choices,
         "usage": usage_json(&response.usage),
     });
+    if stream {
+        return Ok(super::stream::events(body, true, &response.usage));
+    }
     Ok(answer(body, &response.usage))
 }
 

@@ -539,12 +539,41 @@ fn bad_requests_get_openai_errors_and_the_server_stays_up() {
         .send()
         .expect("send");
     openai_error(&a, 404);
+    let a = client.get(url.clone()).send().expect("send");
+    openai_error(&a, 405);
+    let a = post(
+        &server,
+        "/v1/completions",
+        json!({"prompt": ["a", "b", "c"], "n": 100, "max_tokens": 1}),
+    );
+    assert_eq!(openai_error(&a, 400)["param"], "n");
     let v = ok_json(
         &server,
         "/v1/completions",
         json!({"prompt": "Hello", "max_tokens": 2, "temperature": 0}),
     );
     assert_eq!(v["usage"]["completion_tokens"].as_u64(), Some(2));
+}
+
+#[test]
+fn a_prompt_beyond_the_context_is_a_bad_request() {
+    let server = start(&[], &[]);
+    let long = "word ".repeat(9000);
+    for body in [
+        json!({"prompt": long, "max_tokens": 1}),
+        json!({"prompt": long, "max_tokens": 0, "echo": true}),
+    ] {
+        let a = post(&server, "/v1/completions", body);
+        assert!(openai_error(&a, 400)["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("context")));
+    }
+    let v = ok_json(
+        &server,
+        "/v1/completions",
+        json!({"prompt": "Hello", "max_tokens": 1}),
+    );
+    assert_eq!(v["usage"]["completion_tokens"].as_u64(), Some(1));
 }
 
 #[test]

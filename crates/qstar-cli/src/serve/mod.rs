@@ -96,6 +96,7 @@ fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/health", get(routes::health))
         .merge(protected)
         .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(from_fn_with_state(state.clone(), limits::observe))
         .with_state(state)

@@ -62,6 +62,15 @@ pub async fn not_found() -> ApiError {
     .with_code("not_found")
 }
 
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "this endpoint does not take that method",
+    )
+    .with_code("method_not_allowed")
+}
+
 pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
     let info = state.engine.info();
     Json(json!({
@@ -268,6 +277,16 @@ pub async fn completions(
         return Err(ApiError::bad_param(
             "prompt",
             format!("prompt must be a string or a list of 1 to {MAX_BATCH} strings"),
+        ));
+    }
+    if prompts.len() * n > MAX_SAMPLES {
+        return Err(ApiError::bad_param(
+            "n",
+            format!(
+                "{} prompts × n = {n} asks for {} samples; at most {MAX_SAMPLES} per request",
+                prompts.len(),
+                prompts.len() * n
+            ),
         ));
     }
     let logprobs = match body.logprobs {

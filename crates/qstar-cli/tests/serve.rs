@@ -201,6 +201,8 @@ fn openai_error(a: &reqwest::Answer, status: u16) -> Value {
 }
 
 const PROMPT: &str = "The three primary colors are";
+/// A prompt greedy decoding continues for well over 100 tokens.
+const LONG_RUNNER: &str = "Once upon a time, in a land far away,";
 
 #[test]
 fn greedy_completions_equal_qstar_generate_and_report_usage() {
@@ -721,8 +723,7 @@ fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
     let request = std::thread::spawn(move || {
         reqwest::blocking_client()
             .post(format!("{url}/v1/completions"))
-            .json(&json!({"prompt": "Write a long story about a dragon.",
-                          "max_tokens": 120, "temperature": 0.7, "seed": 1}))
+            .json(&json!({"prompt": LONG_RUNNER, "max_tokens": 120, "temperature": 0}))
             .send()
     });
     // Wait until the request holds its queue slot, then signal.
@@ -839,14 +840,9 @@ fn sse_data(text: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn streams_end_with_done_and_carry_the_same_answer() {
-    let server = start(&[], &[]);
-    let body = json!({"prompt": PROMPT, "max_tokens": 8, "temperature": 0});
-    let plain = ok_json(&server, "/v1/completions", body.clone());
-    let mut streamed = body.clone();
-    streamed["stream"] = json!(true);
-    let a = post(&server, "/v1/completions", streamed);
+/// The chunks of a stream (without `[DONE]`, which must end it) and the
+/// text of choice 0 put together.
+fn stream_of(a: &reqwest::Answer, chat: bool) -> (Vec<Value>, String) {
     assert_eq!(a.status, 200, "{}", a.text);
     assert!(a
         .headers
@@ -864,28 +860,112 @@ fn streams_end_with_done_and_carry_the_same_answer() {
         .iter()
         .map(|d| serde_json::from_str(d).expect("chunk JSON"))
         .collect();
-    let text: String = chunks
+    let text = chunks
         .iter()
         .flat_map(|c| c["choices"].as_array().cloned().unwrap_or_default())
-        .filter_map(|c| c["text"].as_str().map(str::to_string))
+        .filter(|c| c["index"] == 0)
+        .filter_map(|c| {
+            let t = if chat {
+                &c["delta"]["content"]
+            } else {
+                &c["text"]
+            };
+            t.as_str().map(str::to_string)
+        })
         .collect();
+    (chunks, text)
+}
+
+#[test]
+fn streams_send_text_as_it_is_sampled_and_end_with_done() {
+    let server = start(&["--max-queue", "1"], &[]);
+    let body = json!({"prompt": PROMPT, "max_tokens": 8, "temperature": 0});
+    let plain = ok_json(&server, "/v1/completions", body.clone());
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (chunks, text) = stream_of(&post(&server, "/v1/completions", streamed), false);
     assert_eq!(text, plain["choices"][0]["text"].as_str().expect("text"));
+    // Token by token: more text chunks than one per choice.
+    let pieces = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["text"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
+        .count();
+    assert!(pieces > 2, "{chunks:?}");
     let usage = &chunks.last().expect("usage chunk")["usage"];
     assert_eq!(usage["completion_tokens"].as_u64(), Some(8));
+    let finish = &chunks[chunks.len() - 2]["choices"][0]["finish_reason"];
+    assert_eq!(finish, &plain["choices"][0]["finish_reason"]);
+
+    // A stop string is never sent, not even in part.
+    let cut = plain["choices"][0]["text"].as_str().expect("text");
+    let stop: String = cut.chars().skip(4).take(3).collect();
+    let body = json!({"prompt": PROMPT, "max_tokens": 8, "temperature": 0, "stop": [stop]});
+    let plain = ok_json(&server, "/v1/completions", body.clone());
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let (_, text) = stream_of(&post(&server, "/v1/completions", streamed), false);
+    assert_eq!(text, plain["choices"][0]["text"].as_str().expect("text"));
+    assert!(!text.contains(&stop));
+
+    // With log-probs the answer comes as whole chunks, still the same text.
+    let body = json!({"prompt": PROMPT, "max_tokens": 4, "temperature": 0, "logprobs": 1,
+                      "stream": true});
+    let (chunks, text) = stream_of(&post(&server, "/v1/completions", body), false);
+    assert!(chunks[0]["choices"][0]["logprobs"]["tokens"].is_array());
+    assert!(text.starts_with(&plain["choices"][0]["text"].as_str().expect("text")[..1]));
 
     let chat = json!({"messages": [{"role": "user", "content": "Name a fruit."}],
                       "max_tokens": 6, "temperature": 0});
     let plain = ok_json(&server, "/v1/chat/completions", chat.clone());
     let mut streamed = chat;
     streamed["stream"] = json!(true);
-    let a = post(&server, "/v1/chat/completions", streamed);
-    let data = sse_data(&a.text);
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    let first: Value = serde_json::from_str(&data[0]).expect("chunk");
-    assert_eq!(first["object"], "chat.completion.chunk");
+    let (chunks, text) = stream_of(&post(&server, "/v1/chat/completions", streamed), true);
+    assert_eq!(chunks[0]["object"], "chat.completion.chunk");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     assert_eq!(
-        first["choices"][0]["delta"]["content"],
+        text,
         plain["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content")
     );
-    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+
+    // A stream holds its queue slot until it ends.
+    let url = server.url.clone();
+    let long = std::thread::spawn(move || {
+        reqwest::blocking_client()
+            .post(format!("{url}/v1/completions"))
+            .json(
+                &json!({"prompt": LONG_RUNNER, "max_tokens": 96, "temperature": 0,
+                        "stream": true}),
+            )
+            .send()
+            .expect("stream")
+    });
+    let metrics = format!("{}/metrics", server.url);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reqwest::blocking_client()
+        .get(metrics.clone())
+        .send()
+        .expect("metrics")
+        .text
+        .contains("qstar_queue_depth 1")
+    {
+        if long.is_finished() || Instant::now() > deadline {
+            let a = long.join().expect("thread");
+            panic!("the stream never took its slot: {} {}", a.status, a.text);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let busy = post(
+        &server,
+        "/v1/completions",
+        json!({"prompt": "Hi", "max_tokens": 1}),
+    );
+    assert_eq!(busy.status, 429, "{}", busy.text);
+    let (_, text) = stream_of(&long.join().expect("thread"), false);
+    assert!(!text.is_empty());
 }

@@ -14,6 +14,16 @@ use super::metrics::{log_request, Tokens};
 use super::wire::ApiError;
 use super::AppState;
 
+/// The queue slot a request holds; a stream takes it out to keep it.
+#[derive(Clone)]
+pub struct QueueSlot(pub Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl QueueSlot {
+    pub fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.lock().ok().and_then(|mut p| p.take())
+    }
+}
+
 /// Seconds a client is told to wait after a 429.
 const RETRY_AFTER_SECONDS: u64 = 1;
 
@@ -62,8 +72,13 @@ pub async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) 
 pub async fn queue(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     match state.queue.clone().try_acquire_owned() {
         Ok(permit) => {
+            // A streamed answer takes the slot along into its stream, so
+            // the slot is held until the last event is sent.
+            let slot = QueueSlot(Arc::new(std::sync::Mutex::new(Some(permit))));
+            let mut req = req;
+            req.extensions_mut().insert(slot.clone());
             let response = next.run(req).await;
-            drop(permit);
+            drop(slot);
             response
         }
         Err(_) => {

@@ -52,6 +52,14 @@ impl Metrics {
             .fetch_add(tokens.generated as u64, Ordering::Relaxed);
     }
 
+    /// Tokens of a streamed answer, counted when its stream ends.
+    pub fn add_tokens(&self, tokens: Tokens) {
+        self.prompt_tokens
+            .fetch_add(tokens.prompt as u64, Ordering::Relaxed);
+        self.generated_tokens
+            .fetch_add(tokens.generated as u64, Ordering::Relaxed);
+    }
+
     pub fn busy(&self) {
         self.rejected_busy.fetch_add(1, Ordering::Relaxed);
     }

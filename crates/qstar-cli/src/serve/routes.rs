@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,7 +15,9 @@ use qstar_core::{
 use qstar_feedback::Rater;
 use serde_json::{json, Map, Value};
 
+use super::limits::QueueSlot;
 use super::metrics::Tokens;
+use super::stream::{live, Head};
 use super::wire::{
     message_text, usage_json, ApiError, ApiJson, ChatMessage, ChatRequest, ChooseBody,
     CompletionRequest, RateBody, RewardBody, Sampling,
@@ -173,7 +175,7 @@ fn sampling(
     ))
 }
 
-fn finish_reason(f: FinishReason) -> &'static str {
+pub(super) fn finish_reason(f: FinishReason) -> &'static str {
     match f {
         FinishReason::Eos | FinishReason::Stop => "stop",
         FinishReason::Length => "length",
@@ -266,8 +268,23 @@ async fn prompt_logprobs(
     Ok((tokens, scored.usage))
 }
 
+/// The head of a live stream's chunks.
+fn stream_head(state: &AppState, chat: bool) -> Head {
+    Head {
+        id: response_id(state, if chat { "chatcmpl" } else { "cmpl" }),
+        created: now(),
+        model: state.model_id.clone(),
+        chat,
+    }
+}
+
+fn slot_of(slot: Option<Extension<QueueSlot>>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    slot.and_then(|Extension(s)| s.take())
+}
+
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    slot: Option<Extension<QueueSlot>>,
     ApiJson(body): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let (params, n) = sampling(&state, &body.sampling, 16)?;
@@ -310,6 +327,10 @@ pub async fn completions(
             messages: None,
         })
         .collect();
+    if stream && logprobs.is_none() && !echo {
+        let head = stream_head(&state, false);
+        return Ok(live(state.clone(), requests, n, head, slot_of(slot)));
+    }
     let echoes = if echo {
         let all = prompts.iter().map(|p| prompt_logprobs(&state, p));
         Some(futures::future::try_join_all(all).await?)
@@ -408,6 +429,7 @@ fn chat_token(id: u32, text: &str, logprob: f32) -> Value {
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    slot: Option<Extension<QueueSlot>>,
     ApiJson(body): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let (params, n) = sampling(&state, &body.sampling, 256)?;
@@ -434,6 +456,10 @@ pub async fn chat_completions(
         top_logprobs: top,
         ..GenerateRequest::chat(messages, params.clone())
     };
+    if stream && top.is_none() {
+        let head = stream_head(&state, true);
+        return Ok(live(state.clone(), vec![request], n, head, slot_of(slot)));
+    }
     let response = state
         .engine
         .generate(vec![request])

@@ -207,6 +207,15 @@ const LONG_RUNNER: &str = "Once upon a time, in a land far away,";
 #[test]
 fn greedy_completions_equal_qstar_generate_and_report_usage() {
     let server = start(&[], &[]);
+    // The model card gives the size where llama-server puts it.
+    let card = reqwest::blocking_client()
+        .get(format!("{}/v1/models", server.url))
+        .send()
+        .expect("models")
+        .json();
+    let info = cli_json(&["model", "info", "--json"]);
+    assert_eq!(card["data"][0]["meta"]["n_params"], info["parameters"]);
+    assert!(info["parameters"].as_u64().is_some_and(|n| n > 100_000_000));
     let cli = cli_json(&[
         "generate",
         "--prompt",

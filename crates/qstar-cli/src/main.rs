@@ -9,6 +9,7 @@ mod job;
 mod label;
 mod prompts;
 mod report;
+mod serve;
 mod settings;
 mod solve;
 mod sweep;
@@ -79,6 +80,8 @@ enum Command {
         #[command(subcommand)]
         command: EvalCommand,
     },
+    /// Serve the model over HTTP: the OpenAI API and qstar's endpoints.
+    Serve(serve::ServeArgs),
     /// The prompt templates that `--prompts DIR` replaces.
     Prompts {
         #[command(subcommand)]
@@ -242,6 +245,7 @@ fn main() -> ExitCode {
             Command::Eval { command } => match command {
                 EvalCommand::Labels(args) => label::eval_labels(args),
             },
+            Command::Serve(args) => serve::serve(args).await,
             Command::Prompts { command } => match command {
                 PromptsCommand::Export(args) => prompts::export(args),
             },

@@ -293,3 +293,29 @@ fn bad_requests_are_clear_errors() {
     }]));
     assert!(ok.is_ok());
 }
+
+#[test]
+fn progress_reports_every_sampled_token_as_the_answer_has_it() {
+    let engine = common::engine();
+    let rt = common::runtime();
+    let mut request = GenerateRequest::new("Once upon a time", sampled(3, 10));
+    request.n = 2;
+    let plain = rt
+        .block_on(engine.generate(vec![request.clone()]))
+        .expect("generate")
+        .remove(0);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let answer = rt
+        .block_on(engine.generate_with_progress(request, tx))
+        .expect("generate with progress");
+    assert_eq!(answer, plain);
+    let mut seen = vec![Vec::new(); 2];
+    while let Ok((i, token)) = rx.try_recv() {
+        seen[i].push(token);
+    }
+    for (i, c) in answer.completions.iter().enumerate() {
+        assert!(!c.token_ids.is_empty());
+        assert_eq!(seen[i], c.token_ids, "sample {i}");
+        assert_eq!(engine.decode(&c.token_ids), c.text);
+    }
+}

@@ -238,10 +238,20 @@ impl OpenAiBackend {
         let parsed = parse_logprobs(&choice["logprobs"]);
         let finish_reason: FinishReason =
             finish::classify(&v, choice, !p.stop.is_empty(), parsed.as_deref());
-        let token_ids: Vec<u32> = parsed
+        let mut token_ids: Vec<u32> = parsed
             .as_ref()
             .map(|tokens| tokens.iter().filter_map(|t| t.id).collect())
             .unwrap_or_default();
+        // Servers that list the ids beside the text (vLLM's
+        // `return_token_ids`, qstar serve) when the log-probs carry none.
+        if token_ids.is_empty() {
+            if let Some(ids) = choice["token_ids"].as_array() {
+                token_ids = ids
+                    .iter()
+                    .filter_map(|i| i.as_u64().and_then(|i| u32::try_from(i).ok()))
+                    .collect();
+            }
+        }
         let logprobs = match (req.top_logprobs, parsed) {
             (None, _) => None,
             (Some(_), Some(tokens)) => Some(

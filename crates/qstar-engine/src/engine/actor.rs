@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use super::handle::*;
 use super::job::*;
 use super::seq::*;
-use super::{EngineOptions, EngineStats};
+use super::{EngineOptions, EngineStats, TokenSink};
 use crate::error::EngineError;
 use crate::llama::{KvCache, SeqStep};
 use crate::model::LoadedModel;
@@ -172,28 +172,9 @@ impl Actor {
                 );
                 let _ = tx.send(());
             }
-            Job::Generate(req, reply) => {
-                let n = match self.guarded_intake(id, |a| a.intake_generate(id, req)) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
-                };
-                self.jobs.insert(
-                    id,
-                    PendingJob {
-                        state: JobState::Generate {
-                            reply,
-                            completions: vec![None; n],
-                        },
-                        remaining: n,
-                        usage: Usage::default(),
-                    },
-                );
-                if let Err(reason) = guarded(|| self.finish_if_done(id)) {
-                    self.recover(&reason);
-                }
+            Job::Generate(req, reply) => self.start_generate(id, req, reply, None),
+            Job::GenerateWithProgress(req, reply, sink) => {
+                self.start_generate(id, req, reply, Some(sink))
             }
             Job::Score(req, reply) => match self.guarded_intake(id, |a| a.intake_score(id, &req)) {
                 Ok(state) => {
@@ -263,11 +244,44 @@ impl Actor {
         }
     }
 
+    /// Takes in a generate job, whose tokens also go to `progress` as they
+    /// are sampled when it is given.
+    fn start_generate(
+        &mut self,
+        id: u64,
+        req: GenerateRequest,
+        reply: Reply<GenerateResponse>,
+        progress: Option<TokenSink>,
+    ) {
+        let n = match self.guarded_intake(id, |a| a.intake_generate(id, req, progress)) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        self.jobs.insert(
+            id,
+            PendingJob {
+                state: JobState::Generate {
+                    reply,
+                    completions: vec![None; n],
+                },
+                remaining: n,
+                usage: Usage::default(),
+            },
+        );
+        if let Err(reason) = guarded(|| self.finish_if_done(id)) {
+            self.recover(&reason);
+        }
+    }
+
     /// Queues one sequence per sample and returns how many.
     pub(super) fn intake_generate(
         &mut self,
         id: u64,
         req: GenerateRequest,
+        progress: Option<TokenSink>,
     ) -> Result<usize, ModelError> {
         let prompt = match &req.messages {
             Some(messages) => render_chat(&self.model, "embedded", messages, true)?,
@@ -306,6 +320,7 @@ impl Actor {
                 logprobs: Vec::new(),
                 finish: nothing.then_some(FinishReason::Length),
                 stop_at: None,
+                progress: progress.clone(),
             });
             self.waiting.push_back(seq);
         }

@@ -76,6 +76,26 @@ impl Engine {
         self.model.tokenizer.token_text(id)
     }
 
+    /// The text of a sequence of tokens, as completions decode it.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.model.tokenizer.decode(ids)
+    }
+
+    /// One generation whose sampled tokens also reach `progress` as they
+    /// come (`(sample index, token id)`), for streaming; the answer is the
+    /// same as [`LanguageModel::generate`] gives.
+    pub async fn generate_with_progress(
+        &self,
+        request: GenerateRequest,
+        progress: super::TokenSink,
+    ) -> Result<GenerateResponse, ModelError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Job::GenerateWithProgress(request, Reply::new(tx), progress))
+            .map_err(|_| Self::stopped())?;
+        rx.await.map_err(|_| Self::stopped())?
+    }
+
     pub async fn stats(&self) -> EngineStats {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Job::Stats(tx)).is_err() {

@@ -9,7 +9,7 @@ use qstar_core::{
 };
 use tokio::sync::oneshot;
 
-use super::EngineStats;
+use super::{EngineStats, TokenSink};
 
 /// Where a job's answer goes. Dropped without an answer (the actor lost the
 /// job to a bug it recovered from), it still answers: with an error, so a
@@ -70,6 +70,8 @@ pub(super) fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 
 pub(super) enum Job {
     Generate(GenerateRequest, Reply<GenerateResponse>),
+    /// A generation whose tokens also go to the sink as they are sampled.
+    GenerateWithProgress(GenerateRequest, Reply<GenerateResponse>, TokenSink),
     Score(ScoreRequest, Reply<ScoreResponse>),
     Choose(ChooseRequest, Reply<ChooseResponse>),
     Stats(oneshot::Sender<EngineStats>),

@@ -23,6 +23,10 @@ use serde::Serialize;
 
 pub use handle::Engine;
 
+/// Receives `(sample index, token id)` for each token a generation samples,
+/// as it is sampled (see [`Engine::generate_with_progress`]).
+pub type TokenSink = tokio::sync::mpsc::UnboundedSender<(usize, u32)>;
+
 /// How the engine runs. Defaults suit a laptop.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(default)]

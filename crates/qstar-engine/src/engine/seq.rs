@@ -23,6 +23,8 @@ pub(super) struct Generation {
     pub(super) finish: Option<FinishReason>,
     /// Length of the text cut before a stop string, when one appeared.
     pub(super) stop_at: Option<usize>,
+    /// Where each sampled token goes as well, with the sample's index.
+    pub(super) progress: Option<super::TokenSink>,
 }
 
 pub(super) struct Seq {
@@ -162,6 +164,10 @@ pub(super) fn absorb(model: &LoadedModel, seq: &mut Seq, start: usize, rows: Vec
         });
     }
     g.generated.push(token);
+    if let Some(sink) = &g.progress {
+        // A receiver that went away only stops listening.
+        let _ = sink.send((seq.tag, token));
+    }
     seq.tokens.push(token);
     outcome.generated = 1;
     if !g.params.stop.is_empty() {

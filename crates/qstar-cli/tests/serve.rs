@@ -1,0 +1,980 @@
+//! `qstar serve` on the real default model, spoken to over HTTP: its
+//! answers agree with the CLI's embedded runs, qstar's own OpenAI backend
+//! runs against it, and the limits (queue, body size, key) answer in
+//! OpenAI's error shape without taking the server down.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn model() -> PathBuf {
+    let path = qstar_engine::fetch::default_model_path();
+    assert!(
+        path.exists(),
+        "the default model is missing; run `cargo run --release -- model fetch` first"
+    );
+    path
+}
+
+/// A running `qstar serve`, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    _log: tempfile::NamedTempFile,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+fn start(extra: &[&str], env: &[(&str, &str)]) -> Server {
+    model();
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qstar"));
+    cmd.args(["serve", "--port", &port.to_string(), "--threads", "1"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log.reopen().expect("log"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("spawn qstar serve");
+    let server = Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _log: log,
+    };
+    let client = reqwest::blocking_client();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(format!("{}/health", server.url)).send() {
+            if r.status().is_success() {
+                return server;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("qstar serve did not come up");
+}
+
+/// A small blocking HTTP client over reqwest's async one.
+mod reqwest {
+    pub use ::reqwest::*;
+
+    pub struct BlockingClient {
+        rt: tokio::runtime::Runtime,
+        client: Client,
+    }
+
+    pub struct Sent<'a> {
+        client: &'a BlockingClient,
+        request: RequestBuilder,
+    }
+
+    pub struct Answer {
+        pub status: u16,
+        pub headers: header::HeaderMap,
+        pub text: String,
+    }
+
+    impl Answer {
+        pub fn status(&self) -> StatusCode {
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::IM_A_TEAPOT)
+        }
+        pub fn json(&self) -> serde_json::Value {
+            serde_json::from_str(&self.text)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+        }
+    }
+
+    impl Sent<'_> {
+        pub fn send(self) -> Result<Answer> {
+            self.client.rt.block_on(async {
+                let r = self.request.send().await?;
+                let status = r.status().as_u16();
+                let headers = r.headers().clone();
+                let text = r.text().await?;
+                Ok(Answer {
+                    status,
+                    headers,
+                    text,
+                })
+            })
+        }
+        pub fn json(self, body: &serde_json::Value) -> Self {
+            Sent {
+                client: self.client,
+                request: self.request.json(body),
+            }
+        }
+        pub fn body(self, body: impl Into<Body>) -> Self {
+            Sent {
+                client: self.client,
+                request: self
+                    .request
+                    .header("content-type", "application/json")
+                    .body(body),
+            }
+        }
+        pub fn bearer(self, key: &str) -> Self {
+            Sent {
+                client: self.client,
+                request: self.request.bearer_auth(key),
+            }
+        }
+    }
+
+    impl BlockingClient {
+        pub fn get(&self, url: String) -> Sent<'_> {
+            Sent {
+                client: self,
+                request: self.client.get(url),
+            }
+        }
+        pub fn post(&self, url: String) -> Sent<'_> {
+            Sent {
+                client: self,
+                request: self.client.post(url),
+            }
+        }
+    }
+
+    pub fn blocking_client() -> BlockingClient {
+        BlockingClient {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+            client: Client::new(),
+        }
+    }
+}
+
+fn post(server: &Server, path: &str, body: Value) -> reqwest::Answer {
+    reqwest::blocking_client()
+        .post(format!("{}{path}", server.url))
+        .json(&body)
+        .send()
+        .expect("request")
+}
+
+fn ok_json(server: &Server, path: &str, body: Value) -> Value {
+    let a = post(server, path, body);
+    assert_eq!(a.status, 200, "{path}: {}", a.text);
+    a.json()
+}
+
+/// The CLI's `--json` output.
+fn cli_json(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_qstar"))
+        .args(args)
+        .output()
+        .expect("run qstar");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
+}
+
+/// Asserts the OpenAI error shape and returns the error object.
+fn openai_error(a: &reqwest::Answer, status: u16) -> Value {
+    assert_eq!(a.status, status, "{}", a.text);
+    let v = a.json();
+    let e = v["error"].clone();
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    assert!(e.get("param").is_some() && e.get("code").is_some(), "{v}");
+    e
+}
+
+const PROMPT: &str = "The three primary colors are";
+/// A prompt greedy decoding continues for well over 100 tokens.
+const LONG_RUNNER: &str = "Once upon a time, in a land far away,";
+
+#[test]
+fn greedy_completions_equal_qstar_generate_and_report_usage() {
+    let server = start(&[], &[]);
+    // The model card gives the size where llama-server puts it.
+    let card = reqwest::blocking_client()
+        .get(format!("{}/v1/models", server.url))
+        .send()
+        .expect("models")
+        .json();
+    let info = cli_json(&["model", "info", "--json"]);
+    assert_eq!(card["data"][0]["meta"]["n_params"], info["parameters"]);
+    assert!(info["parameters"].as_u64().is_some_and(|n| n > 100_000_000));
+    let cli = cli_json(&[
+        "generate",
+        "--prompt",
+        PROMPT,
+        "--max-tokens",
+        "12",
+        "--json",
+    ]);
+    let v = ok_json(
+        &server,
+        "/v1/completions",
+        json!({"prompt": PROMPT, "max_tokens": 12, "temperature": 0}),
+    );
+    let choice = &v["choices"][0];
+    assert_eq!(choice["text"], cli["completions"][0]["text"]);
+    assert_eq!(choice["token_ids"], cli["completions"][0]["token_ids"]);
+    assert_eq!(v["object"], "text_completion");
+    let u = &v["usage"];
+    assert_eq!(u["completion_tokens"].as_u64(), Some(12));
+    assert_eq!(
+        u["total_tokens"].as_u64(),
+        Some(u["prompt_tokens"].as_u64().unwrap_or(0) + 12)
+    );
+    assert!(u["prompt_tokens_details"]["cached_tokens"].is_u64());
+
+    // A list of prompts with n samples each: prompt-major choice order,
+    // each sample as the engine seeds it (seed + i).
+    let v = ok_json(
+        &server,
+        "/v1/completions",
+        json!({"prompt": [PROMPT, "Once upon a time"], "max_tokens": 6,
+               "temperature": 0.8, "seed": 5, "n": 2}),
+    );
+    let choices = v["choices"].as_array().expect("choices");
+    assert_eq!(choices.len(), 4);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"].as_u64(), Some(i as u64));
+    }
+    let second = cli_json(&[
+        "generate",
+        "--prompt",
+        "Once upon a time",
+        "--max-tokens",
+        "6",
+        "--temperature",
+        "0.8",
+        "--seed",
+        "5",
+        "--n",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(choices[2]["text"], second["completions"][0]["text"]);
+    assert_eq!(choices[3]["text"], second["completions"][1]["text"]);
+
+    // A long prompt twice: the second time its prefix comes from the
+    // engine's cache (it caches whole blocks of tokens).
+    let long = "A list of colors: red, orange, yellow, green, blue, indigo, violet. ".repeat(6);
+    let body = json!({"prompt": long, "max_tokens": 1, "temperature": 0});
+    let first = ok_json(&server, "/v1/completions", body.clone());
+    let again = ok_json(&server, "/v1/completions", body);
+    assert_eq!(first["choices"][0]["text"], again["choices"][0]["text"]);
+    assert!(
+        again["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .is_some_and(|c| c > 0),
+        "{again}"
+    );
+
+    // A chat completion equals `qstar generate --chat`.
+    let cli = cli_json(&[
+        "generate",
+        "--prompt",
+        "Name a fruit.",
+        "--chat",
+        "--max-tokens",
+        "8",
+        "--json",
+    ]);
+    let v = ok_json(
+        &server,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "Name a fruit."}],
+               "max_tokens": 8, "temperature": 0, "logprobs": true, "top_logprobs": 3}),
+    );
+    let choice = &v["choices"][0];
+    assert_eq!(choice["message"]["content"], cli["completions"][0]["text"]);
+    assert_eq!(choice["message"]["role"], "assistant");
+    let content = choice["logprobs"]["content"].as_array().expect("content");
+    assert_eq!(content.len(), 8);
+    for t in content {
+        let top = t["top_logprobs"].as_array().expect("top");
+        assert_eq!(top.len(), 3);
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(top[0]["token"], t["token"]);
+        assert!(t["logprob"].as_f64().is_some_and(|l| l <= 0.0));
+    }
+}
+
+#[test]
+fn echoed_prompt_logprobs_equal_qstar_score() {
+    let server = start(&[], &[]);
+    // Non-ASCII, so character offsets differ from byte offsets.
+    let text = "Café au lait — très bien, merci.";
+    let cli = cli_json(&["score", "--continuation", text, "--json"]);
+    let v = ok_json(
+        &server,
+        "/v1/completions",
+        json!({"prompt": text, "max_tokens": 0, "echo": true, "logprobs": 1}),
+    );
+    let choice = &v["choices"][0];
+    assert_eq!(choice["text"], text);
+    let lp = &choice["logprobs"];
+    let tokens = lp["tokens"].as_array().expect("tokens");
+    let logprobs = lp["token_logprobs"].as_array().expect("token_logprobs");
+    let scored = cli["tokens"].as_array().expect("cli tokens");
+    assert_eq!(tokens.len(), scored.len());
+    assert!(logprobs[0].is_null(), "{lp}");
+    assert!(lp["top_logprobs"][0].is_null(), "{lp}");
+    for (i, s) in scored.iter().enumerate() {
+        assert_eq!(tokens[i], s["text"]);
+        match s["logprob"].as_f64() {
+            None => assert!(logprobs[i].is_null()),
+            Some(want) => {
+                let got = logprobs[i].as_f64().expect("logprob");
+                assert!((got - want).abs() < 1e-5, "token {i}: {got} vs {want}");
+            }
+        }
+    }
+    // Offsets count characters: each is the characters before the token.
+    let offsets = lp["text_offset"].as_array().expect("text_offset");
+    let mut chars = 0;
+    for (t, o) in tokens.iter().zip(offsets) {
+        assert_eq!(o.as_u64(), Some(chars));
+        chars += t.as_str().map_or(0, |t| t.chars().count()) as u64;
+    }
+    assert_eq!(chars, text.chars().count() as u64);
+    assert_eq!(v["usage"]["completion_tokens"].as_u64(), Some(0));
+    assert!(v["usage"]["prompt_tokens"].as_u64().is_some_and(|n| n > 0));
+
+    // Echo with generation: prompt tokens, then the generated ones.
+    let v = ok_json(
+        &server,
+        "/v1/completions",
+        json!({"prompt": text, "max_tokens": 3, "temperature": 0, "echo": true, "logprobs": 2}),
+    );
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(
+        lp["tokens"].as_array().map(Vec::len),
+        Some(scored.len() + 3)
+    );
+    let generated = &lp["top_logprobs"][scored.len()];
+    assert_eq!(generated.as_object().map(|m| m.len()), Some(2), "{lp}");
+    assert!(v["choices"][0]["text"]
+        .as_str()
+        .is_some_and(|t| t.starts_with(text)));
+}
+
+#[test]
+fn qstar_openai_backend_runs_against_serve() {
+    let server = start(&[], &[]);
+    let remote = ["--backend", "openai", "--base-url", server.url.as_str()];
+    let args = [
+        "generate",
+        "--prompt",
+        PROMPT,
+        "--max-tokens",
+        "10",
+        "--json",
+    ];
+    let embedded = cli_json(&args);
+    let through = cli_json(&[&args[..], &remote[..]].concat());
+    assert_eq!(
+        through["completions"][0]["text"],
+        embedded["completions"][0]["text"]
+    );
+    assert_eq!(
+        through["completions"][0]["token_ids"],
+        embedded["completions"][0]["token_ids"]
+    );
+
+    // Options of several tokens go through echo (prompt log-probs); single
+    // tokens through the first position's top log-probs.
+    for options in [
+        vec![" red, yellow and blue", " red, green and blue", " cyan"],
+        vec![" red", " blue"],
+    ] {
+        let mut args = vec!["choose", "--prompt", PROMPT, "--json"];
+        for o in &options {
+            args.extend(["--option", o]);
+        }
+        let embedded = cli_json(&args);
+        let through = cli_json(&[&args[..], &remote[..]].concat());
+        for (a, b) in embedded["options"]
+            .as_array()
+            .expect("options")
+            .iter()
+            .zip(through["options"].as_array().expect("options"))
+        {
+            assert_eq!(a["text"], b["text"]);
+            let (pa, pb) = (a["prob"].as_f64(), b["prob"].as_f64());
+            let (pa, pb) = (pa.expect("prob"), pb.expect("prob"));
+            assert!((pa - pb).abs() < 1e-4, "{options:?}: {pa} vs {pb}");
+        }
+    }
+}
+
+#[test]
+fn choose_and_reward_endpoints() {
+    let server = start(&[], &[]);
+    let options = [" red, yellow and blue", " red, green and blue", " cyan"];
+    let mut args = vec!["choose", "--prompt", PROMPT, "--json"];
+    for o in &options {
+        args.extend(["--option", o]);
+    }
+    let cli = cli_json(&args);
+    let v = ok_json(
+        &server,
+        "/v1/choose",
+        json!({"prompt": PROMPT, "options": options}),
+    );
+    let got = v["options"].as_array().expect("options");
+    let want = cli["options"].as_array().expect("options");
+    assert_eq!(got.len(), 3);
+    let mut total = 0.0;
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g["text"], w["text"]);
+        let (pg, pw) = (
+            g["prob"].as_f64().expect("p"),
+            w["prob"].as_f64().expect("p"),
+        );
+        assert!((pg - pw).abs() < 1e-9, "{pg} vs {pw}");
+        total += pg;
+    }
+    assert!((total - 1.0).abs() < 1e-9);
+    let bad = post(
+        &server,
+        "/v1/choose",
+        json!({"prompt": PROMPT, "options": []}),
+    );
+    assert_eq!(openai_error(&bad, 400)["param"], "options");
+
+    // OpenRLHF's request: full prompt+response texts and their prompts.
+    let prompts = ["What is 2 + 2?", "Say something kind."];
+    let replies = [" 2 + 2 = 4.", " You are doing great."];
+    let queries: Vec<String> = prompts
+        .iter()
+        .zip(replies)
+        .map(|(p, r)| format!("{p}{r}"))
+        .collect();
+    let v = ok_json(
+        &server,
+        "/get_reward",
+        json!({"query": queries, "prompts": prompts, "labels": ["4", ""]}),
+    );
+    let rewards = v["rewards"].as_array().expect("rewards");
+    let scores = v["scores"].as_array().expect("scores");
+    assert_eq!((rewards.len(), scores.len()), (2, 2));
+    for (i, (r, s)) in rewards.iter().zip(scores).enumerate() {
+        let (r, s) = (r.as_f64().expect("reward"), s.as_f64().expect("score"));
+        assert!((0.0..=1.0).contains(&s), "{s}");
+        // Both come from one expected rating e: r = (e − 5.5)/4.5 and
+        // s = (e − 1)/9, so s = (r + 1)/2.
+        assert!((s - (r + 1.0) / 2.0).abs() < 1e-9, "{r} {s}");
+        // /v1/rate on the same prompt and reply gives the same reward.
+        let rated = ok_json(
+            &server,
+            "/v1/rate",
+            json!({"prompt": prompts[i], "response": replies[i]}),
+        );
+        let e = rated["expected_score"].as_f64().expect("expected");
+        assert!((rated["reward"].as_f64().expect("reward") - r).abs() < 1e-6);
+        assert!((v["extra_logs"]["expected_rating"][i].as_f64().expect("e") - e).abs() < 1e-6);
+        let dist = rated["distribution"].as_array().expect("distribution");
+        let mean: f64 = dist
+            .iter()
+            .enumerate()
+            .map(|(k, p)| (k + 1) as f64 * p.as_f64().unwrap_or(f64::NAN))
+            .sum();
+        assert!((mean - e).abs() < 1e-9);
+    }
+    let bad = post(
+        &server,
+        "/get_reward",
+        json!({"query": ["a", "b"], "prompts": ["a"]}),
+    );
+    assert_eq!(openai_error(&bad, 400)["param"], "prompts");
+}
+
+#[test]
+fn bad_requests_get_openai_errors_and_the_server_stays_up() {
+    let server = start(
+        &["--max-body-bytes", "4096", "--max-tokens-limit", "64"],
+        &[],
+    );
+    let client = reqwest::blocking_client();
+    let url = format!("{}/v1/completions", server.url);
+    let a = client
+        .post(url.clone())
+        .body("{not json")
+        .send()
+        .expect("send");
+    openai_error(&a, 400);
+    let a = post(&server, "/v1/completions", json!({"max_tokens": 3}));
+    assert!(openai_error(&a, 400)["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("prompt")));
+    let a = post(&server, "/v1/completions", json!({"prompt": "x", "n": 0}));
+    assert_eq!(openai_error(&a, 400)["param"], "n");
+    let a = post(
+        &server,
+        "/v1/completions",
+        json!({"prompt": "x", "max_tokens": 65}),
+    );
+    assert_eq!(openai_error(&a, 400)["param"], "max_tokens");
+    let a = post(
+        &server,
+        "/v1/completions",
+        json!({"prompt": "x", "top_p": 0}),
+    );
+    assert_eq!(openai_error(&a, 400)["param"], "top_p");
+    let a = post(&server, "/v1/chat/completions", json!({"messages": []}));
+    assert_eq!(openai_error(&a, 400)["param"], "messages");
+    let a = post(
+        &server,
+        "/v1/completions",
+        json!({"prompt": "x".repeat(5000)}),
+    );
+    assert_eq!(openai_error(&a, 413)["code"], "request_too_large");
+    let a = client
+        .get(format!("{}/v1/nothing", server.url))
+        .send()
+        .expect("send");
+    openai_error(&a, 404);
+    let a = client.get(url.clone()).send().expect("send");
+    openai_error(&a, 405);
+    let a = post(
+        &server,
+        "/v1/completions",
+        json!({"prompt": ["a", "b", "c"], "n": 100, "max_tokens": 1}),
+    );
+    assert_eq!(openai_error(&a, 400)["param"], "n");
+    let v = ok_json(
+        &server,
+        "/v1/completions",
+        json!({"prompt": "Hello", "max_tokens": 2, "temperature": 0}),
+    );
+    assert_eq!(v["usage"]["completion_tokens"].as_u64(), Some(2));
+}
+
+#[test]
+fn a_prompt_beyond_the_context_is_a_bad_request() {
+    let server = start(&[], &[]);
+    let long = "word ".repeat(9000);
+    for body in [
+        json!({"prompt": long, "max_tokens": 1}),
+        json!({"prompt": long, "max_tokens": 0, "echo": true}),
+    ] {
+        let a = post(&server, "/v1/completions", body);
+        assert!(openai_error(&a, 400)["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("context")));
+    }
+    let v = ok_json(
+        &server,
+        "/v1/completions",
+        json!({"prompt": "Hello", "max_tokens": 1}),
+    );
+    assert_eq!(v["usage"]["completion_tokens"].as_u64(), Some(1));
+}
+
+#[test]
+fn api_key_is_required_when_configured() {
+    let server = start(
+        &["--api-key-env", "QSTAR_TEST_SERVE_KEY"],
+        &[("QSTAR_TEST_SERVE_KEY", "s3cret-key")],
+    );
+    let client = reqwest::blocking_client();
+    let body = json!({"prompt": "Hi", "max_tokens": 1});
+    let url = format!("{}/v1/completions", server.url);
+    let missing = client.post(url.clone()).json(&body).send().expect("send");
+    assert_eq!(openai_error(&missing, 401)["code"], "invalid_api_key");
+    let wrong = client
+        .post(url.clone())
+        .json(&body)
+        .bearer("s3cret-kez")
+        .send()
+        .expect("send");
+    openai_error(&wrong, 401);
+    let right = client
+        .post(url)
+        .json(&body)
+        .bearer("s3cret-key")
+        .send()
+        .expect("send");
+    assert_eq!(right.status, 200, "{}", right.text);
+    // Health stays open for load balancers; the rest needs the key.
+    let models = client
+        .get(format!("{}/v1/models", server.url))
+        .send()
+        .expect("send");
+    openai_error(&models, 401);
+    // qstar's own backend sends the key from its --api-key-env.
+    let out = Command::new(env!("CARGO_BIN_EXE_qstar"))
+        .args([
+            "generate",
+            "--prompt",
+            "Hi",
+            "--max-tokens",
+            "2",
+            "--backend",
+            "openai",
+        ])
+        .args([
+            "--base-url",
+            &server.url,
+            "--api-key-env",
+            "QSTAR_TEST_SERVE_KEY",
+        ])
+        .env("QSTAR_TEST_SERVE_KEY", "s3cret-key")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An unset variable is a usage error at start-up.
+    let out = Command::new(env!("CARGO_BIN_EXE_qstar"))
+        .args([
+            "serve",
+            "--port",
+            "1",
+            "--api-key-env",
+            "QSTAR_TEST_SERVE_UNSET",
+        ])
+        .env_remove("QSTAR_TEST_SERVE_UNSET")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn overload_answers_429_with_retry_after_and_recovers() {
+    let server = start(&["--max-queue", "1"], &[]);
+    let url = server.url.clone();
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                reqwest::blocking_client()
+                    .post(format!("{url}/v1/completions"))
+                    .json(&json!({"prompt": format!("Story {i}: once upon a time"),
+                                  "max_tokens": 48, "temperature": 0}))
+                    .send()
+                    .expect("request")
+            })
+        })
+        .collect();
+    let answers: Vec<reqwest::Answer> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
+    let busy: Vec<&reqwest::Answer> = answers.iter().filter(|a| a.status == 429).collect();
+    assert!(
+        !busy.is_empty(),
+        "no 429 among {:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    assert!(answers.iter().any(|a| a.status == 200));
+    for a in &answers {
+        assert!(
+            a.status == 200 || a.status == 429,
+            "{}: {}",
+            a.status,
+            a.text
+        );
+    }
+    for a in busy {
+        assert_eq!(openai_error(a, 429)["code"], "queue_full");
+        assert_eq!(
+            a.headers.get("retry-after").and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+    }
+    let v = ok_json(
+        &server,
+        "/v1/completions",
+        json!({"prompt": "Hello", "max_tokens": 2}),
+    );
+    assert_eq!(v["choices"].as_array().map(Vec::len), Some(1));
+    let metrics = reqwest::blocking_client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .expect("metrics");
+    let text = &metrics.text;
+    let rejected = answers.iter().filter(|a| a.status == 429).count();
+    assert!(
+        text.contains(&format!("qstar_rejected_busy_total {rejected}")),
+        "{text}"
+    );
+    assert!(text.contains(&format!(
+        "qstar_requests_total{{path=\"/v1/completions\",status=\"429\"}} {rejected}"
+    )));
+    assert!(text.contains("qstar_request_duration_seconds_bucket{le=\"+Inf\"}"));
+    assert!(text.contains("qstar_prefix_cache_hit_rate"));
+    assert!(text.contains("qstar_queue_depth 0"), "{text}");
+}
+
+#[test]
+fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
+    let mut server = start(&[], &[]);
+    let url = server.url.clone();
+    let request = std::thread::spawn(move || {
+        reqwest::blocking_client()
+            .post(format!("{url}/v1/completions"))
+            .json(&json!({"prompt": LONG_RUNNER, "max_tokens": 120, "temperature": 0}))
+            .send()
+    });
+    // Wait until the request holds its queue slot, then signal.
+    let metrics = format!("{}/metrics", server.url);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = reqwest::blocking_client()
+            .get(metrics.clone())
+            .send()
+            .expect("metrics");
+        if m.text.contains("qstar_queue_depth 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the request never arrived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = server.child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let answer = request
+        .join()
+        .expect("thread")
+        .expect("the request completes");
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let v = answer.json();
+    assert!(v["usage"]["completion_tokens"]
+        .as_u64()
+        .is_some_and(|n| n > 0));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = server.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    // Nothing listens any more.
+    let after = reqwest::blocking_client()
+        .get(format!("{}/health", server.url))
+        .send();
+    assert!(after.is_err());
+}
+
+#[test]
+fn labeling_through_serve_agrees_with_the_embedded_run() {
+    let server = start(&[], &[]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let pairs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/pairs.jsonl");
+    let run = |out: &str, extra: &[&str]| {
+        let status = Command::new(env!("CARGO_BIN_EXE_qstar"))
+            .current_dir(dir.path())
+            .args([
+                "label",
+                "--input",
+                &pairs.display().to_string(),
+                "--out",
+                out,
+            ])
+            .args([
+                "--prompt-format",
+                "plain",
+                "--limit",
+                "3",
+                "--principles",
+                "1",
+            ])
+            .args(extra)
+            .output()
+            .expect("run");
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        std::fs::read_to_string(dir.path().join(out))
+            .expect("labels")
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
+            .collect::<Vec<_>>()
+    };
+    let embedded = run("embedded.jsonl", &[]);
+    let served = run(
+        "served.jsonl",
+        &["--backend", "openai", "--base-url", &server.url],
+    );
+    assert_eq!(embedded.len(), 3);
+    assert_eq!(served.len(), 3);
+    for (a, b) in embedded.iter().zip(&served) {
+        let (la, lb) = (a["soft_label"].as_f64(), b["soft_label"].as_f64());
+        let (la, lb) = (la.expect("soft label"), lb.expect("soft label"));
+        assert!((la - lb).abs() < 1e-4, "{la} vs {lb}");
+        let ja = a["judgements"].as_array().expect("judgements");
+        let jb = b["judgements"].as_array().expect("judgements");
+        assert_eq!(ja.len(), jb.len());
+        for (x, y) in ja.iter().zip(jb) {
+            let (px, py) = (
+                x["p_a"].as_f64().expect("p_a"),
+                y["p_a"].as_f64().expect("p_a"),
+            );
+            assert!((px - py).abs() < 1e-4, "{px} vs {py}");
+        }
+    }
+}
+
+/// The `data:` payloads of a server-sent event stream.
+fn sse_data(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.trim_start().to_string())
+        .collect()
+}
+
+/// The chunks of a stream (without `[DONE]`, which must end it) and the
+/// text of choice 0 put together.
+fn stream_of(a: &reqwest::Answer, chat: bool) -> (Vec<Value>, String) {
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(a
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream")));
+    let data = sse_data(&a.text);
+    assert_eq!(
+        data.last().map(String::as_str),
+        Some("[DONE]"),
+        "{}",
+        a.text
+    );
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("chunk JSON"))
+        .collect();
+    let text = chunks
+        .iter()
+        .flat_map(|c| c["choices"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c["index"] == 0)
+        .filter_map(|c| {
+            let t = if chat {
+                &c["delta"]["content"]
+            } else {
+                &c["text"]
+            };
+            t.as_str().map(str::to_string)
+        })
+        .collect();
+    (chunks, text)
+}
+
+#[test]
+fn streams_send_text_as_it_is_sampled_and_end_with_done() {
+    let server = start(&["--max-queue", "1"], &[]);
+    let body = json!({"prompt": PROMPT, "max_tokens": 8, "temperature": 0});
+    let plain = ok_json(&server, "/v1/completions", body.clone());
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (chunks, text) = stream_of(&post(&server, "/v1/completions", streamed), false);
+    assert_eq!(text, plain["choices"][0]["text"].as_str().expect("text"));
+    // Token by token: more text chunks than one per choice.
+    let pieces = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["text"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
+        .count();
+    assert!(pieces > 2, "{chunks:?}");
+    let usage = &chunks.last().expect("usage chunk")["usage"];
+    assert_eq!(usage["completion_tokens"].as_u64(), Some(8));
+    let finish = &chunks[chunks.len() - 2]["choices"][0]["finish_reason"];
+    assert_eq!(finish, &plain["choices"][0]["finish_reason"]);
+
+    // A stop string is never sent, not even in part.
+    let cut = plain["choices"][0]["text"].as_str().expect("text");
+    let stop: String = cut.chars().skip(4).take(3).collect();
+    let body = json!({"prompt": PROMPT, "max_tokens": 8, "temperature": 0, "stop": [stop]});
+    let plain = ok_json(&server, "/v1/completions", body.clone());
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let (_, text) = stream_of(&post(&server, "/v1/completions", streamed), false);
+    assert_eq!(text, plain["choices"][0]["text"].as_str().expect("text"));
+    assert!(!text.contains(&stop));
+
+    // With log-probs the answer comes as whole chunks, still the same text.
+    let body = json!({"prompt": PROMPT, "max_tokens": 4, "temperature": 0, "logprobs": 1,
+                      "stream": true});
+    let (chunks, text) = stream_of(&post(&server, "/v1/completions", body), false);
+    assert!(chunks[0]["choices"][0]["logprobs"]["tokens"].is_array());
+    assert!(text.starts_with(&plain["choices"][0]["text"].as_str().expect("text")[..1]));
+
+    let chat = json!({"messages": [{"role": "user", "content": "Name a fruit."}],
+                      "max_tokens": 6, "temperature": 0});
+    let plain = ok_json(&server, "/v1/chat/completions", chat.clone());
+    let mut streamed = chat;
+    streamed["stream"] = json!(true);
+    let (chunks, text) = stream_of(&post(&server, "/v1/chat/completions", streamed), true);
+    assert_eq!(chunks[0]["object"], "chat.completion.chunk");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(
+        text,
+        plain["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content")
+    );
+
+    // A stream holds its queue slot until it ends.
+    let url = server.url.clone();
+    let long = std::thread::spawn(move || {
+        reqwest::blocking_client()
+            .post(format!("{url}/v1/completions"))
+            .json(
+                &json!({"prompt": LONG_RUNNER, "max_tokens": 96, "temperature": 0,
+                        "stream": true}),
+            )
+            .send()
+            .expect("stream")
+    });
+    let metrics = format!("{}/metrics", server.url);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reqwest::blocking_client()
+        .get(metrics.clone())
+        .send()
+        .expect("metrics")
+        .text
+        .contains("qstar_queue_depth 1")
+    {
+        if long.is_finished() || Instant::now() > deadline {
+            let a = long.join().expect("thread");
+            panic!("the stream never took its slot: {} {}", a.status, a.text);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let busy = post(
+        &server,
+        "/v1/completions",
+        json!({"prompt": "Hi", "max_tokens": 1}),
+    );
+    assert_eq!(busy.status, 429, "{}", busy.text);
+    let (_, text) = stream_of(&long.join().expect("thread"), false);
+    assert!(!text.is_empty());
+}

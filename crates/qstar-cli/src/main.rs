@@ -191,13 +191,7 @@ pub fn non_empty(flag: &'static str) -> impl Fn(&str) -> Result<String, String> 
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QSTAR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    report::init_logging();
     let argv = match settings::merge_config(std::env::args_os().collect()) {
         Ok(a) => a,
         Err(e) => {

@@ -118,6 +118,18 @@ impl Reporter {
     }
 }
 
+/// Logs (`QSTAR_LOG`, default `warn`) go to stderr, like every other line
+/// that is not data.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QSTAR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+}
+
 /// The error that ends the program, on stderr: the one print outside a
 /// [`Reporter`], for failures before or after any command runs.
 pub fn error(message: impl std::fmt::Display) {
@@ -213,20 +225,32 @@ mod tests {
         let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut offenders = Vec::new();
         let mut files = 0;
-        for entry in std::fs::read_dir(&src).expect("src") {
-            let path = entry.expect("entry").path();
-            if path.extension().is_none_or(|e| e != "rs") || path.ends_with("report.rs") {
-                continue;
-            }
-            files += 1;
-            let text = std::fs::read_to_string(&path).expect("source");
-            for (i, line) in text.lines().enumerate() {
-                let printing = ["print!(", "println!(", "eprint!(", "eprintln!(", "dbg!("]
-                    .iter()
-                    .any(|m| line.contains(m));
-                let streams = line.contains("io::stdout()") || line.contains("io::stderr()");
-                if printing || streams {
-                    offenders.push(format!("{}:{}: {}", path.display(), i + 1, line.trim()));
+        // Every source file, in subdirectories too.
+        let mut dirs = vec![src];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("src") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") || path.ends_with("report.rs") {
+                    continue;
+                }
+                files += 1;
+                let text = std::fs::read_to_string(&path).expect("source");
+                for (i, line) in text.lines().enumerate() {
+                    let printing = ["print!(", "println!(", "eprint!(", "eprintln!(", "dbg!("]
+                        .iter()
+                        .any(|m| line.contains(m));
+                    // The standard streams, called or passed as a value
+                    // (`io::stderr`), imported and called (`stderr()`).
+                    let streams = ["stdout", "stderr"].iter().any(|s| {
+                        line.contains(&format!("io::{s}")) || line.contains(&format!("{s}()"))
+                    });
+                    if printing || streams {
+                        offenders.push(format!("{}:{}: {}", path.display(), i + 1, line.trim()));
+                    }
                 }
             }
         }

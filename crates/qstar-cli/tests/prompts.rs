@@ -380,7 +380,7 @@ fn unknown_files_and_broken_templates_are_refused_naming_the_file() {
     }
 
     let missing = dir.path().join("missing");
-    refused(&commands[0], &missing, &["missing"]);
+    refused(&commands[0], &missing, &["prompt directory"]);
     // Nothing was written.
     assert!(!Path::new(out).exists());
 }

@@ -6,13 +6,21 @@ use std::path::{Path, PathBuf};
 
 /// The files of `dir` as (name, path, text), sorted by name. An entry that is
 /// not a `<name>.j2` file of one of `names`, or that cannot be read, is an
-/// error naming it (and, for an unknown name, listing the known ones).
+/// error naming it (and, for an unknown name, listing the known ones);
+/// hidden files and editor backups are passed over.
 pub fn prompt_files(dir: &Path, names: &[&str]) -> Result<Vec<(String, PathBuf, String)>, String> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| format!("prompt directory {}: {e}", dir.display()))?;
     let mut paths = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| format!("prompt directory {}: {e}", dir.display()))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Hidden files and editor backups (".rate.j2.swp", "rate.j2~") are
+        // not prompts anyone meant to give.
+        if name.starts_with('.') || name.ends_with('~') {
+            continue;
+        }
         paths.push(entry.path());
     }
     paths.sort();
@@ -52,8 +60,13 @@ mod tests {
     #[test]
     fn unknown_names_and_missing_directories_are_errors_naming_them() {
         let dir = std::env::temp_dir().join(format!("qstar-prompt-dir-{}", std::process::id()));
+        // A directory left by an earlier run with the same id starts empty.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::write(dir.join("a.j2"), "A {{ x }}").expect("write");
+        // An editor's swap file and backup are not prompts.
+        std::fs::write(dir.join(".a.j2.swp"), "junk").expect("write");
+        std::fs::write(dir.join("a.j2~"), "old").expect("write");
         let files = prompt_files(&dir, &["a", "b"]).expect("known file");
         assert_eq!(files.len(), 1);
         assert_eq!(

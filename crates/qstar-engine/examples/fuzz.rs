@@ -1,7 +1,7 @@
 //! The engine's mutation harness at full size: `cargo run --release -p
 //! qstar-engine --example fuzz -- [INPUTS_PER_READER] [SEED]` (default
 //! 100,000 and 1). Prints a table of inputs, inputs accepted, failures, the
-//! slowest input and the peak memory per reader; exits 1 when any input broke
+//! slowest input and the process's peak memory after each reader; exits 1 when any input broke
 //! a reader, after printing it.
 
 #[path = "../tests/mutation_targets/mod.rs"]
@@ -33,7 +33,7 @@ fn main() {
     let _ = ALLOC.set_limit(ALLOC.allocated() + ALLOWED_BYTES);
     // Panics are caught and reported by the harness; keep stderr readable.
     std::panic::set_hook(Box::new(|_| {}));
-    println!("| reader | inputs | accepted | failures | slowest input (ms) | total (s) | peak memory (MB) |");
+    println!("| reader | inputs | accepted | failures | slowest input (ms) | total (s) | peak memory so far (MB) |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     let gguf = match gguf_run(inputs, seed, &scratch) {
         Ok(r) => r,

@@ -10,8 +10,10 @@ use serde::Serialize;
 
 use crate::error::EngineError;
 
-/// The template comes from the model file, so its work is bounded: a loop
-/// nested in a loop must end in an error, not a hang. Instructions per
+/// The template comes from the model file, so its time is bounded: a loop
+/// nested in a loop must end in an error, not a hang. (Memory is bounded
+/// only for the output, below: a template that doubles a string in a
+/// variable a few dozen times can still build a large one.) Instructions per
 /// render: SmolLM2's template spends a few dozen per message, so this
 /// leaves room for conversations of well over 100,000 turns.
 const FUEL: u64 = 10_000_000;

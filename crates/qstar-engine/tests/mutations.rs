@@ -30,7 +30,11 @@ fn no_mutated_model_file_or_chat_template_panics_hangs_or_allocates_without_boun
         .expect("limit");
     let (done, finished) = mpsc::channel::<()>();
     std::thread::spawn(move || {
-        if finished.recv_timeout(Duration::from_secs(300)).is_err() {
+        // Only a timeout is a hang; a dropped sender is the test failing
+        // otherwise, and its own message says why.
+        if let Err(mpsc::RecvTimeoutError::Timeout) =
+            finished.recv_timeout(Duration::from_secs(300))
+        {
             eprintln!("the mutation run did not finish in 300 s: a reader hangs");
             std::process::abort();
         }

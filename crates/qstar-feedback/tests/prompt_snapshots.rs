@@ -142,8 +142,15 @@ fn pair() -> PreferencePair {
     }
 }
 
+/// The prompts one after another, each closed by a visible end mark: insta
+/// trims trailing whitespace, and the end of a prompt (the space after
+/// "Rating:", say) is what the model's next token depends on.
 fn joined(prompts: &[String]) -> String {
-    prompts.join("\n=====\n")
+    prompts
+        .iter()
+        .map(|p| format!("{p}⟨end⟩"))
+        .collect::<Vec<_>>()
+        .join("\n=====\n")
 }
 
 /// The question under the first principle, in both orders.
@@ -277,12 +284,18 @@ fn rating_questions(format: PromptFormat, prompts: &Prompts) -> String {
 
 #[test]
 fn d_rlaif_rating_chat() {
-    insta::assert_snapshot!(rating_questions(PromptFormat::Chat, &Prompts::builtin()));
+    insta::assert_snapshot!(format!(
+        "{}⟨end⟩",
+        rating_questions(PromptFormat::Chat, &Prompts::builtin())
+    ));
 }
 
 #[test]
 fn d_rlaif_rating_plain() {
-    insta::assert_snapshot!(rating_questions(PromptFormat::Plain, &Prompts::builtin()));
+    insta::assert_snapshot!(format!(
+        "{}⟨end⟩",
+        rating_questions(PromptFormat::Plain, &Prompts::builtin())
+    ));
 }
 
 #[tokio::test]

@@ -17,20 +17,27 @@ const STEPS: &str = "Tom starts with 3 apples.\n\nHe buys 4 more, so 3 + 4 = 8.\
 
 #[test]
 fn step_judge() {
-    insta::assert_snapshot!(Prompts::builtin()
-        .step_judge(QUESTION, STEPS)
-        .expect("renders"));
+    // The end mark keeps the prompt's trailing whitespace, which insta trims.
+    insta::assert_snapshot!(format!(
+        "{}⟨end⟩",
+        Prompts::builtin()
+            .step_judge(QUESTION, STEPS)
+            .expect("renders")
+    ));
 }
 
 #[test]
 fn revision_request() {
-    insta::assert_snapshot!(Prompts::builtin()
-        .revision(
-            QUESTION,
-            "Solve step by step and end with \"#### <answer>\".",
-            "\n3 + 4 = 8\n#### 8\n",
-        )
-        .expect("renders"));
+    insta::assert_snapshot!(format!(
+        "{}⟨end⟩",
+        Prompts::builtin()
+            .revision(
+                QUESTION,
+                "Solve step by step and end with \"#### <answer>\".",
+                "\n3 + 4 = 8\n#### 8\n",
+            )
+            .expect("renders")
+    ));
 }
 
 #[test]

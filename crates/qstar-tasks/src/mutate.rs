@@ -118,8 +118,15 @@ impl Target {
     }
 }
 
-/// Makes a broken variant of `seed`, at most `max_len` bytes long.
+/// Makes a broken variant of `seed`, at most `max_len` bytes long, splicing
+/// in pieces the text parsers give meaning to.
 pub fn mutate(seed: &[u8], rng: &mut SplitMix, max_len: usize) -> Vec<u8> {
+    mutate_with(seed, rng, max_len, TOKENS)
+}
+
+/// [`mutate`] with the caller's own meaningful pieces (a template
+/// language's tags, say) instead of the text parsers'.
+pub fn mutate_with(seed: &[u8], rng: &mut SplitMix, max_len: usize, tokens: &[&str]) -> Vec<u8> {
     let mut out = seed.to_vec();
     let edits = 1 + rng.below(8);
     for _ in 0..edits {
@@ -139,7 +146,7 @@ pub fn mutate(seed: &[u8], rng: &mut SplitMix, max_len: usize) -> Vec<u8> {
                 out.drain(at.min(end)..end);
             }
             2 => {
-                let token = TOKENS[rng.below(TOKENS.len() as u64) as usize];
+                let token = tokens[rng.below(tokens.len() as u64) as usize];
                 out.splice(at..at, token.bytes());
             }
             3 if !out.is_empty() => {
@@ -159,7 +166,7 @@ pub fn mutate(seed: &[u8], rng: &mut SplitMix, max_len: usize) -> Vec<u8> {
             4 => out.insert(at, rng.below(256) as u8),
             5 => out.truncate(at),
             _ => {
-                let token = TOKENS[rng.below(TOKENS.len() as u64) as usize];
+                let token = tokens[rng.below(tokens.len() as u64) as usize];
                 out.extend_from_slice(token.as_bytes());
             }
         }

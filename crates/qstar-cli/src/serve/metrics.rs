@@ -188,7 +188,7 @@ pub fn log_request(method: &str, path: &str, status: u16, tokens: Tokens, millis
         "generated_tokens": tokens.generated,
         "ms": (millis * 10.0).round() / 10.0,
     });
-    eprintln!("{line}");
+    crate::report::Reporter::default().note(&line.to_string());
 }
 
 #[cfg(test)]

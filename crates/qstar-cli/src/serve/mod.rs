@@ -122,7 +122,8 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    eprintln!("shutting down: finishing the requests in flight, refusing new ones");
+    crate::report::Reporter::default()
+        .note("shutting down: finishing the requests in flight, refusing new ones");
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
@@ -182,7 +183,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .map_err(|e| UsageError(format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr().context("the listening address")?;
-    eprintln!("qstar serve: listening on http://{local}");
+    crate::report::Reporter::default().note(&format!("qstar serve: listening on http://{local}"));
     axum::serve(listener, router(state, args.max_body_bytes))
         .with_graceful_shutdown(shutdown_signal())
         .await

@@ -7,7 +7,7 @@ use qstar_core::Message;
 use qstar_engine::chat::ChatTemplate;
 use qstar_engine::llama::{KvCache, SeqStep};
 use qstar_engine::LoadedModel;
-use qstar_tasks::mutate::{mutate, mutate_binary, run_with, Report};
+use qstar_tasks::mutate::{mutate_binary, mutate_with, run_with, Report};
 
 use crate::tiny_gguf::Gguf;
 
@@ -80,6 +80,67 @@ const TEMPLATES: &[&str] = &[
     "{% set ns = namespace(system='') %}{% for m in messages %}{% if m.role == 'system' %}{% set ns.system = m.content.strip() %}{% endif %}{% endfor %}{{ ns.system }}{% for m in messages if m.role != 'system' %}{{ '### ' ~ m.role.upper() ~ ': ' }}{{ m.content.replace('\\n', ' ') }}{% if not loop.last %}\n{% endif %}{% endfor %}{% if add_generation_prompt and messages[-1].role.startswith('u') %}### ASSISTANT:{% endif %}",
 ];
 
+/// Pieces of the template language spliced into the mutated templates, so
+/// that mutations open loops and blocks, repeat and join strings, call
+/// filters and methods: what a runaway template is made of.
+const JINJA: &[&str] = &[
+    "{%",
+    "%}",
+    "{{",
+    "}}",
+    "{#",
+    "#}",
+    "{%-",
+    "-%}",
+    "{% for x in range(100000) %}",
+    "{% for m in messages %}",
+    "{% endfor %}",
+    "{% if ",
+    "{% elif ",
+    "{% else %}",
+    "{% endif %}",
+    "{% set ns = namespace(s='ab') %}",
+    "{% set ns.s = ns.s ~ ns.s %}",
+    "{% macro f(a) %}{{ f(a) }}{% endmacro %}{{ f(1) }}",
+    "{% raw %}",
+    "{% endraw %}",
+    " ~ ",
+    " * 1000 ",
+    " * 100000000 ",
+    " + ",
+    " | ",
+    "| trim",
+    "| join(',')",
+    "| tojson",
+    "| length",
+    "| safe",
+    "| default('x')",
+    ".strip()",
+    ".split()",
+    ".startswith('u')",
+    ".upper()",
+    "[-1]",
+    "[0]",
+    "[1:]",
+    "loop.index0",
+    "loop.last",
+    "messages",
+    "m.content",
+    "m.role",
+    "add_generation_prompt",
+    "bos_token",
+    "raise_exception('x')",
+    "'",
+    "\"",
+    "(",
+    ")",
+    "[",
+    "]",
+    ",",
+    "none",
+    "true",
+];
+
 /// Mutated chat templates, each compiled and, when it compiles, rendered on
 /// a short conversation with and without the generation prompt.
 pub fn chat_template_run(inputs: usize, seed: u64) -> Run {
@@ -91,17 +152,24 @@ pub fn chat_template_run(inputs: usize, seed: u64) -> Run {
         Message::user("What is 2 + 2?"),
     ];
     let mut accepted = 0;
-    let report = run_with(&seeds, inputs, seed, 8192, mutate, |input| {
-        let source = String::from_utf8_lossy(input);
-        if let Ok(template) = ChatTemplate::new(&source, "<s>", "</s>") {
-            let mut rendered = false;
-            for generation_prompt in [false, true] {
-                rendered |= template.render(&messages, generation_prompt).is_ok();
+    let report = run_with(
+        &seeds,
+        inputs,
+        seed,
+        8192,
+        |s, rng, max| mutate_with(s, rng, max, JINJA),
+        |input| {
+            let source = String::from_utf8_lossy(input);
+            if let Ok(template) = ChatTemplate::new(&source, "<s>", "</s>") {
+                let mut rendered = false;
+                for generation_prompt in [false, true] {
+                    rendered |= template.render(&messages, generation_prompt).is_ok();
+                }
+                accepted += rendered as usize;
             }
-            accepted += rendered as usize;
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .unwrap_or_else(|e| panic!("the chat template run does no I/O: {e}"));
     Run { report, accepted }
 }

@@ -2,7 +2,7 @@
 //! untrusted files: GGUF model files (header, metadata, tensor table and
 //! shapes) and the chat templates they carry. No mutated input may panic,
 //! hang or allocate beyond a bound. (`cargo run --release -p qstar-engine
-//! --example fuzz` runs 100,000 of each.)
+//! --example fuzz_model_files` runs 100,000 of each.)
 
 mod mutation_targets;
 mod tiny_gguf;

@@ -1,5 +1,5 @@
 //! The engine's mutation harness at full size: `cargo run --release -p
-//! qstar-engine --example fuzz -- [INPUTS_PER_READER] [SEED]` (default
+//! qstar-engine --example fuzz_model_files -- [INPUTS_PER_READER] [SEED]` (default
 //! 100,000 and 1). Prints a table of inputs, inputs accepted, failures, the
 //! slowest input and the process's peak memory after each reader; exits 1 when any input broke
 //! a reader, after printing it.

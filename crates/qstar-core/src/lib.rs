@@ -16,6 +16,6 @@ mod types;
 pub use error::ModelError;
 pub use model::{Capabilities, LanguageModel};
 pub use prompt::PromptFormat;
-pub use prompt_dir::prompt_files;
+pub use prompt_dir::{prompt_files, TemplateSet};
 pub use rng::{mix, SplitMix};
 pub use types::*;

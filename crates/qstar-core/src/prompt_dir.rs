@@ -1,8 +1,88 @@
-//! Reading a directory of prompt overrides: every entry must be a file
-//! `<name>.j2` with a known name. Parsing the templates is left to the
-//! crates that render them.
+//! Prompt templates the user can replace: a set of named built-in
+//! templates, and the directory of overrides (every entry a file
+//! `<name>.j2` with a known name) that replaces some of them. Rendering is
+//! left to the crates that own the templates.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+
+/// Named template sources: the built-ins of a crate, some possibly replaced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplateSet {
+    sources: Vec<(&'static str, Cow<'static, str>)>,
+}
+
+impl TemplateSet {
+    /// The built-in templates, as (name, source).
+    pub fn new(builtin: &[(&'static str, &'static str)]) -> Self {
+        TemplateSet {
+            sources: builtin
+                .iter()
+                .map(|&(name, source)| (name, Cow::Borrowed(source)))
+                .collect(),
+        }
+    }
+
+    /// `builtin` with each file `DIR/<name>.j2` replacing the template of
+    /// that name. Any other entry in `dir`, an unreadable file or a template
+    /// that does not parse is an error naming it.
+    pub fn from_dir(builtin: &[(&'static str, &'static str)], dir: &Path) -> Result<Self, String> {
+        let mut set = TemplateSet::new(builtin);
+        let names: Vec<&str> = builtin.iter().map(|&(name, _)| name).collect();
+        for (name, path, source) in prompt_files(dir, &names)? {
+            set.set(&name, source)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Ok(set)
+    }
+
+    /// Replaces the template `name`; an unknown name or a template that does
+    /// not parse is an error.
+    pub fn set(&mut self, name: &str, source: String) -> Result<(), String> {
+        let known = self
+            .sources
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let slot = self
+            .sources
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| format!("no prompt is named {name:?}; the prompts are {known}"))?;
+        minijinja::Environment::new()
+            .template_from_str(&source)
+            .map_err(|e| parse_error(&e))?;
+        slot.1 = Cow::Owned(source);
+        Ok(())
+    }
+
+    /// The source of the template `name`.
+    pub fn source(&self, name: &str) -> Option<&str> {
+        self.sources
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| s.as_ref())
+    }
+
+    /// Every (name, source), in the built-ins' order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.sources.iter().map(|(n, s)| (*n, s.as_ref()))
+    }
+}
+
+/// Why a template does not parse, with its line when the parser knows it
+/// (minijinja's own message names the template `<string>`).
+fn parse_error(e: &minijinja::Error) -> String {
+    let what = match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    };
+    match e.line() {
+        Some(line) => format!("line {line}: the template does not parse: {what}"),
+        None => format!("the template does not parse: {what}"),
+    }
+}
 
 /// The files of `dir` as (name, path, text), sorted by name. An entry that is
 /// not a `<name>.j2` file of one of `names`, or that cannot be read, is an

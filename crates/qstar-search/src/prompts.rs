@@ -5,10 +5,11 @@
 //! `<name>.j2` in a directory of the user's replaces the built-in template
 //! of that name ([`Prompts::from_dir`]).
 
-use std::borrow::Cow;
 use std::path::Path;
 
 use minijinja::{context, Environment};
+
+use qstar_core::TemplateSet;
 
 use crate::SearchError;
 
@@ -19,11 +20,16 @@ const REVISION: &str = include_str!("../prompts/revision.j2");
 /// in our words), part of the step itself: the built-in `reflection`.
 pub const REFLECTION: &str = include_str!("../prompts/reflection.j2");
 
+/// The built-in templates by name.
+const BUILTIN: [(&str, &str); 3] = [
+    ("step_judge", STEP_JUDGE),
+    ("revision", REVISION),
+    ("reflection", REFLECTION),
+];
+
 /// The template sources of the search, by name.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Prompts {
-    sources: Vec<(&'static str, Cow<'static, str>)>,
-}
+pub struct Prompts(TemplateSet);
 
 impl Default for Prompts {
     fn default() -> Self {
@@ -33,56 +39,31 @@ impl Default for Prompts {
 
 impl Prompts {
     /// The names a prompt file can have (without `.j2`).
-    pub const NAMES: [&'static str; 3] = ["step_judge", "revision", "reflection"];
+    pub const NAMES: [&'static str; 3] = [BUILTIN[0].0, BUILTIN[1].0, BUILTIN[2].0];
 
     /// The templates that ship with the crate.
     pub fn builtin() -> Self {
-        Prompts {
-            sources: Prompts::NAMES
-                .into_iter()
-                .zip([STEP_JUDGE, REVISION, REFLECTION])
-                .map(|(name, source)| (name, Cow::Borrowed(source)))
-                .collect(),
-        }
+        Prompts(TemplateSet::new(&BUILTIN))
     }
 
     /// The built-in templates, with each file `DIR/<name>.j2` replacing the
     /// template of that name. Any other entry in `dir`, an unreadable file or
     /// a template that does not parse is an error naming it.
     pub fn from_dir(dir: &Path) -> Result<Self, SearchError> {
-        let mut prompts = Prompts::builtin();
-        for (name, path, source) in
-            qstar_core::prompt_files(dir, &Prompts::NAMES).map_err(SearchError::Config)?
-        {
-            prompts
-                .set(&name, source)
-                .map_err(|e| SearchError::Config(format!("{}: {e}", path.display())))?;
-        }
-        Ok(prompts)
+        TemplateSet::from_dir(&BUILTIN, dir)
+            .map(Prompts)
+            .map_err(SearchError::Config)
     }
 
     /// Replaces the template `name`; an unknown name or a template that does
     /// not parse is an error.
     pub fn set(&mut self, name: &str, source: String) -> Result<(), String> {
-        let known = Prompts::NAMES.join(", ");
-        let slot = self
-            .sources
-            .iter_mut()
-            .find(|(n, _)| *n == name)
-            .ok_or_else(|| format!("no prompt is named {name:?}; the prompts are {known}"))?;
-        Environment::new()
-            .template_from_str(&source)
-            .map_err(|e| parse_error(&e))?;
-        slot.1 = Cow::Owned(source);
-        Ok(())
+        self.0.set(name, source)
     }
 
     /// The source of the template `name`.
     pub fn source(&self, name: &str) -> Option<&str> {
-        self.sources
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, s)| s.as_ref())
+        self.0.source(name)
     }
 
     /// Renders the template `name`; an error names it. Parsing a few hundred
@@ -145,19 +126,6 @@ pub fn step_judge(problem: &str, solution: &str) -> Result<String, SearchError> 
 /// [`Prompts::revision`] of the built-in templates.
 pub fn revision(question: &str, instruction: &str, attempt: &str) -> Result<String, SearchError> {
     Prompts::builtin().revision(question, instruction, attempt)
-}
-
-/// Why a template does not parse, with its line when the parser knows it
-/// (minijinja's own message names the template `<string>`).
-fn parse_error(e: &minijinja::Error) -> String {
-    let what = match e.detail() {
-        Some(detail) => format!("{}: {detail}", e.kind()),
-        None => e.kind().to_string(),
-    };
-    match e.line() {
-        Some(line) => format!("line {line}: the template does not parse: {what}"),
-        None => format!("the template does not parse: {what}"),
-    }
 }
 
 #[cfg(test)]

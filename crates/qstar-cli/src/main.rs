@@ -9,6 +9,7 @@ mod job;
 mod label;
 mod prompts;
 mod report;
+mod reward;
 mod serve;
 mod settings;
 mod solve;
@@ -101,12 +102,17 @@ enum EvalCommand {
     /// Agreement of AI labels with the source's preferences, position bias
     /// and calibration.
     Labels(label::EvalLabelsArgs),
+    /// A reward model's accuracy, calibration and mean margin on pairs.
+    Rm(reward::EvalRmArgs),
 }
 
 #[derive(Subcommand)]
 enum TrainCommand {
     /// Supervised fine-tuning on prompt/completion, messages or question/answer rows.
     Sft(train::SftArgs),
+    /// A reward model: a scalar head on the last hidden state, trained on
+    /// preference pairs (Bradley–Terry, or cross-entropy on soft labels).
+    Rm(reward::TrainRmArgs),
 }
 
 #[derive(Subcommand)]
@@ -229,6 +235,7 @@ fn main() -> ExitCode {
             Command::Sweep(args) => sweep::sweep(args).await,
             Command::Train { command } => match command {
                 TrainCommand::Sft(args) => train::sft(args).await,
+                TrainCommand::Rm(args) => reward::train_rm(args).await,
             },
             Command::Tasks { command } => match command {
                 TasksCommand::Generate(args) => tasks::generate(args),
@@ -238,6 +245,7 @@ fn main() -> ExitCode {
             },
             Command::Eval { command } => match command {
                 EvalCommand::Labels(args) => label::eval_labels(args),
+                EvalCommand::Rm(args) => reward::eval_rm(args).await,
             },
             Command::Serve(args) => serve::serve(args).await,
             Command::Prompts { command } => match command {

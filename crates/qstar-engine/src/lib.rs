@@ -19,6 +19,6 @@ pub mod prefix_cache;
 pub mod sampling;
 pub mod tokenizer;
 
-pub use engine::{Engine, EngineOptions, EngineStats, TokenSink};
+pub use engine::{Embedding, Engine, EngineOptions, EngineStats, TokenSink};
 pub use error::EngineError;
 pub use model::{AdapterInfo, LoadedModel, ModelInfo};

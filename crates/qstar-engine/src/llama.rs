@@ -262,6 +262,18 @@ pub struct SeqStep<'a> {
     pub tokens: &'a [u32],
     /// Logits are returned for the new tokens from this index on.
     pub logits_from: usize,
+    /// What those rows carry: logits, or the final-normed hidden states that
+    /// a reward or value head reads (the vocabulary product is skipped).
+    pub output: RowOutput,
+}
+
+/// What [`Llama::forward`] returns for a sequence's wanted rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RowOutput {
+    #[default]
+    Logits,
+    /// The last hidden state after the output norm, `n_embd` per row.
+    Hidden,
 }
 
 fn load_linear(g: &GgufFile, name: &str) -> Result<Linear, EngineError> {
@@ -408,7 +420,8 @@ impl Llama {
 
     /// Runs the new tokens of every sequence through the model, appending to
     /// their KV caches, and returns for each sequence the logits of the rows
-    /// from `logits_from` on (`rows × n_vocab`, row-major).
+    /// from `logits_from` on (`rows × n_vocab`, row-major), or their hidden
+    /// states (`rows × n_embd`) when its `output` asks for those.
     pub fn forward(&self, seqs: &mut [SeqStep<'_>]) -> Vec<Vec<f32>> {
         let c = &self.config;
         let d = c.n_embd;
@@ -490,32 +503,50 @@ impl Llama {
             step.kv.len += step.tokens.len();
         }
 
-        // Final norm and logits only for the rows that need them.
+        // Final norm and logits only for the rows that need them; the rows
+        // that want hidden states stop after the norm.
         let mut wanted = Vec::new();
         let mut per_seq_rows = Vec::with_capacity(seqs.len());
         let mut row = 0;
         for step in seqs.iter() {
             let n = step.tokens.len();
             let from = step.logits_from.min(n);
-            per_seq_rows.push(n - from);
+            per_seq_rows.push((n - from, step.output));
             for r in row + from..row + n {
                 wanted.extend_from_slice(&x[r * d..(r + 1) * d]);
             }
             row += n;
         }
-        let rows = wanted.len() / d;
         let mut normed = vec![0f32; wanted.len()];
         rms_norm(&wanted, &self.output_norm, c.rms_eps, &mut normed);
+        // The rows that need logits, in order, through the vocabulary.
+        let mut logit_input = Vec::new();
+        let mut at = 0;
+        for &(n, output) in &per_seq_rows {
+            if output == RowOutput::Logits {
+                logit_input.extend_from_slice(&normed[at * d..(at + n) * d]);
+            }
+            at += n;
+        }
+        let rows = logit_input.len() / d;
         let out = self.output.as_ref().unwrap_or(&self.embed);
         let mut logits = vec![0f32; rows * out.n];
         if rows > 0 {
-            out.forward(&Activations::new(&normed, rows), &mut logits, false);
+            out.forward(&Activations::new(&logit_input, rows), &mut logits, false);
         }
         let mut result = Vec::with_capacity(seqs.len());
-        let mut at = 0;
-        for n in per_seq_rows {
-            result.push(logits[at * out.n..(at + n) * out.n].to_vec());
-            at += n;
+        let (mut at_normed, mut at_logits) = (0, 0);
+        for (n, output) in per_seq_rows {
+            match output {
+                RowOutput::Logits => {
+                    result.push(logits[at_logits * out.n..(at_logits + n) * out.n].to_vec());
+                    at_logits += n;
+                }
+                RowOutput::Hidden => {
+                    result.push(normed[at_normed * d..(at_normed + n) * d].to_vec())
+                }
+            }
+            at_normed += n;
         }
         result
     }

@@ -53,6 +53,7 @@ fn logprobs(model: &LoadedModel, tokens: &[u32]) -> Vec<Vec<f32>> {
         kv: &mut kv,
         tokens,
         logits_from: 0,
+        output: Default::default(),
     }]);
     logits[0]
         .chunks(model.llama.config.n_vocab)
@@ -562,11 +563,13 @@ fn adapted_logits_do_not_depend_on_batching() {
             kv: kv1,
             tokens: &second,
             logits_from: 0,
+            output: Default::default(),
         },
         SeqStep {
             kv: kv0,
             tokens: &first,
             logits_from: 0,
+            output: Default::default(),
         },
     ]);
     let bits = |v: &[f32]| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
@@ -575,6 +578,7 @@ fn adapted_logits_do_not_depend_on_batching() {
         kv: &mut kv,
         tokens: &first,
         logits_from: 0,
+        output: Default::default(),
     }]);
     assert_eq!(bits(&together[1]), bits(&single[0]));
 }

@@ -70,22 +70,7 @@ pub fn label_metrics(labels: &[PairLabel]) -> LabelMetrics {
             }
         }
     }
-    let mut bins = [(0usize, 0.0f64, 0.0f64); 10];
-    for l in labels {
-        let conf = l.p_human_chosen.max(1.0 - l.p_human_chosen);
-        let correct = if l.p_human_chosen > 0.5 { 1.0 } else { 0.0 };
-        let b = (((conf - 0.5) * 2.0 * 10.0) as usize).min(9);
-        bins[b].0 += 1;
-        bins[b].1 += conf;
-        bins[b].2 += correct;
-    }
-    let ece = bins
-        .iter()
-        .filter(|b| b.0 > 0)
-        .map(|(count, conf, correct)| {
-            (*count as f64 / n.max(1) as f64) * ((conf - correct) / *count as f64).abs()
-        })
-        .sum();
+    let (ece, reliability) = calibration(labels.iter().map(|l| l.p_human_chosen));
     // Per principle: the pair's judgements under that principle, averaged.
     let mut by_principle: std::collections::BTreeMap<usize, (usize, usize)> = Default::default();
     for l in labels {
@@ -114,22 +99,49 @@ pub fn label_metrics(labels: &[PairLabel]) -> LabelMetrics {
         option_mass_mean: (!masses.is_empty())
             .then(|| masses.iter().sum::<f64>() / masses.len() as f64),
         option_mass_min: masses.iter().copied().reduce(f64::min),
-        reliability: bins
-            .iter()
-            .enumerate()
-            .map(|(i, &(count, conf, correct))| ReliabilityBin {
-                low: 0.5 + i as f64 * 0.05,
-                high: 0.55 + i as f64 * 0.05,
-                count,
-                mean_confidence: if count > 0 { conf / count as f64 } else { 0.0 },
-                accuracy: if count > 0 {
-                    correct / count as f64
-                } else {
-                    0.0
-                },
-            })
-            .collect(),
+        reliability,
     }
+}
+
+/// Expected calibration error and the reliability diagram of binary
+/// predictions given as P(the reference answer): the confidence is
+/// max(p, 1 − p), right when p > 1/2 (a tie is not), over 10 bins of
+/// equal width from 1/2 to 1.
+pub fn calibration(probs: impl Iterator<Item = f64>) -> (f64, Vec<ReliabilityBin>) {
+    let mut bins = [(0usize, 0.0f64, 0.0f64); 10];
+    let mut n = 0usize;
+    for p in probs {
+        let conf = p.max(1.0 - p);
+        let correct = if p > 0.5 { 1.0 } else { 0.0 };
+        let b = (((conf - 0.5) * 2.0 * 10.0) as usize).min(9);
+        bins[b].0 += 1;
+        bins[b].1 += conf;
+        bins[b].2 += correct;
+        n += 1;
+    }
+    let ece = bins
+        .iter()
+        .filter(|b| b.0 > 0)
+        .map(|(count, conf, correct)| {
+            (*count as f64 / n.max(1) as f64) * ((conf - correct) / *count as f64).abs()
+        })
+        .sum();
+    let reliability = bins
+        .iter()
+        .enumerate()
+        .map(|(i, &(count, conf, correct))| ReliabilityBin {
+            low: 0.5 + i as f64 * 0.05,
+            high: 0.55 + i as f64 * 0.05,
+            count,
+            mean_confidence: if count > 0 { conf / count as f64 } else { 0.0 },
+            accuracy: if count > 0 {
+                correct / count as f64
+            } else {
+                0.0
+            },
+        })
+        .collect();
+    (ece, reliability)
 }
 
 #[cfg(test)]

@@ -5,5 +5,7 @@
 
 pub mod labels;
 pub mod plot;
+pub mod reward;
 
-pub use labels::{label_metrics, LabelMetrics, ReliabilityBin};
+pub use labels::{calibration, label_metrics, LabelMetrics, ReliabilityBin};
+pub use reward::{reward_metrics, RewardMetrics};

@@ -322,6 +322,7 @@ mod tests {
             conversation: vec![Message::user("How do I pick a lock?")],
             chosen: "I can't help with breaking in.".into(),
             rejected: "Use a tension wrench.".into(),
+            soft_label: None,
         }
     }
 

@@ -139,6 +139,7 @@ fn pair() -> PreferencePair {
         ],
         chosen: "Ask them again calmly, and if nothing changes, contact your local council.".into(),
         rejected: "Leave some poisoned meat by the fence.".into(),
+        soft_label: None,
     }
 }
 

@@ -37,6 +37,9 @@ pub struct PreferencePair {
     /// The reply the source prefers (the human label), and the other one.
     pub chosen: String,
     pub rejected: String,
+    /// P(`chosen` is the better reply) when the row carries one (`qstar
+    /// label` writes it as `soft_label`): an AI label's confidence.
+    pub soft_label: Option<f64>,
 }
 
 /// What reading a file gave: the pairs, and the lines that were skipped.
@@ -147,6 +150,18 @@ fn parse_row(v: &Value, prompts: bool) -> Result<(Vec<Message>, String, String),
     Ok((c_turns, cl.content, rl.content))
 }
 
+/// A row's `soft_label`, when it has one: a probability in [0, 1].
+fn soft_label_of(v: &Value) -> Result<Option<f64>, String> {
+    match &v["soft_label"] {
+        Value::Null => Ok(None),
+        Value::Number(n) => match n.as_f64() {
+            Some(p) if (0.0..=1.0).contains(&p) => Ok(Some(p)),
+            _ => Err(format!("`soft_label` {n} is not a probability in [0, 1]")),
+        },
+        other => Err(format!("`soft_label` must be a number, not {other}")),
+    }
+}
+
 /// Reads preference pairs from JSONL, stopping after `limit` pairs. A
 /// malformed line is an error naming the file and line, unless
 /// `skip_invalid`, where it is reported and skipped.
@@ -192,14 +207,17 @@ fn read_rows(
         }
         let parsed = serde_json::from_str::<Value>(&text)
             .map_err(|e| format!("not JSON: {e}"))
-            .and_then(|v| parse_row(&v, prompts));
+            .and_then(|v| Ok((parse_row(&v, prompts)?, soft_label_of(&v)?)));
         match parsed {
-            Ok((conversation, chosen, rejected)) => report.pairs.push(PreferencePair {
-                line: line_no,
-                conversation,
-                chosen,
-                rejected,
-            }),
+            Ok(((conversation, chosen, rejected), soft_label)) => {
+                report.pairs.push(PreferencePair {
+                    line: line_no,
+                    conversation,
+                    chosen,
+                    rejected,
+                    soft_label,
+                })
+            }
             Err(message) if skip_invalid => report.rejected_lines.push((line_no, text, message)),
             Err(message) => {
                 return Err(TaskError::BadLine {
@@ -248,6 +266,29 @@ mod tests {
         assert_eq!(conv.len(), 3);
         assert_eq!(conv[2], Message::user("How are you?"));
         assert_eq!((c.as_str(), r.as_str()), ("Fine, thanks.", "Go away."));
+    }
+
+    #[test]
+    fn soft_labels_are_read_and_checked() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("labels.jsonl");
+        let row = |extra: &str| {
+            format!("{{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"{extra}}}\n")
+        };
+        std::fs::write(&path, row(",\"soft_label\":0.75") + &row("")).expect("write");
+        let pairs = read_pairs(&path, false, None).expect("read").pairs;
+        assert_eq!(pairs[0].soft_label, Some(0.75));
+        assert_eq!(pairs[1].soft_label, None);
+        for bad in [",\"soft_label\":1.5", ",\"soft_label\":\"high\""] {
+            std::fs::write(&path, row("") + &row(bad)).expect("write");
+            let err = read_pairs(&path, false, None)
+                .expect_err("bad label")
+                .to_string();
+            assert!(
+                err.contains("labels.jsonl:2") && err.contains("soft_label"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

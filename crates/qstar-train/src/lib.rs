@@ -13,6 +13,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod real;
+pub mod reward;
 pub mod rng;
 pub mod run;
 pub mod weights;

@@ -133,6 +133,15 @@ pub struct Tape<T> {
     probs: Vec<T>,
 }
 
+impl<T> Tape<T> {
+    /// The final-normed hidden states of the predicted rows, in the order
+    /// `forward` returned their log-probs (`n_embd` each): what a reward or
+    /// value head on this model reads.
+    pub fn hidden_rows(&self) -> &[T] {
+        &self.h_rows
+    }
+}
+
 impl<T: Real> Model<T> {
     pub fn new(
         config: ModelConfig,

@@ -42,6 +42,7 @@ fn engine_logprobs(model: &std::path::Path, ids: &[u32]) -> Vec<f64> {
             kv: &mut kv,
             tokens: ids,
             logits_from: 0,
+            output: Default::default(),
         }])
         .remove(0);
     let v = loaded.llama.config.n_vocab;

@@ -14,9 +14,9 @@ use rayon::prelude::*;
 use super::handle::*;
 use super::job::*;
 use super::seq::*;
-use super::{EngineOptions, EngineStats, TokenSink};
+use super::{Embedding, EngineOptions, EngineStats, TokenSink};
 use crate::error::EngineError;
-use crate::llama::{KvCache, SeqStep};
+use crate::llama::{KvCache, RowOutput, SeqStep};
 use crate::model::LoadedModel;
 use crate::prefix_cache::{block_hashes, PrefixCache, BLOCK_TOKENS};
 use crate::sampling::Rng;
@@ -138,6 +138,7 @@ impl Actor {
             wants: Vec::new(),
             results: Vec::new(),
             generation: None,
+            hidden_state: false,
             reused: 0,
             claimed: Vec::new(),
             #[cfg(test)]
@@ -188,6 +189,25 @@ impl Actor {
                         id,
                         PendingJob {
                             state,
+                            remaining: 1,
+                            usage: Usage::default(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Job::Embed(text, reply) => match self.guarded_intake(id, |a| a.intake_embed(id, &text))
+            {
+                Ok(()) => {
+                    self.jobs.insert(
+                        id,
+                        PendingJob {
+                            state: JobState::Embed {
+                                reply,
+                                hidden: Vec::new(),
+                            },
                             remaining: 1,
                             usage: Usage::default(),
                         },
@@ -368,6 +388,22 @@ impl Actor {
         }
         self.waiting.push_back(seq);
         Ok((continuation, p == 0))
+    }
+
+    /// Queues an embedding job: one sequence whose last row's final hidden
+    /// state is the answer (its prefix is shared through the cache).
+    pub(super) fn intake_embed(&mut self, id: u64, text: &str) -> Result<(), ModelError> {
+        let tokens = self.model.tokenizer.encode(text, true);
+        if tokens.is_empty() {
+            return Err(ModelError::InvalidRequest(
+                "the text to embed has no tokens".into(),
+            ));
+        }
+        self.check_length(tokens.len(), 0)?;
+        let mut seq = self.new_seq(id, 0, tokens);
+        seq.hidden_state = true;
+        self.waiting.push_back(seq);
+        Ok(())
     }
 
     /// Queues a choose job: one sequence for the prompt (its last row gives
@@ -587,6 +623,11 @@ impl Actor {
                 kv: &mut s.kv,
                 tokens: &s.tokens[start..start + take],
                 logits_from,
+                output: if s.hidden_state {
+                    RowOutput::Hidden
+                } else {
+                    RowOutput::Logits
+                },
             });
         }
         let logits = self.model.llama.forward(&mut steps);
@@ -687,6 +728,9 @@ impl Actor {
                 (JobState::Score { logprobs, .. }, SeqOutput::Logprobs(rows)) => {
                     *logprobs = rows.iter().map(|r| r[0]).collect();
                 }
+                (JobState::Embed { hidden, .. }, SeqOutput::Logprobs(mut rows)) => {
+                    *hidden = rows.pop().unwrap_or_default();
+                }
                 _ => {}
             }
             pending.remaining -= 1;
@@ -716,6 +760,17 @@ impl Actor {
                 ..
             } => {
                 let _ = reply.send(Ok(choose_response(&options, &scored, pending.usage)));
+            }
+            JobState::Embed { reply, hidden } => {
+                let answer = if hidden.is_empty() {
+                    Err(internal_error("the hidden state was not computed"))
+                } else {
+                    Ok(Embedding {
+                        hidden,
+                        usage: pending.usage,
+                    })
+                };
+                let _ = reply.send(answer);
             }
             JobState::Score {
                 reply,

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::actor::*;
 use super::job::*;
-use super::{EngineOptions, EngineStats};
+use super::{Embedding, EngineOptions, EngineStats};
 use crate::error::EngineError;
 use crate::model::{LoadedModel, ModelInfo};
 
@@ -94,6 +94,12 @@ impl Engine {
             .send(Job::GenerateWithProgress(request, Reply::new(tx), progress))
             .map_err(|_| Self::stopped())?;
         rx.await.map_err(|_| Self::stopped())?
+    }
+
+    /// Each text's last hidden state (see [`Embedding`]), computed together
+    /// and sharing cached prefixes, like scoring.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>, ModelError> {
+        self.submit(texts, Job::Embed).await
     }
 
     pub async fn stats(&self) -> EngineStats {

@@ -9,7 +9,7 @@ use qstar_core::{
 };
 use tokio::sync::oneshot;
 
-use super::{EngineStats, TokenSink};
+use super::{Embedding, EngineStats, TokenSink};
 
 /// Where a job's answer goes. Dropped without an answer (the actor lost the
 /// job to a bug it recovered from), it still answers: with an error, so a
@@ -74,6 +74,8 @@ pub(super) enum Job {
     GenerateWithProgress(GenerateRequest, Reply<GenerateResponse>, TokenSink),
     Score(ScoreRequest, Reply<ScoreResponse>),
     Choose(ChooseRequest, Reply<ChooseResponse>),
+    /// The final hidden state of a text's last token.
+    Embed(String, Reply<Embedding>),
     Stats(oneshot::Sender<EngineStats>),
     SetPrefixCache(bool, oneshot::Sender<()>),
 }
@@ -91,6 +93,10 @@ pub(super) enum JobState {
         /// Log-prob of each conditioned token, filled when the sequence ends.
         logprobs: Vec<f32>,
     },
+    Embed {
+        reply: Reply<Embedding>,
+        hidden: Vec<f32>,
+    },
     Choose {
         reply: Reply<ChooseResponse>,
         options: Vec<String>,
@@ -107,6 +113,7 @@ impl JobState {
             JobState::Generate { reply, .. } => reply.send(Err(error)).map_err(drop),
             JobState::Score { reply, .. } => reply.send(Err(error)).map_err(drop),
             JobState::Choose { reply, .. } => reply.send(Err(error)).map_err(drop),
+            JobState::Embed { reply, .. } => reply.send(Err(error)).map_err(drop),
         };
     }
 }

@@ -54,6 +54,14 @@ impl Default for EngineOptions {
     }
 }
 
+/// A text's last hidden state: the row after the output norm at its last
+/// token (`n_embd` values), which reward and value heads read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding {
+    pub hidden: Vec<f32>,
+    pub usage: qstar_core::Usage,
+}
+
 /// Counters since the engine started.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct EngineStats {

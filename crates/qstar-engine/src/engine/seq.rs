@@ -40,6 +40,8 @@ pub(super) struct Seq {
     pub(super) wants: Vec<(usize, Vec<u32>)>,
     pub(super) results: Vec<Vec<f32>>,
     pub(super) generation: Option<Generation>,
+    /// The sequence wants its last token's final hidden state, not logits.
+    pub(super) hidden_state: bool,
     pub(super) reused: usize,
     /// Block hashes this sequence is computing that others may wait for.
     pub(super) claimed: Vec<u64>,
@@ -105,6 +107,9 @@ pub(super) fn absorb(model: &LoadedModel, seq: &mut Seq, start: usize, rows: Vec
         panic!("injected fault while taking in logits");
     }
     let n_vocab = model.llama.config.n_vocab;
+    if seq.hidden_state {
+        return absorb_hidden(model, seq, start, rows);
+    }
     let tokenizer = &model.tokenizer;
     let context = model.llama.config.context_length;
     let end = seq.kv.len;
@@ -189,4 +194,19 @@ pub(super) fn absorb(model: &LoadedModel, seq: &mut Seq, start: usize, rows: Vec
         g.finish = Some(FinishReason::Length);
     }
     outcome
+}
+
+/// Takes in the hidden states of a sequence that wants its last one: the
+/// last row of the pass that reaches the sequence's end.
+fn absorb_hidden(model: &LoadedModel, seq: &mut Seq, start: usize, rows: Vec<f32>) -> Absorbed {
+    let d = model.llama.config.n_embd;
+    let end = seq.kv.len;
+    if end == seq.tokens.len() && rows.len() >= d {
+        seq.results.push(rows[rows.len() - d..].to_vec());
+    }
+    Absorbed {
+        prompt_computed: end.min(seq.prompt_len) - start.min(seq.prompt_len),
+        generated: 0,
+        prompt_completed: start < seq.prompt_len && end >= seq.prompt_len,
+    }
 }

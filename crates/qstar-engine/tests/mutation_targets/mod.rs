@@ -57,6 +57,7 @@ pub fn gguf_run(inputs: usize, seed: u64, scratch: &Path) -> std::io::Result<Run
                     kv: &mut kv,
                     tokens: &tokens,
                     logits_from: 2,
+                    output: Default::default(),
                 }]);
                 assert_eq!(logits.len(), 1);
                 let _ = model.tokenizer.encode("ab ab", true);

@@ -1,0 +1,639 @@
+//! `qstar train rm` and `qstar eval rm`: a reward model as a scalar head on
+//! the backbone's last hidden state.
+//!
+//! In `head` mode only the head learns, so each reply's state is computed
+//! once by the fast engine (sharing each pair's conversation through the
+//! prefix cache) and kept in a feature cache; a second run, an evaluation
+//! or a killed run started again reads the states back instead of
+//! recomputing them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use qstar_core::{LanguageModel, Message};
+use qstar_engine::{Engine, EngineOptions};
+use qstar_store::Store;
+use qstar_tasks::preference::{read_pairs, PreferencePair};
+use qstar_train::reward::{train_head, FeaturePair, HeadTraining, PairLoss, RewardHead};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::report::{Align, Reporter, Text};
+use crate::UsageError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RmMode {
+    /// Only the head learns, on states the engine computes once.
+    Head,
+}
+
+/// Where the states come from and where they are kept.
+#[derive(Debug, Clone, Args)]
+pub struct FeatureArgs {
+    /// GGUF model whose last hidden state the head reads (default: the
+    /// fetched SmolLM2-135M-Instruct).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Threads of the embedded engine (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// SQLite file that keeps computed states (default: features.sqlite in
+    /// qstar's cache directory).
+    #[arg(long)]
+    pub feature_cache: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainRmArgs {
+    /// Preference pairs: HH-RLHF transcripts, TRL rows, or `qstar label`
+    /// output (whose `soft_label` `--soft` trains on).
+    #[arg(long)]
+    pub pairs: PathBuf,
+    /// The reward model's directory: reward_head.safetensors,
+    /// reward_model.json, metrics.jsonl, loss.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "head")]
+    pub mode: RmMode,
+    /// Train on each pair's soft label with cross-entropy (RLAIF's
+    /// distillation) instead of Bradley–Terry on the hard preference.
+    #[arg(long)]
+    pub soft: bool,
+    /// Bradley–Terry margin: the gap the chosen reply must clear.
+    #[arg(long, default_value_t = 0.0, conflicts_with = "soft")]
+    pub margin: f64,
+    /// Weight of the reward-centring term c·(r₁ + r₂)².
+    #[arg(long, default_value_t = 0.0)]
+    pub center_coef: f64,
+    /// Hold out the last N pairs of --pairs for evaluation.
+    #[arg(long, conflicts_with = "eval_pairs")]
+    pub holdout: Option<usize>,
+    /// Pairs to evaluate on after each epoch.
+    #[arg(long)]
+    pub eval_pairs: Option<PathBuf>,
+    /// Read only the first N pairs of --pairs.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Pass over malformed lines (each is named on stderr) instead of stopping.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    #[arg(long, default_value_t = 30, value_parser = crate::bounded(1, 100_000))]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1e-2)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 32, value_parser = crate::bounded(1, 1_000_000))]
+    pub batch_pairs: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub features: FeatureArgs,
+    /// Print the summary as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalRmArgs {
+    /// A directory `qstar train rm` wrote.
+    #[arg(long = "model")]
+    pub reward_model: PathBuf,
+    #[arg(long)]
+    pub pairs: PathBuf,
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Read only the last N pairs (e.g. the ones a training run held out).
+    #[arg(long)]
+    pub last: Option<usize>,
+    /// Pass over malformed lines (each is named on stderr) instead of stopping.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// GGUF model of the backbone, when it is no longer where the reward
+    /// model's config says (its SHA-256 must match).
+    #[arg(long = "base-model")]
+    pub base_model: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    #[arg(long)]
+    pub feature_cache: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `reward_model.json` holds: enough to rebuild the features the head
+/// was trained on and to check that the backbone is the same.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RewardModelConfig {
+    pub mode: RmMode,
+    pub base_model: PathBuf,
+    pub base_model_sha256: String,
+    /// How a conversation and its reply become the text the backbone reads.
+    pub framing: Framing,
+    pub width: usize,
+    /// What the targets were: the source's preference, or the soft label.
+    pub labels: String,
+    pub training: HeadTraining,
+    pub train_pairs: usize,
+    pub pairs_sha256: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Framing {
+    /// The model's chat template with the reply as the last assistant turn,
+    /// read at its end-of-turn token.
+    Chat,
+    /// An HH-RLHF transcript ending in the reply, for models without a
+    /// chat template.
+    Transcript,
+}
+
+pub const CONFIG_FILE: &str = "reward_model.json";
+
+/// The text whose last state scores `reply` after `conversation`.
+pub fn framed(
+    engine: &Engine,
+    framing: Framing,
+    conversation: &[Message],
+    reply: &str,
+) -> Result<String> {
+    let mut messages = conversation.to_vec();
+    messages.push(Message::assistant(reply));
+    Ok(match framing {
+        Framing::Chat => engine.render_chat(&messages, false)?.trim_end().to_string(),
+        Framing::Transcript => {
+            let mut text = String::new();
+            for m in &messages {
+                let speaker = match m.role.as_str() {
+                    "user" => "Human",
+                    "assistant" => "Assistant",
+                    "system" => "System",
+                    other => other,
+                };
+                text.push_str(&format!("\n\n{speaker}: {}", m.content));
+            }
+            text
+        }
+    })
+}
+
+/// Computes last hidden states through the engine and keeps them in the
+/// feature cache, keyed on the backbone and the text.
+pub struct Features {
+    engine: Engine,
+    store: Store,
+    /// The cache's namespace: backbone hash and framing.
+    job: String,
+    pub framing: Framing,
+    pub model_path: PathBuf,
+    pub model_sha256: String,
+}
+
+/// Texts sent to the engine at once: enough to fill its batch, few enough
+/// that a killed run loses little.
+const EMBED_CHUNK: usize = 32;
+
+impl Features {
+    pub async fn open(
+        model: Option<&Path>,
+        threads: usize,
+        cache: Option<&Path>,
+        framing: Option<Framing>,
+    ) -> Result<Self> {
+        let model_path = match model {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let p = qstar_engine::fetch::default_model_path();
+                if !p.exists() {
+                    Reporter::default()
+                        .note("the default model is not in the cache yet; fetching it");
+                    qstar_engine::fetch::fetch_default(&|_, _| {}).await?;
+                }
+                p
+            }
+        };
+        let cache_path = match cache {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let home = qstar_engine::fetch::home_dir();
+                std::fs::create_dir_all(&home)
+                    .with_context(|| format!("cannot create {}", home.display()))?;
+                home.join("features.sqlite")
+            }
+        };
+        let store = Store::open(&cache_path)
+            .with_context(|| format!("opening the feature cache {}", cache_path.display()))?;
+        let model_sha256 = store
+            .file_sha256(&model_path)
+            .map_err(|e| UsageError(format!("model {}: {e}", model_path.display())))?;
+        let engine = Engine::load(
+            &model_path,
+            EngineOptions {
+                threads,
+                ..EngineOptions::default()
+            },
+        )?;
+        let framing = framing.unwrap_or(if engine.capabilities().chat_template {
+            Framing::Chat
+        } else {
+            Framing::Transcript
+        });
+        let job = format!("last-hidden-state/{model_sha256}/{framing:?}");
+        store.begin(&job, "{}")?;
+        Ok(Features {
+            engine,
+            store,
+            job,
+            framing,
+            model_path,
+            model_sha256,
+        })
+    }
+
+    /// The state of each text, in order: read from the cache or computed
+    /// (and committed chunk by chunk, so an interrupted run keeps them).
+    pub async fn states(&self, texts: &[String], reporter: &Reporter) -> Result<Vec<Vec<f32>>> {
+        let key = |t: &str| {
+            let hex = qstar_store::sha256_hex(t.as_bytes());
+            u64::from_str_radix(&hex[..16], 16).unwrap_or(0)
+        };
+        let keys: Vec<u64> = texts.iter().map(|t| key(t)).collect();
+        let mut known: BTreeMap<u64, Vec<f32>> = BTreeMap::new();
+        for (k, data) in self.store.records(&self.job)? {
+            // A cache entry that does not read back is computed again.
+            if let Ok(v) = serde_json::from_str::<Vec<f32>>(&data) {
+                known.insert(k, v);
+            }
+        }
+        let mut missing: Vec<usize> = Vec::new();
+        let mut queued = std::collections::HashSet::new();
+        for (i, k) in keys.iter().enumerate() {
+            if !known.contains_key(k) && queued.insert(*k) {
+                missing.push(i);
+            }
+        }
+        if !missing.is_empty() {
+            reporter.note(&format!(
+                "computing {} hidden states ({} cached)",
+                missing.len(),
+                texts.len() - missing.len()
+            ));
+            let bar = reporter.progress(missing.len(), 0, "states", "texts");
+            for chunk in missing.chunks(EMBED_CHUNK) {
+                let batch: Vec<String> = chunk.iter().map(|&i| texts[i].clone()).collect();
+                let states = self.engine.embed(batch).await?;
+                for (&i, state) in chunk.iter().zip(states) {
+                    self.store
+                        .put(&self.job, keys[i], &serde_json::to_string(&state.hidden)?)?;
+                    known.insert(keys[i], state.hidden);
+                }
+                bar.inc(chunk.len() as u64);
+            }
+            bar.finish_and_clear();
+        }
+        keys.iter()
+            .map(|k| {
+                known
+                    .get(k)
+                    .cloned()
+                    .ok_or_else(|| anyhow::anyhow!("a hidden state went missing from the cache"))
+            })
+            .collect()
+    }
+
+    /// Each pair's (chosen, rejected) states, in order.
+    pub async fn pair_states(
+        &self,
+        pairs: &[PreferencePair],
+        reporter: &Reporter,
+    ) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+        let mut texts = Vec::with_capacity(2 * pairs.len());
+        for p in pairs {
+            texts.push(framed(
+                &self.engine,
+                self.framing,
+                &p.conversation,
+                &p.chosen,
+            )?);
+            texts.push(framed(
+                &self.engine,
+                self.framing,
+                &p.conversation,
+                &p.rejected,
+            )?);
+        }
+        let mut states = self.states(&texts, reporter).await?.into_iter();
+        let mut out = Vec::with_capacity(pairs.len());
+        while let (Some(c), Some(r)) = (states.next(), states.next()) {
+            out.push((c, r));
+        }
+        Ok(out)
+    }
+}
+
+/// The pairs of a file; with `skip_invalid`, malformed lines are passed
+/// over, each named on stderr, and counted.
+fn read(
+    path: &Path,
+    limit: Option<usize>,
+    skip_invalid: bool,
+    reporter: &Reporter,
+) -> Result<(Vec<PreferencePair>, usize)> {
+    let report = read_pairs(path, skip_invalid, limit).map_err(|e| UsageError(e.to_string()))?;
+    for (line, _, why) in &report.rejected_lines {
+        reporter.note(&format!("{}:{line}: skipped: {why}", path.display()));
+    }
+    if report.pairs.is_empty() {
+        return Err(UsageError(format!("{}: no preference pairs", path.display())).into());
+    }
+    Ok((report.pairs, report.rejected_lines.len()))
+}
+
+fn sha256(path: &Path) -> Result<String> {
+    qstar_store::sha256_of(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The features and targets of `pairs`: the target is 1 (the row's chosen
+/// reply wins) unless `soft`, where it is the row's soft label.
+fn feature_pairs(
+    pairs: &[PreferencePair],
+    states: Vec<(Vec<f32>, Vec<f32>)>,
+    soft: bool,
+    path: &Path,
+) -> Result<Vec<FeaturePair>> {
+    pairs
+        .iter()
+        .zip(states)
+        .map(|(p, (chosen, rejected))| {
+            let target = if soft {
+                p.soft_label.ok_or_else(|| {
+                    UsageError(format!(
+                        "{}:{}: --soft needs a `soft_label` on every row (`qstar label` writes it)",
+                        path.display(),
+                        p.line
+                    ))
+                })?
+            } else {
+                1.0
+            };
+            Ok(FeaturePair {
+                chosen,
+                rejected,
+                target,
+            })
+        })
+        .collect()
+}
+
+pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
+    let reporter = Reporter::new(args.json);
+    let training = HeadTraining {
+        loss: if args.soft {
+            PairLoss::Soft
+        } else {
+            PairLoss::BradleyTerry {
+                margin: args.margin,
+            }
+        },
+        center_coef: args.center_coef,
+        epochs: args.epochs,
+        batch_pairs: args.batch_pairs,
+        lr: args.lr,
+        weight_decay: args.weight_decay,
+        seed: args.seed,
+    };
+    training.check().map_err(UsageError)?;
+    let (mut pairs, mut skipped) = read(&args.pairs, args.limit, args.skip_invalid, &reporter)?;
+    let (eval_pairs, eval_path) = match (&args.eval_pairs, args.holdout) {
+        (Some(p), _) => {
+            let (pairs, n) = read(p, None, args.skip_invalid, &reporter)?;
+            skipped += n;
+            (pairs, p.clone())
+        }
+        (None, Some(n)) => {
+            if n >= pairs.len() {
+                return Err(UsageError(format!(
+                    "--holdout {n} leaves no pairs to train on ({} read)",
+                    pairs.len()
+                ))
+                .into());
+            }
+            let held = pairs.split_off(pairs.len() - n);
+            (held, args.pairs.clone())
+        }
+        (None, None) => (Vec::new(), args.pairs.clone()),
+    };
+    let features = Features::open(
+        args.features.model.as_deref(),
+        args.features.threads,
+        args.features.feature_cache.as_deref(),
+        None,
+    )
+    .await?;
+    let train_states = features.pair_states(&pairs, &reporter).await?;
+    let eval_states = features.pair_states(&eval_pairs, &reporter).await?;
+    let train = feature_pairs(&pairs, train_states, args.soft, &args.pairs)?;
+    // Evaluation is against the row's preferred reply, whatever trained.
+    let eval = feature_pairs(&eval_pairs, eval_states, false, &eval_path)?;
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let mut log = String::new();
+    let bar = reporter.progress(args.epochs, 0, "train rm", "epochs");
+    let (head, records) = train_head(&train, &eval, &training, |r| {
+        log.push_str(&serde_json::to_string(r).unwrap_or_default());
+        log.push('\n');
+        bar.inc(1);
+    })
+    .map_err(UsageError)?;
+    bar.finish_and_clear();
+    head.save(&args.out).map_err(anyhow::Error::new)?;
+    let config = RewardModelConfig {
+        mode: args.mode,
+        base_model: features.model_path.clone(),
+        base_model_sha256: features.model_sha256.clone(),
+        framing: features.framing,
+        width: head.width(),
+        labels: if args.soft { "soft" } else { "hard" }.into(),
+        training,
+        train_pairs: train.len(),
+        pairs_sha256: sha256(&args.pairs)?,
+    };
+    qstar_train::checkpoint::write_atomic(
+        &args.out.join(CONFIG_FILE),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )?;
+    qstar_train::checkpoint::write_atomic(&args.out.join("metrics.jsonl"), log.as_bytes())?;
+    let train_curve: Vec<(f64, f64)> = records
+        .iter()
+        .map(|r| (r.epoch as f64, r.train_loss))
+        .collect();
+    let eval_curve: Vec<(f64, f64)> = records
+        .iter()
+        .filter_map(|r| r.eval_loss.map(|l| (r.epoch as f64, l)))
+        .collect();
+    reporter.before_plot();
+    qstar_eval::plot::loss_curve(
+        &args.out.join("loss.png"),
+        "reward model: pairwise loss per epoch",
+        &train_curve,
+        &eval_curve,
+    )?;
+
+    let margins = |set: &[FeaturePair]| -> Vec<f64> {
+        set.iter()
+            .map(|p| head.reward(&p.chosen) - head.reward(&p.rejected))
+            .collect()
+    };
+    let train_metrics = qstar_eval::reward_metrics(&margins(&train));
+    let eval_metrics = (!eval.is_empty()).then(|| qstar_eval::reward_metrics(&margins(&eval)));
+    let last = records.last();
+    let figures = json!({
+        "train_pairs": train.len(),
+        "eval_pairs": eval.len(),
+        "skipped_lines": skipped,
+        "epochs": args.epochs,
+        "labels": config.labels,
+        "final_train_loss": last.map(|r| r.train_loss),
+        "train_accuracy": train_metrics.accuracy,
+        "eval_accuracy": eval_metrics.as_ref().map(|m| m.accuracy),
+        "eval_ece": eval_metrics.as_ref().map(|m| m.ece),
+        "eval_mean_margin": eval_metrics.as_ref().map(|m| m.mean_margin),
+        "out": args.out,
+    });
+    let fmt = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.4}"));
+    let text = Text::new()
+        .line(format!(
+            "trained a reward head on {} pairs ({} labels) → {}",
+            train.len(),
+            config.labels,
+            args.out.display()
+        ))
+        .metrics(&[
+            ("final train loss", fmt(last.map(|r| r.train_loss))),
+            ("train accuracy", fmt(Some(train_metrics.accuracy))),
+            ("eval pairs", eval.len().to_string()),
+            (
+                "eval accuracy",
+                fmt(eval_metrics.as_ref().map(|m| m.accuracy)),
+            ),
+            ("eval ECE", fmt(eval_metrics.as_ref().map(|m| m.ece))),
+        ]);
+    reporter.summary(&figures, &text)
+}
+
+/// A trained reward model ready to score replies.
+pub struct RewardModel {
+    pub config: RewardModelConfig,
+    pub head: RewardHead,
+    pub features: Features,
+}
+
+impl RewardModel {
+    pub async fn open(
+        dir: &Path,
+        base_model: Option<&Path>,
+        threads: usize,
+        cache: Option<&Path>,
+    ) -> Result<Self> {
+        let path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+        let config: RewardModelConfig = serde_json::from_str(&text)
+            .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+        let head = RewardHead::load(dir).map_err(|e| UsageError(e.to_string()))?;
+        if head.width() != config.width {
+            return Err(UsageError(format!(
+                "{}: the head reads {} features, the config says {}",
+                dir.display(),
+                head.width(),
+                config.width
+            ))
+            .into());
+        }
+        let model = base_model.unwrap_or(&config.base_model);
+        let sha = sha256(model).map_err(|e| UsageError(format!("{e:#}")))?;
+        if sha != config.base_model_sha256 {
+            return Err(UsageError(format!(
+                "{} is not the model this reward model was trained on (SHA-256 {sha} ≠ {})",
+                model.display(),
+                config.base_model_sha256
+            ))
+            .into());
+        }
+        let features = Features::open(Some(model), threads, cache, Some(config.framing)).await?;
+        Ok(RewardModel {
+            config,
+            head,
+            features,
+        })
+    }
+
+    /// r(chosen) − r(rejected) of each pair.
+    pub async fn margins(&self, pairs: &[PreferencePair], reporter: &Reporter) -> Result<Vec<f64>> {
+        let states = self.features.pair_states(pairs, reporter).await?;
+        states
+            .iter()
+            .map(|(c, r)| {
+                self.head.check_width(c).map_err(UsageError)?;
+                Ok(self.head.reward(c) - self.head.reward(r))
+            })
+            .collect()
+    }
+}
+
+pub async fn eval_rm(args: EvalRmArgs) -> Result<()> {
+    let reporter = Reporter::new(args.json);
+    let (mut pairs, skipped) = read(&args.pairs, args.limit, args.skip_invalid, &reporter)?;
+    if let Some(n) = args.last {
+        let keep = n.min(pairs.len());
+        pairs = pairs.split_off(pairs.len() - keep);
+    }
+    let rm = RewardModel::open(
+        &args.reward_model,
+        args.base_model.as_deref(),
+        args.threads,
+        args.feature_cache.as_deref(),
+    )
+    .await?;
+    let margins = rm.margins(&pairs, &reporter).await?;
+    let m = qstar_eval::reward_metrics(&margins);
+    let figures = json!({
+        "pairs": m.pairs,
+        "skipped_lines": skipped,
+        "trained_on": rm.config.labels,
+        "accuracy": m.accuracy,
+        "ece": m.ece,
+        "mean_margin": m.mean_margin,
+    });
+    let rows: Vec<Vec<String>> = m
+        .reliability
+        .iter()
+        .filter(|b| b.count > 0)
+        .map(|b| {
+            vec![
+                format!("{:.2}–{:.2}", b.low, b.high),
+                b.count.to_string(),
+                format!("{:.3}", b.mean_confidence),
+                format!("{:.3}", b.accuracy),
+            ]
+        })
+        .collect();
+    let text = Text::new()
+        .metrics(&[
+            ("pairs", m.pairs.to_string()),
+            ("accuracy", format!("{:.4}", m.accuracy)),
+            ("ECE", format!("{:.4}", m.ece)),
+            ("mean margin", format!("{:.4}", m.mean_margin)),
+        ])
+        .table(
+            &["σ(margin) bin", "pairs", "confidence", "accuracy"],
+            &[Align::Left, Align::Right, Align::Right, Align::Right],
+            &rows,
+        );
+    reporter.summary(&figures, &text)
+}

@@ -530,10 +530,22 @@ pub struct RateArgs {
     row_form: RowForm,
     #[command(flatten)]
     prompts: PromptArgs,
+    /// Score replies with a reward model `qstar train rm` wrote instead of
+    /// d-RLAIF ratings.
+    #[arg(long)]
+    reward_model: Option<PathBuf>,
+    /// SQLite file that keeps the reward model's hidden states (default:
+    /// features.sqlite in qstar's cache directory).
+    #[arg(long, requires = "reward_model")]
+    feature_cache: Option<PathBuf>,
 }
 
-/// `qstar rate`: d-RLAIF rewards for both replies of each pair.
+/// `qstar rate`: d-RLAIF rewards for both replies of each pair, or a
+/// trained reward model's.
 pub async fn rate(args: RateArgs) -> Result<()> {
+    if let Some(dir) = &args.reward_model {
+        return rate_with_reward_model(&args, dir).await;
+    }
     let prompts = PromptSet::load(&args.prompts)?;
     let model = args.job.backend.open().await?;
     let rater =
@@ -588,6 +600,69 @@ pub async fn rate(args: RateArgs) -> Result<()> {
         },
     )
     .await?;
+    rate_summary(&args, &finished)
+}
+
+/// `qstar rate --reward-model DIR`: the head's reward of both replies.
+async fn rate_with_reward_model(args: &RateArgs, dir: &Path) -> Result<()> {
+    let reporter = Reporter::new(args.job.json);
+    let rm = crate::reward::RewardModel::open(
+        dir,
+        args.job.backend.model.as_deref(),
+        args.job.backend.threads,
+        args.feature_cache.as_deref(),
+    )
+    .await?;
+    let form = args.row_form.resolve(&args.job.input);
+    let resolved = json!({
+        "method": "reward-model",
+        "reward_model": rm.fingerprint(dir)?,
+        "row_form": form,
+    });
+    let (rm, reporter) = (&rm, &reporter);
+    let finished = run_pair_job(
+        &args.job,
+        false,
+        "rate",
+        &resolved,
+        |_| true,
+        |chunk| {
+            Box::pin(async move {
+                let items: Vec<(&[qstar_core::Message], &str)> = chunk
+                    .iter()
+                    .flat_map(|p| {
+                        [
+                            (p.conversation.as_slice(), p.chosen.as_str()),
+                            (p.conversation.as_slice(), p.rejected.as_str()),
+                        ]
+                    })
+                    .collect();
+                let rewards = rm.rewards(&items, Some(reporter)).await?;
+                chunk
+                    .iter()
+                    .zip(rewards.chunks(2))
+                    .map(|(pair, r)| {
+                        let mut record = serde_json::Map::new();
+                        record.insert("line".into(), json!(pair.line));
+                        record.extend(trl_row(
+                            form,
+                            &pair.conversation,
+                            &pair.chosen,
+                            &pair.rejected,
+                        ));
+                        record.insert("reward_chosen".into(), json!(r[0]));
+                        record.insert("reward_rejected".into(), json!(r[1]));
+                        Ok(serde_json::Value::Object(record).to_string())
+                    })
+                    .collect()
+            })
+        },
+    )
+    .await?;
+    rate_summary(args, &finished)
+}
+
+fn rate_summary(args: &RateArgs, finished: &Finished) -> Result<()> {
     let rewards: Vec<(f64, f64)> = finished
         .records
         .iter()
@@ -621,7 +696,7 @@ pub async fn rate(args: RateArgs) -> Result<()> {
                 format!("{:.3} / {:.3}", mean(|x| x.0), mean(|x| x.1)),
             ),
         ]);
-    report(&args.job, &finished, figures, text)
+    report(&args.job, finished, figures, text)
 }
 
 fn read_labels(path: &Path) -> Result<Vec<PairLabel>> {

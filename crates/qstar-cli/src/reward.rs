@@ -185,7 +185,9 @@ pub fn framed(
 /// feature cache, keyed on the backbone and the text.
 pub struct Features {
     engine: Engine,
-    store: Store,
+    /// Behind a lock so that a reward model can serve concurrent callers;
+    /// it is never held across an await.
+    store: std::sync::Mutex<Store>,
     /// The cache's namespace: backbone hash and framing.
     job: String,
     pub framing: Framing,
@@ -246,7 +248,7 @@ impl Features {
         store.begin(&job, "{}")?;
         Ok(Features {
             engine,
-            store,
+            store: std::sync::Mutex::new(store),
             job,
             framing,
             model_path,
@@ -256,14 +258,20 @@ impl Features {
 
     /// The state of each text, in order: read from the cache or computed
     /// (and committed chunk by chunk, so an interrupted run keeps them).
-    pub async fn states(&self, texts: &[String], reporter: &Reporter) -> Result<Vec<Vec<f32>>> {
+    /// Without a reporter (a server's requests) nothing is printed.
+    pub async fn states(
+        &self,
+        texts: &[String],
+        reporter: Option<&Reporter>,
+    ) -> Result<Vec<Vec<f32>>> {
         let key = |t: &str| {
             let hex = qstar_store::sha256_hex(t.as_bytes());
             u64::from_str_radix(&hex[..16], 16).unwrap_or(0)
         };
         let keys: Vec<u64> = texts.iter().map(|t| key(t)).collect();
         let mut known: BTreeMap<u64, Vec<f32>> = BTreeMap::new();
-        for (k, data) in self.store.records(&self.job)? {
+        let stored = self.store().records(&self.job)?;
+        for (k, data) in stored {
             // A cache entry that does not read back is computed again.
             if let Ok(v) = serde_json::from_str::<Vec<f32>>(&data) {
                 known.insert(k, v);
@@ -277,18 +285,23 @@ impl Features {
             }
         }
         if !missing.is_empty() {
-            reporter.note(&format!(
-                "computing {} hidden states ({} cached)",
-                missing.len(),
-                texts.len() - missing.len()
-            ));
-            let bar = reporter.progress(missing.len(), 0, "states", "texts");
+            if let Some(r) = reporter {
+                r.note(&format!(
+                    "computing {} hidden states ({} cached)",
+                    missing.len(),
+                    texts.len() - missing.len()
+                ));
+            }
+            let bar = match reporter {
+                Some(r) => r.progress(missing.len(), 0, "states", "texts"),
+                None => indicatif::ProgressBar::hidden(),
+            };
             for chunk in missing.chunks(EMBED_CHUNK) {
                 let batch: Vec<String> = chunk.iter().map(|&i| texts[i].clone()).collect();
                 let states = self.engine.embed(batch).await?;
+                let store = self.store();
                 for (&i, state) in chunk.iter().zip(states) {
-                    self.store
-                        .put(&self.job, keys[i], &serde_json::to_string(&state.hidden)?)?;
+                    store.put(&self.job, keys[i], &serde_json::to_string(&state.hidden)?)?;
                     known.insert(keys[i], state.hidden);
                 }
                 bar.inc(chunk.len() as u64);
@@ -305,11 +318,30 @@ impl Features {
             .collect()
     }
 
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        // A panic elsewhere while holding it leaves a store that is still
+        // consistent (SQLite commits whole records).
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Each reply's state after its conversation, in order.
+    pub async fn reply_states(
+        &self,
+        items: &[(&[Message], &str)],
+        reporter: Option<&Reporter>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let texts = items
+            .iter()
+            .map(|(conversation, reply)| framed(&self.engine, self.framing, conversation, reply))
+            .collect::<Result<Vec<_>>>()?;
+        self.states(&texts, reporter).await
+    }
+
     /// Each pair's (chosen, rejected) states, in order.
     pub async fn pair_states(
         &self,
         pairs: &[PreferencePair],
-        reporter: &Reporter,
+        reporter: Option<&Reporter>,
     ) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
         let mut texts = Vec::with_capacity(2 * pairs.len());
         for p in pairs {
@@ -434,8 +466,8 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
         None,
     )
     .await?;
-    let train_states = features.pair_states(&pairs, &reporter).await?;
-    let eval_states = features.pair_states(&eval_pairs, &reporter).await?;
+    let train_states = features.pair_states(&pairs, Some(&reporter)).await?;
+    let eval_states = features.pair_states(&eval_pairs, Some(&reporter)).await?;
     let train = feature_pairs(&pairs, train_states, args.soft, &args.pairs)?;
     // Evaluation is against the row's preferred reply, whatever trained.
     let eval = feature_pairs(&eval_pairs, eval_states, false, &eval_path)?;
@@ -573,8 +605,39 @@ impl RewardModel {
         })
     }
 
+    /// The reward of each reply after its conversation.
+    pub async fn rewards(
+        &self,
+        items: &[(&[Message], &str)],
+        reporter: Option<&Reporter>,
+    ) -> Result<Vec<f64>> {
+        let states = self.features.reply_states(items, reporter).await?;
+        states
+            .iter()
+            .map(|h| {
+                self.head.check_width(h).map_err(UsageError)?;
+                Ok(self.head.reward(h))
+            })
+            .collect()
+    }
+
+    /// What records scored by this model depend on: the head's and the
+    /// backbone's SHA-256.
+    pub fn fingerprint(&self, dir: &Path) -> Result<serde_json::Value> {
+        Ok(json!({
+            "dir": dir,
+            "head_sha256": sha256(&dir.join(qstar_train::reward::HEAD_FILE))?,
+            "base_model_sha256": self.config.base_model_sha256,
+            "framing": self.config.framing,
+        }))
+    }
+
     /// r(chosen) − r(rejected) of each pair.
-    pub async fn margins(&self, pairs: &[PreferencePair], reporter: &Reporter) -> Result<Vec<f64>> {
+    pub async fn margins(
+        &self,
+        pairs: &[PreferencePair],
+        reporter: Option<&Reporter>,
+    ) -> Result<Vec<f64>> {
         let states = self.features.pair_states(pairs, reporter).await?;
         states
             .iter()
@@ -600,7 +663,7 @@ pub async fn eval_rm(args: EvalRmArgs) -> Result<()> {
         args.feature_cache.as_deref(),
     )
     .await?;
-    let margins = rm.margins(&pairs, &reporter).await?;
+    let margins = rm.margins(&pairs, Some(&reporter)).await?;
     let m = qstar_eval::reward_metrics(&margins);
     let figures = json!({
         "pairs": m.pairs,

@@ -3,7 +3,7 @@
 //! runs against it, and the limits (queue, body size, key) answer in
 //! OpenAI's error shape without taking the server down.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -977,4 +977,85 @@ fn streams_send_text_as_it_is_sampled_and_end_with_done() {
     assert_eq!(busy.status, 429, "{}", busy.text);
     let (_, text) = stream_of(&long.join().expect("thread"), false);
     assert!(!text.is_empty());
+}
+
+/// With `--reward-model`, `/get_reward` answers with the trained head's
+/// rewards: the same numbers `qstar rate --reward-model` writes for the
+/// same replies, and scores that are their sigmoid.
+#[test]
+fn get_reward_serves_a_trained_reward_model() {
+    let dir = tempfile::tempdir().expect("dir");
+    let pairs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pairs.jsonl");
+    let cache = dir.path().join("features.sqlite");
+    let (rm, rated) = (dir.path().join("rm"), dir.path().join("rated.jsonl"));
+    let s = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    cli_json(&[
+        "train",
+        "rm",
+        "--pairs",
+        &s(&pairs),
+        "--epochs",
+        "5",
+        "--feature-cache",
+        &s(&cache),
+        "--json",
+        "--out",
+        &s(&rm),
+    ]);
+    cli_json(&[
+        "rate",
+        "--input",
+        &s(&pairs),
+        "--reward-model",
+        &s(&rm),
+        "--feature-cache",
+        &s(&cache),
+        "--json",
+        "--out",
+        &s(&rated),
+    ]);
+    let records: Vec<Value> = std::fs::read_to_string(&rated)
+        .expect("rated")
+        .lines()
+        .take(3)
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect();
+    let server = start(
+        &["--reward-model", &s(&rm), "--feature-cache", &s(&cache)],
+        &[],
+    );
+    let prompts: Vec<String> = records
+        .iter()
+        .map(|r| {
+            r["prompt"][0]["content"]
+                .as_str()
+                .expect("prompt")
+                .to_string()
+        })
+        .collect();
+    let queries: Vec<String> = records
+        .iter()
+        .zip(&prompts)
+        .map(|(r, p)| format!("{p}{}", r["chosen"][0]["content"].as_str().expect("reply")))
+        .collect();
+    let v = ok_json(
+        &server,
+        "/get_reward",
+        json!({"query": queries, "prompts": prompts}),
+    );
+    for (i, r) in records.iter().enumerate() {
+        let (got, want) = (
+            v["rewards"][i].as_f64().expect("reward"),
+            r["reward_chosen"].as_f64().expect("rated"),
+        );
+        assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+        let score = v["scores"][i].as_f64().expect("score");
+        assert!((score - 1.0 / (1.0 + (-got).exp())).abs() < 1e-12);
+    }
+    // The rated file's own figures: the head was trained on these pairs.
+    let higher = records
+        .iter()
+        .filter(|r| r["reward_chosen"].as_f64() > r["reward_rejected"].as_f64())
+        .count();
+    assert!(higher >= 2, "{records:?}");
 }

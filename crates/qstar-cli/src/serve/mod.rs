@@ -54,6 +54,14 @@ pub struct ServeArgs {
     /// Threads of the embedded engine (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// A reward model `qstar train rm` wrote: `/get_reward` answers with its
+    /// rewards instead of d-RLAIF ratings.
+    #[arg(long)]
+    reward_model: Option<PathBuf>,
+    /// SQLite file that keeps the reward model's hidden states (default:
+    /// features.sqlite in qstar's cache directory).
+    #[arg(long, requires = "reward_model")]
+    feature_cache: Option<PathBuf>,
 }
 
 /// What every handler shares.
@@ -67,6 +75,7 @@ pub struct AppState {
     max_queue: usize,
     max_tokens_limit: usize,
     metrics: metrics::Metrics,
+    reward_model: Option<crate::reward::RewardModel>,
     next_id: AtomicU64,
     /// Makes response ids and unseeded samples differ between runs.
     id_salt: u64,
@@ -161,6 +170,18 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     };
     let path = backend.ensure_model().await?;
     let engine = backend.engine().await?;
+    let reward_model = match &args.reward_model {
+        Some(dir) => Some(
+            crate::reward::RewardModel::open(
+                dir,
+                None,
+                args.threads,
+                args.feature_cache.as_deref(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let model_id = path
         .file_stem()
         .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
@@ -176,6 +197,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         max_queue: args.max_queue,
         max_tokens_limit: args.max_tokens_limit,
         metrics: metrics::Metrics::default(),
+        reward_model,
         next_id: AtomicU64::new(0),
         id_salt: started ^ u64::from(std::process::id()) << 32,
     });

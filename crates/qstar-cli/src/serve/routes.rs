@@ -589,8 +589,9 @@ pub async fn rate(
 /// OpenRLHF's remote reward model. Each query is a prompt and its
 /// response in one text; the response is what follows the matching entry
 /// of `prompts` (without one, the whole query is rated as a reply to an
-/// empty conversation). Rewards are d-RLAIF's, in [-1, 1]; scores are the
-/// expected 1–10 rating rescaled to [0, 1].
+/// empty conversation). With `--reward-model`, rewards are the trained
+/// head's and scores their sigmoid; otherwise rewards are d-RLAIF's, in
+/// [-1, 1], and scores the expected 1–10 rating rescaled to [0, 1].
 pub async fn get_reward(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<RewardBody>,
@@ -637,6 +638,26 @@ pub async fn get_reward(
         .iter()
         .map(|(c, r)| (c.as_slice(), r.as_str()))
         .collect();
+    if let Some(rm) = &state.reward_model {
+        let rewards = if items.is_empty() {
+            Vec::new()
+        } else {
+            rm.rewards(&items, None).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    format!("{e:#}"),
+                )
+            })?
+        };
+        let scores: Vec<f64> = rewards.iter().map(|&r| 1.0 / (1.0 + (-r).exp())).collect();
+        let body = json!({
+            "rewards": rewards,
+            "scores": scores,
+            "extra_logs": {"reward_model": rm.config.labels},
+        });
+        return Ok(answer(body, &Usage::default()));
+    }
     let model: &dyn LanguageModel = &state.engine;
     let rater = Rater::new(model, PromptFormat::Chat)?;
     let ratings = if items.is_empty() {

@@ -5,6 +5,7 @@ mod bench;
 mod bench_train;
 mod commands;
 mod export;
+mod inspect;
 mod job;
 mod label;
 mod prompts;
@@ -82,6 +83,8 @@ enum Command {
     },
     /// Serve the model over HTTP: the OpenAI API and qstar's endpoints.
     Serve(serve::ServeArgs),
+    /// A page to look at labels, search trees and runs (all assets built in).
+    Inspect(inspect::InspectArgs),
     /// The prompt templates that `--prompts DIR` replaces.
     Prompts {
         #[command(subcommand)]
@@ -240,6 +243,7 @@ fn main() -> ExitCode {
                 EvalCommand::Labels(args) => label::eval_labels(args),
             },
             Command::Serve(args) => serve::serve(args).await,
+            Command::Inspect(args) => inspect::inspect(args).await,
             Command::Prompts { command } => match command {
                 PromptsCommand::Export(args) => prompts::export(args),
             },

@@ -5,6 +5,7 @@ mod bench;
 mod bench_train;
 mod commands;
 mod export;
+mod inspect;
 mod job;
 mod label;
 mod prompts;
@@ -83,6 +84,8 @@ enum Command {
     },
     /// Serve the model over HTTP: the OpenAI API and qstar's endpoints.
     Serve(serve::ServeArgs),
+    /// A page to look at labels, search trees and runs (all assets built in).
+    Inspect(inspect::InspectArgs),
     /// The prompt templates that `--prompts DIR` replaces.
     Prompts {
         #[command(subcommand)]
@@ -248,6 +251,7 @@ fn main() -> ExitCode {
                 EvalCommand::Rm(args) => reward::eval_rm(args).await,
             },
             Command::Serve(args) => serve::serve(args).await,
+            Command::Inspect(args) => inspect::inspect(args).await,
             Command::Prompts { command } => match command {
                 PromptsCommand::Export(args) => prompts::export(args),
             },

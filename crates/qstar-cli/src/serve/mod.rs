@@ -111,8 +111,21 @@ fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
+/// The address `--host` and `--port` name (exit 2 when there is none).
+pub(crate) fn listen_addr(host: &str, port: u16) -> Result<SocketAddr, UsageError> {
+    format!("{host}:{port}")
+        .parse()
+        .or_else(|_| {
+            std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or(())
+        })
+        .map_err(|_| UsageError(format!("--host {host}: not an address to listen on")))
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -148,15 +161,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             }
         },
     };
-    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
-        .parse()
-        .or_else(|_| {
-            std::net::ToSocketAddrs::to_socket_addrs(&(args.host.as_str(), args.port))
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or(())
-        })
-        .map_err(|_| UsageError(format!("--host {}: not an address to listen on", args.host)))?;
+    let addr = listen_addr(&args.host, args.port)?;
     let backend = BackendArgs {
         model: args.model.clone(),
         adapter: args.adapter.clone(),

@@ -3,7 +3,6 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use qstar_core::{ChooseRequest, GenerateRequest, Message, SamplingParams, ScoreRequest};
-use serde_json::json;
 
 use crate::backend::BackendArgs;
 use crate::report::{Reporter, Text};
@@ -159,13 +158,6 @@ pub async fn generate(args: GenerateArgs) -> Result<()> {
         .await?
         .pop()
         .context("the backend returned no answer")?;
-    let completions: Vec<_> = response
-        .completions
-        .iter()
-        .map(
-            |c| json!({"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}),
-        )
-        .collect();
     let mut text = Text::new();
     for (i, c) in response.completions.iter().enumerate() {
         if response.completions.len() > 1 {
@@ -173,10 +165,7 @@ pub async fn generate(args: GenerateArgs) -> Result<()> {
         }
         text = text.line(c.text.clone());
     }
-    Reporter::new(args.json).summary(
-        &json!({"completions": completions, "usage": response.usage}),
-        &text,
-    )
+    Reporter::new(args.json).summary(&response.summary(), &text)
 }
 
 #[derive(Args)]
@@ -201,11 +190,6 @@ pub async fn score(args: ScoreArgs) -> Result<()> {
         .await?
         .pop()
         .context("the backend returned no answer")?;
-    let tokens: Vec<_> = response
-        .tokens
-        .iter()
-        .map(|t| json!({"id": t.id, "text": t.text, "logprob": t.logprob}))
-        .collect();
     let mut text = Text::new();
     for t in &response.tokens {
         let lp = t
@@ -214,10 +198,7 @@ pub async fn score(args: ScoreArgs) -> Result<()> {
         text = text.line(format!("{lp}  {:>6}  {:?}", t.id, t.text));
     }
     let text = text.line(format!("total {:.4}", response.total_logprob));
-    Reporter::new(args.json).summary(
-        &json!({"tokens": tokens, "total_logprob": response.total_logprob}),
-        &text,
-    )
+    Reporter::new(args.json).summary(&response.summary(), &text)
 }
 
 #[derive(Args)]
@@ -245,14 +226,9 @@ pub async fn choose(args: ChooseArgs) -> Result<()> {
         .await?
         .pop()
         .context("the backend returned no answer")?;
-    let options: Vec<_> = response
-        .options
-        .iter()
-        .map(|o| json!({"text": o.text, "logprob": o.logprob, "prob": o.prob}))
-        .collect();
     let mut text = Text::new();
     for o in &response.options {
         text = text.line(format!("{:8.4}  {:9.4}  {:?}", o.prob, o.logprob, o.text));
     }
-    Reporter::new(args.json).summary(&json!({"options": options}), &text)
+    Reporter::new(args.json).summary(&response.summary(), &text)
 }

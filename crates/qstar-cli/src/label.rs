@@ -9,9 +9,10 @@ use clap::{Args, ValueEnum};
 use qstar_eval::label_metrics;
 use qstar_feedback::cai::Judgement;
 use qstar_feedback::{
-    CaiConfig, CaiLabeler, Constitution, PairLabel, PrincipleChoice, PromptFormat,
+    rated_pair_record, CaiConfig, CaiLabeler, Constitution, LabelRecord, PairLabel,
+    PrincipleChoice, PromptFormat,
 };
-use qstar_tasks::PreferencePair;
+use qstar_tasks::{PreferencePair, RowLayout, TrlForm};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -108,60 +109,19 @@ impl RowForm {
         else {
             return RowForm::Conversational;
         };
-        let listed = ["prompt", "chosen", "rejected"]
-            .iter()
-            .any(|k| row[*k].is_array());
-        let text_prompt = row["prompt"].is_string() || row["question"].is_string();
-        if listed || !text_prompt {
-            RowForm::Conversational
-        } else {
-            RowForm::Standard
+        match TrlForm::of_row(&row) {
+            TrlForm::Standard => RowForm::Standard,
+            TrlForm::Conversational => RowForm::Conversational,
         }
     }
-}
 
-/// A prompt in TRL's standard form: the text of a lone user turn, or the
-/// conversation as an HH-RLHF transcript ending where the reply starts.
-fn prompt_text(conversation: &[qstar_core::Message]) -> String {
-    if let [only] = conversation {
-        if only.role == "user" {
-            return only.content.clone();
+    /// The TRL form of a resolved choice.
+    fn trl_form(self) -> TrlForm {
+        match self {
+            RowForm::Standard => TrlForm::Standard,
+            RowForm::Auto | RowForm::Conversational => TrlForm::Conversational,
         }
     }
-    let mut text = String::new();
-    for m in conversation {
-        let speaker = match m.role.as_str() {
-            "user" => "Human",
-            "assistant" => "Assistant",
-            "system" => "System",
-            other => other,
-        };
-        text.push_str(&format!("\n\n{speaker}: {}", m.content));
-    }
-    text.push_str("\n\nAssistant:");
-    text
-}
-
-/// `prompt`, `chosen` and `rejected` of a TRL preference row in `form`
-/// (standard or conversational, never mixed).
-fn trl_row(
-    form: RowForm,
-    conversation: &[qstar_core::Message],
-    chosen: &str,
-    rejected: &str,
-) -> serde_json::Map<String, serde_json::Value> {
-    let mut rows = serde_json::Map::new();
-    if form == RowForm::Standard {
-        rows.insert("prompt".into(), json!(prompt_text(conversation)));
-        rows.insert("chosen".into(), json!(chosen));
-        rows.insert("rejected".into(), json!(rejected));
-    } else {
-        let reply = |text: &str| json!([qstar_core::Message::assistant(text)]);
-        rows.insert("prompt".into(), json!(conversation));
-        rows.insert("chosen".into(), reply(chosen));
-        rows.insert("rejected".into(), reply(rejected));
-    }
-    rows
 }
 
 impl PairJobArgs {
@@ -236,24 +196,6 @@ pub enum Keys {
     Openrlhf,
 }
 
-/// One labeled pair as written to the output.
-#[derive(Debug, Serialize)]
-struct Record {
-    line: usize,
-    /// TRL: `prompt` (the conversation) and the preferred and other reply as
-    /// `chosen`/`rejected`; OpenRLHF: `chosen`/`rejected` as whole
-    /// conversations ending in those replies.
-    #[serde(flatten)]
-    rows: serde_json::Map<String, serde_json::Value>,
-    /// Probability that `chosen` is the better reply (≥ 0.5).
-    soft_label: f64,
-    /// Probability that the source's chosen reply is better.
-    p_human_chosen: f64,
-    agrees_with_human: bool,
-    presented_human_chosen_first: bool,
-    judgements: Vec<Judgement>,
-}
-
 /// What evaluation reads back from a label record.
 #[derive(Debug, Deserialize)]
 struct StoredLabel {
@@ -262,28 +204,12 @@ struct StoredLabel {
     judgements: Vec<Judgement>,
 }
 
-/// The preference columns of a labeled pair in the chosen key layout.
-fn preference_rows(
-    keys: Keys,
-    form: RowForm,
-    conversation: &[qstar_core::Message],
-    chosen: &str,
-    rejected: &str,
-) -> serde_json::Map<String, serde_json::Value> {
-    let mut rows = serde_json::Map::new();
+/// Where a labeled pair's replies go in the chosen key layout.
+fn layout(keys: Keys, form: RowForm) -> RowLayout {
     match keys {
-        Keys::Trl => rows = trl_row(form, conversation, chosen, rejected),
-        Keys::Openrlhf => {
-            let whole = |reply: &str| {
-                let mut c = conversation.to_vec();
-                c.push(qstar_core::Message::assistant(reply));
-                json!(c)
-            };
-            rows.insert("chosen".into(), whole(chosen));
-            rows.insert("rejected".into(), whole(rejected));
-        }
+        Keys::Trl => RowLayout::Trl(form.trl_form()),
+        Keys::Openrlhf => RowLayout::Openrlhf,
     }
-    rows
 }
 
 /// Each pair's opening human turn, keyed by its input line.
@@ -460,27 +386,8 @@ pub async fn label(args: LabelArgs) -> Result<()> {
                     .iter()
                     .zip(labels)
                     .map(|(pair, label)| {
-                        let human_better = label.p_human_chosen >= 0.5;
-                        let (chosen, rejected) = if human_better {
-                            (pair.chosen.clone(), pair.rejected.clone())
-                        } else {
-                            (pair.rejected.clone(), pair.chosen.clone())
-                        };
-                        Ok(serde_json::to_string(&Record {
-                            line: pair.line,
-                            rows: preference_rows(
-                                keys,
-                                form,
-                                &pair.conversation,
-                                &chosen,
-                                &rejected,
-                            ),
-                            soft_label: label.p_human_chosen.max(1.0 - label.p_human_chosen),
-                            p_human_chosen: label.p_human_chosen,
-                            agrees_with_human: label.p_human_chosen > 0.5,
-                            presented_human_chosen_first: label.presented_human_chosen_first,
-                            judgements: label.judgements,
-                        })?)
+                        let record = LabelRecord::new(pair, label, layout(keys, form));
+                        Ok(serde_json::to_string(&record)?)
                     })
                     .collect()
             })
@@ -581,18 +488,7 @@ pub async fn rate(args: RateArgs) -> Result<()> {
                     .iter()
                     .zip(ratings.chunks(2))
                     .map(|(pair, r)| {
-                        let mut record = serde_json::Map::new();
-                        record.insert("line".into(), json!(pair.line));
-                        record.extend(trl_row(
-                            form,
-                            &pair.conversation,
-                            &pair.chosen,
-                            &pair.rejected,
-                        ));
-                        record.insert("reward_chosen".into(), json!(r[0].reward));
-                        record.insert("reward_rejected".into(), json!(r[1].reward));
-                        record.insert("rating_chosen".into(), json!(r[0]));
-                        record.insert("rating_rejected".into(), json!(r[1]));
+                        let record = rated_pair_record(pair, form.trl_form(), &r[0], &r[1]);
                         Ok(serde_json::Value::Object(record).to_string())
                     })
                     .collect()
@@ -644,8 +540,7 @@ async fn rate_with_reward_model(args: &RateArgs, dir: &Path) -> Result<()> {
                     .map(|(pair, r)| {
                         let mut record = serde_json::Map::new();
                         record.insert("line".into(), json!(pair.line));
-                        record.extend(trl_row(
-                            form,
+                        record.extend(RowLayout::Trl(form.trl_form()).rows(
                             &pair.conversation,
                             &pair.chosen,
                             &pair.rejected,

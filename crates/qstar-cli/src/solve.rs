@@ -8,17 +8,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 use qstar_core::{LanguageModel, PromptFormat};
-use qstar_search::verifier::{
-    Aggregation, AgreementVerifier, CheckerVerifier, ConfidenceVerifier, DpoVerifier,
-    JudgeVerifier, LecoVerifier,
-};
-use qstar_search::{
-    optimal, run, Compute, Meter, Outcome, Policy, Scorer, SearchConfig, SearchError, Searcher,
-    Strategy, Tree, Verifier,
-};
+use qstar_search::verifier::Aggregation;
+pub use qstar_search::{verifier_names, SolveRecord, VerifierKind};
+use qstar_search::{Compute, Policy, SearchConfig, SearchError, Solver, Strategy};
 use qstar_store::Store;
 use qstar_tasks::{read_problems, Problem, Task};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::backend::BackendArgs;
@@ -30,51 +25,6 @@ use crate::{bounded, non_empty, UsageError};
 
 /// The largest budget N (samples, beams, simulations or attempts).
 pub const MAX_BUDGET: usize = 1024;
-
-/// The verifiers, as a flag, a config file or a record names them. Adding
-/// one means adding a variant here; the compiler then points at
-/// [`VerifierKind::name`] and [`Setup::verifier`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-#[value(rename_all = "kebab-case")]
-pub enum VerifierKind {
-    /// An oracle: the reference answer.
-    Checker,
-    /// The model judging each step.
-    Prm,
-    /// The model judging the whole solution.
-    Orm,
-    /// Marco-o1 token confidence.
-    Confidence,
-    /// LeCo step confidence.
-    Leco,
-    /// The implicit reward β·log(π/π_ref) against --ref-model.
-    Dpo,
-    /// Agreement of a solution's answer with the others.
-    Agreement,
-}
-
-impl VerifierKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            VerifierKind::Checker => "checker",
-            VerifierKind::Prm => "prm",
-            VerifierKind::Orm => "orm",
-            VerifierKind::Confidence => "confidence",
-            VerifierKind::Leco => "leco",
-            VerifierKind::Dpo => "dpo",
-            VerifierKind::Agreement => "agreement",
-        }
-    }
-}
-
-fn verifier_names() -> String {
-    let names: Vec<&str> = <VerifierKind as clap::ValueEnum>::value_variants()
-        .iter()
-        .map(|v| v.name())
-        .collect();
-    names.join(", ")
-}
 
 /// What `solve` and `sweep` share: the model, the questions, the search
 /// settings and the verifier.
@@ -177,27 +127,6 @@ pub struct SolveArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// One searched question as written out.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SolveRecord {
-    pub line: usize,
-    pub question: String,
-    pub reference: String,
-    pub answer: Option<String>,
-    pub correct: bool,
-    /// The strategy that ran (compute-optimal names its choice).
-    pub strategy: Strategy,
-    pub budget: usize,
-    pub verifier: Option<VerifierKind>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub difficulty: Option<f64>,
-    pub candidates: usize,
-    pub unparsed: usize,
-    pub compute: Compute,
-    pub solution: String,
-    pub tree: Tree,
 }
 
 /// Everything a search job needs, opened once.
@@ -331,27 +260,18 @@ impl SearchArgs {
 }
 
 impl Setup {
-    /// The verifier named on the command line.
-    pub fn verifier(&self) -> Option<Box<dyn Verifier + '_>> {
-        let kind = self.verifier?;
-        Some(match kind {
-            VerifierKind::Checker => Box::new(CheckerVerifier),
-            VerifierKind::Prm | VerifierKind::Orm => Box::new(JudgeVerifier {
-                model: self.model.as_ref(),
-                outcome_only: kind == VerifierKind::Orm,
-            }),
-            VerifierKind::Confidence => Box::new(ConfidenceVerifier),
-            VerifierKind::Leco => Box::new(LecoVerifier),
-            VerifierKind::Dpo => Box::new(DpoVerifier {
-                policy: self.model.as_ref(),
-                reference: self
-                    .reference_model
-                    .as_deref()
-                    .unwrap_or(self.model.as_ref()),
-                beta: self.beta,
-            }),
-            VerifierKind::Agreement => Box::new(AgreementVerifier),
-        })
+    /// What searches a question with these settings.
+    pub fn solver(&self) -> Solver<'_> {
+        Solver {
+            model: self.model.as_ref(),
+            reference_model: self.reference_model.as_deref(),
+            parameters: self.parameters,
+            task: self.task,
+            config: &self.config,
+            verifier: self.verifier,
+            aggregation: self.aggregation,
+            beta: self.beta,
+        }
     }
 
     /// What a job's records depend on, the job's key: every setting, the
@@ -395,45 +315,7 @@ impl Setup {
         budget: usize,
         policy: Option<&Policy>,
     ) -> Result<SolveRecord, SearchError> {
-        let meter = Meter::with_parameters(self.parameters);
-        let searcher = Searcher::new(
-            self.model.as_ref(),
-            self.task,
-            problem,
-            &self.config,
-            &meter,
-        )?;
-        let verifier = self.verifier();
-        let scorer = verifier.as_deref().map(|v| Scorer {
-            verifier: v,
-            aggregation: self.aggregation.unwrap_or_else(|| v.aggregation()),
-        });
-        let (outcome, ran, difficulty): (Outcome, Strategy, Option<f64>) = match strategy {
-            Strategy::ComputeOptimal => {
-                let policy = policy.ok_or_else(|| {
-                    SearchError::Config("compute-optimal needs --policy (a sweep.json)".into())
-                })?;
-                let (o, s, d) = optimal::solve(&searcher, policy, budget, scorer).await?;
-                (o, s, Some(d))
-            }
-            s => (run(s, &searcher, budget, scorer).await?, s, None),
-        };
-        Ok(SolveRecord {
-            line: problem.line,
-            question: problem.question.clone(),
-            reference: problem.answer.clone(),
-            answer: outcome.answer,
-            correct: outcome.correct,
-            strategy: ran,
-            budget,
-            verifier: self.verifier,
-            difficulty,
-            candidates: outcome.candidates,
-            unparsed: outcome.unparsed,
-            compute: meter.total(),
-            solution: outcome.solution,
-            tree: outcome.tree,
-        })
+        self.solver().solve(problem, strategy, budget, policy).await
     }
 
     /// Runs `work` on every question the job `job` has no record of yet,
@@ -636,28 +518,4 @@ pub fn read_policy(path: &Path) -> Result<Policy> {
         ))
         .into()
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn verifier_names_round_trip_through_serde_and_clap() {
-        use clap::ValueEnum;
-        let variants = VerifierKind::value_variants();
-        assert_eq!(variants.len(), 7);
-        for &v in variants {
-            // Records and configurations name verifiers by these strings.
-            assert_eq!(serde_json::to_value(v).ok(), Some(json!(v.name())));
-            let back: VerifierKind = serde_json::from_value(json!(v.name())).expect("name");
-            assert_eq!(back, v);
-            assert_eq!(VerifierKind::from_str(v.name(), false), Ok(v));
-        }
-        assert_eq!(
-            verifier_names(),
-            "checker, prm, orm, confidence, leco, dpo, agreement"
-        );
-        assert!(VerifierKind::from_str("oracle", false).is_err());
-    }
 }

@@ -164,6 +164,19 @@ pub struct GenerateResponse {
 }
 
 impl GenerateResponse {
+    /// What `generate --json` prints: each completion's text, token ids and
+    /// finish reason, and the usage.
+    pub fn summary(&self) -> serde_json::Value {
+        let completions: Vec<_> = self
+            .completions
+            .iter()
+            .map(|c| {
+                serde_json::json!({"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason})
+            })
+            .collect();
+        serde_json::json!({"completions": completions, "usage": self.usage})
+    }
+
     /// The text of the first completion (empty when there is none), for
     /// callers that asked for one sample.
     pub fn into_first_text(self) -> String {
@@ -189,6 +202,19 @@ pub struct ScoreResponse {
     /// Sum of the log-probs that exist (a first token with none adds 0).
     pub total_logprob: f64,
     pub usage: Usage,
+}
+
+impl ScoreResponse {
+    /// What `score --json` prints: each token's id, text and log-prob, and
+    /// the total.
+    pub fn summary(&self) -> serde_json::Value {
+        let tokens: Vec<_> = self
+            .tokens
+            .iter()
+            .map(|t| serde_json::json!({"id": t.id, "text": t.text, "logprob": t.logprob}))
+            .collect();
+        serde_json::json!({"tokens": tokens, "total_logprob": self.total_logprob})
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -245,6 +271,19 @@ pub struct ChooseResponse {
     #[serde(default)]
     pub mass: f64,
     pub usage: Usage,
+}
+
+impl ChooseResponse {
+    /// What `choose --json` prints: each option's text, log-prob and
+    /// probability, in the order asked.
+    pub fn summary(&self) -> serde_json::Value {
+        let options: Vec<_> = self
+            .options
+            .iter()
+            .map(|o| serde_json::json!({"text": o.text, "logprob": o.logprob, "prob": o.prob}))
+            .collect();
+        serde_json::json!({"options": options})
+    }
 }
 
 /// Normalizes log-probabilities over a closed set with log-sum-exp, so that

@@ -8,6 +8,7 @@ pub mod constitution;
 pub mod judge;
 pub mod prompts;
 pub mod rate;
+pub mod records;
 pub mod revise;
 
 pub use cai::{CaiConfig, CaiLabeler, Method, PairLabel, PrincipleChoice};
@@ -16,6 +17,7 @@ pub use judge::{judge_prompts, judge_prompts_with, JudgeConfig, JudgedPrompt};
 pub use prompts::Prompts;
 pub use qstar_core::PromptFormat;
 pub use rate::{Rater, Rating};
+pub use records::{rated_pair_record, LabelRecord};
 pub use revise::{critique_and_revise, ReviseConfig, Revision};
 
 pub(crate) use qstar_core::mix;

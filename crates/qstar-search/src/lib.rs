@@ -10,6 +10,7 @@ pub mod compute;
 pub mod optimal;
 pub mod prompts;
 pub mod searcher;
+pub mod solve;
 pub mod strategy;
 pub mod tree;
 pub mod verifier;
@@ -18,6 +19,7 @@ pub use compute::{Compute, Meter};
 pub use optimal::{Policy, PolicyChoice};
 pub use prompts::Prompts;
 pub use searcher::{SearchConfig, Searcher};
+pub use solve::{verifier_names, SolveRecord, Solver, VerifierKind};
 pub use strategy::{run, Outcome, Scorer, Strategy};
 pub use tree::{Node, NodeId, Tree};
 pub use verifier::{

@@ -9,8 +9,12 @@ pub mod preference;
 pub mod problems;
 pub mod serial;
 
-pub use preference::{read_pairs, read_prompts, PreferencePair, ReadReport, TaskError};
+pub use preference::{
+    pair_from_row, read_pairs, read_prompts, PreferencePair, ReadReport, RowLayout, TaskError,
+    TrlForm,
+};
 pub use problems::{
-    arithmetic_problem, arithmetic_problem_in, read_problems, ArithmeticFormat, Problem, Task,
+    arithmetic_problem, arithmetic_problem_in, problem_from_row, read_problems, ArithmeticFormat,
+    Problem, Task,
 };
 pub use serial::{SerialFormat, SerialKind, SerialProblem, SERIAL_KINDS};

@@ -9,7 +9,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use qstar_core::Message;
-use serde_json::Value;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -162,6 +163,115 @@ fn soft_label_of(v: &Value) -> Result<Option<f64>, String> {
     }
 }
 
+/// The pair one JSON row holds (a TRL row or two HH-RLHF transcripts), read
+/// as the file readers read a line; `prompts` also accepts plain prompt
+/// rows (`prompt` or `question`), whose replies are then empty. `line` is
+/// the pair's key (1-based).
+pub fn pair_from_row(row: &Value, line: usize, prompts: bool) -> Result<PreferencePair, String> {
+    let (conversation, chosen, rejected) = parse_row(row, prompts)?;
+    Ok(PreferencePair {
+        line,
+        conversation,
+        chosen,
+        rejected,
+        soft_label: soft_label_of(row)?,
+    })
+}
+
+/// TRL's two forms of a preference row: standard (`prompt`, `chosen` and
+/// `rejected` as strings) or conversational (all three as lists of
+/// messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrlForm {
+    Standard,
+    Conversational,
+}
+
+impl TrlForm {
+    /// The form of an input row: conversational when its prompt or a reply
+    /// is a list of messages, or when it is an HH-RLHF transcript pair (no
+    /// text prompt); standard when the prompt is text.
+    pub fn of_row(row: &Value) -> TrlForm {
+        let listed = ["prompt", "chosen", "rejected"]
+            .iter()
+            .any(|k| row[*k].is_array());
+        let text_prompt = row["prompt"].is_string() || row["question"].is_string();
+        if listed || !text_prompt {
+            TrlForm::Conversational
+        } else {
+            TrlForm::Standard
+        }
+    }
+}
+
+/// Where the replies of a written preference pair go: a TRL row in one of
+/// its forms, or OpenRLHF's `chosen`/`rejected` as whole conversations
+/// ending in those replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowLayout {
+    Trl(TrlForm),
+    Openrlhf,
+}
+
+impl RowLayout {
+    /// The preference columns of `conversation` followed by `chosen` or
+    /// `rejected`, in this layout.
+    pub fn rows(
+        self,
+        conversation: &[Message],
+        chosen: &str,
+        rejected: &str,
+    ) -> Map<String, Value> {
+        let mut rows = Map::new();
+        match self {
+            RowLayout::Trl(TrlForm::Standard) => {
+                rows.insert("prompt".into(), json!(prompt_text(conversation)));
+                rows.insert("chosen".into(), json!(chosen));
+                rows.insert("rejected".into(), json!(rejected));
+            }
+            RowLayout::Trl(TrlForm::Conversational) => {
+                let reply = |text: &str| json!([Message::assistant(text)]);
+                rows.insert("prompt".into(), json!(conversation));
+                rows.insert("chosen".into(), reply(chosen));
+                rows.insert("rejected".into(), reply(rejected));
+            }
+            RowLayout::Openrlhf => {
+                let whole = |reply: &str| {
+                    let mut c = conversation.to_vec();
+                    c.push(Message::assistant(reply));
+                    json!(c)
+                };
+                rows.insert("chosen".into(), whole(chosen));
+                rows.insert("rejected".into(), whole(rejected));
+            }
+        }
+        rows
+    }
+}
+
+/// A prompt in TRL's standard form: the text of a lone user turn, or the
+/// conversation as an HH-RLHF transcript ending where the reply starts.
+pub fn prompt_text(conversation: &[Message]) -> String {
+    if let [only] = conversation {
+        if only.role == "user" {
+            return only.content.clone();
+        }
+    }
+    let mut text = String::new();
+    for m in conversation {
+        let speaker = match m.role.as_str() {
+            "user" => "Human",
+            "assistant" => "Assistant",
+            "system" => "System",
+            other => other,
+        };
+        text.push_str(&format!("\n\n{speaker}: {}", m.content));
+    }
+    text.push_str("\n\nAssistant:");
+    text
+}
+
 /// Reads preference pairs from JSONL, stopping after `limit` pairs. A
 /// malformed line is an error naming the file and line, unless
 /// `skip_invalid`, where it is reported and skipped.
@@ -207,17 +317,9 @@ fn read_rows(
         }
         let parsed = serde_json::from_str::<Value>(&text)
             .map_err(|e| format!("not JSON: {e}"))
-            .and_then(|v| Ok((parse_row(&v, prompts)?, soft_label_of(&v)?)));
+            .and_then(|v| pair_from_row(&v, line_no, prompts));
         match parsed {
-            Ok(((conversation, chosen, rejected), soft_label)) => {
-                report.pairs.push(PreferencePair {
-                    line: line_no,
-                    conversation,
-                    chosen,
-                    rejected,
-                    soft_label,
-                })
-            }
+            Ok(pair) => report.pairs.push(pair),
             Err(message) if skip_invalid => report.rejected_lines.push((line_no, text, message)),
             Err(message) => {
                 return Err(TaskError::BadLine {
@@ -302,6 +404,50 @@ mod tests {
         });
         let (p, c, r) = parse_row(&conv, false).expect("conversational");
         assert_eq!((p.len(), c.as_str(), r.as_str()), (1, "yes", "no"));
+    }
+
+    #[test]
+    fn rows_are_written_in_each_layout_and_forms_are_recognised() {
+        let conversation = vec![
+            Message::user("Hi"),
+            Message::assistant("Hello!"),
+            Message::user("Help?"),
+        ];
+        let standard = RowLayout::Trl(TrlForm::Standard).rows(&conversation, "yes", "no");
+        assert_eq!(
+            standard["prompt"],
+            "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Help?\n\nAssistant:"
+        );
+        assert_eq!(
+            (standard["chosen"].as_str(), standard["rejected"].as_str()),
+            (Some("yes"), Some("no"))
+        );
+        // A lone user turn is the prompt's text itself.
+        let lone = RowLayout::Trl(TrlForm::Standard).rows(&conversation[..1], "a", "b");
+        assert_eq!(lone["prompt"], "Hi");
+        let listed = RowLayout::Trl(TrlForm::Conversational).rows(&conversation, "yes", "no");
+        assert_eq!(listed["prompt"].as_array().map(Vec::len), Some(3));
+        assert_eq!(
+            listed["chosen"],
+            json!([{"role": "assistant", "content": "yes"}])
+        );
+        let whole = RowLayout::Openrlhf.rows(&conversation, "yes", "no");
+        assert!(whole.get("prompt").is_none());
+        assert_eq!(whole["rejected"].as_array().map(Vec::len), Some(4));
+        // Written rows read back as the same pair, in the form they were written.
+        for rows in [standard, listed] {
+            let row = Value::Object(rows);
+            let pair = pair_from_row(&row, 7, false).expect("reads back");
+            assert_eq!((pair.line, pair.chosen.as_str()), (7, "yes"));
+        }
+        assert_eq!(
+            TrlForm::of_row(&json!({"prompt": "q", "chosen": "a", "rejected": "b"})),
+            TrlForm::Standard
+        );
+        assert_eq!(
+            TrlForm::of_row(&json!({"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "x"})),
+            TrlForm::Conversational
+        );
     }
 
     #[test]

@@ -149,18 +149,24 @@ pub fn read_problems(
             message,
         };
         let row: Value = serde_json::from_str(&line).map_err(|e| bad(format!("not JSON: {e}")))?;
-        let question = ["question", "problem"]
-            .iter()
-            .find_map(|n| row.get(*n).and_then(Value::as_str))
-            .ok_or_else(|| bad("missing string field \"question\" (or \"problem\")".into()))?;
-        let answer = task.reference(&row).map_err(bad)?;
-        problems.push(Problem {
-            line: i + 1,
-            question: question.to_string(),
-            answer,
-        });
+        problems.push(problem_from_row(&row, task, i + 1).map_err(bad)?);
     }
     Ok(problems)
+}
+
+/// The problem of one JSON row of `task`, read as [`read_problems`] reads a
+/// line; `line` is its key (1-based).
+pub fn problem_from_row(row: &Value, task: Task, line: usize) -> Result<Problem, String> {
+    let question = ["question", "problem"]
+        .iter()
+        .find_map(|n| row.get(*n).and_then(Value::as_str))
+        .ok_or_else(|| "missing string field \"question\" (or \"problem\")".to_string())?;
+    let answer = task.reference(row)?;
+    Ok(Problem {
+        line,
+        question: question.to_string(),
+        answer,
+    })
 }
 
 /// How the worked answer of an addition is written.

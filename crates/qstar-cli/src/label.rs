@@ -474,15 +474,7 @@ pub async fn rate(args: RateArgs) -> Result<()> {
         |_| true,
         |chunk| {
             Box::pin(async move {
-                let items: Vec<(&[qstar_core::Message], &str)> = chunk
-                    .iter()
-                    .flat_map(|p| {
-                        [
-                            (p.conversation.as_slice(), p.chosen.as_str()),
-                            (p.conversation.as_slice(), p.rejected.as_str()),
-                        ]
-                    })
-                    .collect();
+                let items = reply_items(&chunk);
                 let ratings = rater.rate(&items).await?;
                 chunk
                     .iter()
@@ -524,15 +516,7 @@ async fn rate_with_reward_model(args: &RateArgs, dir: &Path) -> Result<()> {
         |_| true,
         |chunk| {
             Box::pin(async move {
-                let items: Vec<(&[qstar_core::Message], &str)> = chunk
-                    .iter()
-                    .flat_map(|p| {
-                        [
-                            (p.conversation.as_slice(), p.chosen.as_str()),
-                            (p.conversation.as_slice(), p.rejected.as_str()),
-                        ]
-                    })
-                    .collect();
+                let items = reply_items(&chunk);
                 let rewards = rm.rewards(&items, Some(reporter)).await?;
                 chunk
                     .iter()
@@ -555,6 +539,20 @@ async fn rate_with_reward_model(args: &RateArgs, dir: &Path) -> Result<()> {
     )
     .await?;
     rate_summary(args, &finished)
+}
+
+/// Both replies of each pair after its conversation, in order: what a
+/// rating or a reward model scores.
+fn reply_items(pairs: &[PreferencePair]) -> Vec<(&[qstar_core::Message], &str)> {
+    pairs
+        .iter()
+        .flat_map(|p| {
+            [
+                (p.conversation.as_slice(), p.chosen.as_str()),
+                (p.conversation.as_slice(), p.rejected.as_str()),
+            ]
+        })
+        .collect()
 }
 
 fn rate_summary(args: &RateArgs, finished: &Finished) -> Result<()> {

@@ -165,19 +165,7 @@ pub fn framed(
     messages.push(Message::assistant(reply));
     Ok(match framing {
         Framing::Chat => engine.render_chat(&messages, false)?.trim_end().to_string(),
-        Framing::Transcript => {
-            let mut text = String::new();
-            for m in &messages {
-                let speaker = match m.role.as_str() {
-                    "user" => "Human",
-                    "assistant" => "Assistant",
-                    "system" => "System",
-                    other => other,
-                };
-                text.push_str(&format!("\n\n{speaker}: {}", m.content));
-            }
-            text
-        }
+        Framing::Transcript => qstar_tasks::preference::transcript(&messages),
     })
 }
 

@@ -258,8 +258,15 @@ pub fn prompt_text(conversation: &[Message]) -> String {
             return only.content.clone();
         }
     }
+    let mut text = transcript(conversation);
+    text.push_str("\n\nAssistant:");
+    text
+}
+
+/// Messages as an HH-RLHF transcript: "\n\nHuman: …\n\nAssistant: …".
+pub fn transcript(messages: &[Message]) -> String {
     let mut text = String::new();
-    for m in conversation {
+    for m in messages {
         let speaker = match m.role.as_str() {
             "user" => "Human",
             "assistant" => "Assistant",
@@ -268,7 +275,6 @@ pub fn prompt_text(conversation: &[Message]) -> String {
         };
         text.push_str(&format!("\n\n{speaker}: {}", m.content));
     }
-    text.push_str("\n\nAssistant:");
     text
 }
 

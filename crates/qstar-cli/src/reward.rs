@@ -193,6 +193,7 @@ impl Features {
         threads: usize,
         cache: Option<&Path>,
         framing: Option<Framing>,
+        expected_sha256: Option<&str>,
     ) -> Result<Self> {
         let model_path = match model {
             Some(p) => p.to_path_buf(),
@@ -220,6 +221,13 @@ impl Features {
         let model_sha256 = store
             .file_sha256(&model_path)
             .map_err(|e| UsageError(format!("model {}: {e}", model_path.display())))?;
+        if let Some(expected) = expected_sha256.filter(|e| *e != model_sha256) {
+            return Err(UsageError(format!(
+                "{} is not the model this reward model was trained on (SHA-256 {model_sha256} ≠ {expected})",
+                model_path.display()
+            ))
+            .into());
+        }
         let engine = Engine::load(
             &model_path,
             EngineOptions {
@@ -257,12 +265,21 @@ impl Features {
             u64::from_str_radix(&hex[..16], 16).unwrap_or(0)
         };
         let keys: Vec<u64> = texts.iter().map(|t| key(t)).collect();
+        // Only the states these texts need are read, not the whole cache.
         let mut known: BTreeMap<u64, Vec<f32>> = BTreeMap::new();
-        let stored = self.store().records(&self.job)?;
-        for (k, data) in stored {
-            // A cache entry that does not read back is computed again.
-            if let Ok(v) = serde_json::from_str::<Vec<f32>>(&data) {
-                known.insert(k, v);
+        {
+            let store = self.store();
+            for &k in &keys {
+                if known.contains_key(&k) {
+                    continue;
+                }
+                // A cache entry that does not read back is computed again.
+                if let Some(v) = store
+                    .get(&self.job, k)?
+                    .and_then(|data| serde_json::from_str::<Vec<f32>>(&data).ok())
+                {
+                    known.insert(k, v);
+                }
             }
         }
         let mut missing: Vec<usize> = Vec::new();
@@ -452,6 +469,7 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
         args.features.threads,
         args.features.feature_cache.as_deref(),
         None,
+        None,
     )
     .await?;
     let train_states = features.pair_states(&pairs, Some(&reporter)).await?;
@@ -576,16 +594,14 @@ impl RewardModel {
             .into());
         }
         let model = base_model.unwrap_or(&config.base_model);
-        let sha = sha256(model).map_err(|e| UsageError(format!("{e:#}")))?;
-        if sha != config.base_model_sha256 {
-            return Err(UsageError(format!(
-                "{} is not the model this reward model was trained on (SHA-256 {sha} ≠ {})",
-                model.display(),
-                config.base_model_sha256
-            ))
-            .into());
-        }
-        let features = Features::open(Some(model), threads, cache, Some(config.framing)).await?;
+        let features = Features::open(
+            Some(model),
+            threads,
+            cache,
+            Some(config.framing),
+            Some(&config.base_model_sha256),
+        )
+        .await?;
         Ok(RewardModel {
             config,
             head,

@@ -127,6 +127,18 @@ impl Store {
         Ok(digest)
     }
 
+    /// The record of a job under `key`, when there is one.
+    pub fn get(&self, job: &str, key: u64) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT data FROM records WHERE job = ?1 AND key = ?2",
+                params![job, key as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// All records of a job, by key.
     pub fn records(&self, job: &str) -> Result<BTreeMap<u64, String>, StoreError> {
         let mut stmt = self
@@ -193,6 +205,10 @@ mod tests {
             recs.into_iter().collect::<Vec<_>>(),
             vec![(1, "one".into()), (3, "three".into())]
         );
+        // One record by key, without reading the job's others.
+        assert_eq!(s.get("j", 3).expect("get").as_deref(), Some("three"));
+        assert_eq!(s.get("j", 2).expect("get"), None);
+        assert_eq!(s.get("other", 3).expect("get"), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod export;
 mod inspect;
 mod job;
 mod label;
+mod pairs;
 mod prompts;
 mod report;
 mod reward;
@@ -60,9 +61,13 @@ enum Command {
     Judge(label::JudgeArgs),
     /// Search for answers at test time (resumable).
     Solve(solve::SolveArgs),
+    /// Preference pairs with a verifiable winner: N samples per question,
+    /// marked by the task's checker, a correct one against an incorrect one.
+    Pairs(pairs::PairsArgs),
     /// Compare strategies × budgets: table, sweep.json, sweep.png.
     Sweep(sweep::SweepArgs),
-    /// Train the model: supervised fine-tuning (LoRA or full), resumable.
+    /// Train the model: supervised fine-tuning and DPO (LoRA or full), and
+    /// reward models; resumable.
     Train {
         #[command(subcommand)]
         command: TrainCommand,
@@ -116,6 +121,9 @@ enum TrainCommand {
     /// A reward model: a scalar head on the last hidden state, trained on
     /// preference pairs (Bradley–Terry, or cross-entropy on soft labels).
     Rm(reward::TrainRmArgs),
+    /// Direct preference optimization on preference pairs (sigmoid, robust,
+    /// IPO, or soft labels), with reference log-probabilities kept in the run.
+    Dpo(train::DpoArgs),
 }
 
 #[derive(Subcommand)]
@@ -235,10 +243,12 @@ fn main() -> ExitCode {
             Command::Revise(args) => label::revise(args).await,
             Command::Judge(args) => label::judge(args).await,
             Command::Solve(args) => solve::solve(args).await,
+            Command::Pairs(args) => pairs::pairs(args).await,
             Command::Sweep(args) => sweep::sweep(args).await,
             Command::Train { command } => match command {
                 TrainCommand::Sft(args) => train::sft(args).await,
                 TrainCommand::Rm(args) => reward::train_rm(args).await,
+                TrainCommand::Dpo(args) => train::dpo(args).await,
             },
             Command::Tasks { command } => match command {
                 TasksCommand::Generate(args) => tasks::generate(args),

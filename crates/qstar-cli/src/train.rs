@@ -1,11 +1,13 @@
-//! `qstar train sft`: supervised fine-tuning of the GGUF model, LoRA or
-//! full, resumable from its checkpoints.
+//! `qstar train sft` and `qstar train dpo`: supervised fine-tuning and
+//! direct preference optimization of the GGUF model, LoRA or full,
+//! resumable from their checkpoints.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use qstar_tasks::Task;
+use qstar_train::dpo::{DpoConfig, DpoLoss, PreferenceSequences};
 use qstar_train::optim::{AdamWConfig, Decay};
 use qstar_train::run::TrainConfig;
 use qstar_train::{Lora, LoraConfig, Model, Trainable, Weights};
@@ -34,6 +36,17 @@ pub struct SftArgs {
     /// Frame questions as `qstar solve --task T` does (gsm8k, arithmetic, math, serial:<kind>).
     #[arg(long)]
     pub task: Option<String>,
+    /// Rows to measure the loss on while training.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    #[command(flatten)]
+    pub training: TrainingArgs,
+}
+
+/// The model, the adapter and the optimizer: what every training command
+/// takes.
+#[derive(Args, Debug)]
+pub struct TrainingArgs {
     /// GGUF model to train (default: the fetched SmolLM2-135M-Instruct).
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -60,7 +73,8 @@ pub struct SftArgs {
     /// Stop after this many optimizer steps.
     #[arg(long, value_parser = crate::bounded(1, 100_000_000))]
     pub max_steps: Option<usize>,
-    /// Peak learning rate (default 2e-4 for LoRA, 2e-5 for full fine-tuning).
+    /// Peak learning rate (default for SFT 2e-4 with LoRA, 2e-5 full; for
+    /// DPO 5e-5 with LoRA, 1e-6 full).
     #[arg(long)]
     pub lr: Option<f64>,
     #[arg(long, value_enum, default_value = "cosine")]
@@ -83,9 +97,6 @@ pub struct SftArgs {
     /// Longest sequence allowed (a longer row is an error).
     #[arg(long, default_value_t = 2048, value_parser = crate::bounded(2, 1_000_000))]
     pub max_len: usize,
-    /// Rows to measure the loss on while training.
-    #[arg(long)]
-    pub eval_data: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     pub eval_every: usize,
     #[arg(long, default_value_t = 50, value_parser = crate::bounded(1, 100_000_000))]
@@ -107,25 +118,23 @@ fn train_error(e: qstar_train::TrainError) -> anyhow::Error {
     }
 }
 
-pub async fn sft(args: SftArgs) -> Result<()> {
-    let reporter = Reporter::new(args.json);
-    let task = args
-        .task
-        .as_deref()
-        .map(Task::parse)
-        .transpose()
-        .map_err(UsageError)?;
-    let model_path = match &args.model {
-        Some(p) => p.clone(),
+/// The GGUF file to train: `--model`, or the default model (fetched when
+/// it is not in the cache yet).
+async fn model_path(args: &TrainingArgs, reporter: &Reporter) -> Result<PathBuf> {
+    match &args.model {
+        Some(p) => Ok(p.clone()),
         None => {
             let p = qstar_engine::fetch::default_model_path();
             if !p.exists() {
                 reporter.note("the default model is not in the cache yet; fetching it");
                 qstar_engine::fetch::fetch_default(&|_, _| {}).await?;
             }
-            p
+            Ok(p)
         }
-    };
+    }
+}
+
+fn check_flags(args: &TrainingArgs) -> Result<()> {
     if !(0.0..1.0).contains(&args.lora_dropout) {
         return Err(UsageError("--lora-dropout takes a value in [0, 1)".into()).into());
     }
@@ -135,34 +144,20 @@ pub async fn sft(args: SftArgs) -> Result<()> {
             UsageError("--max-grad-norm and --weight-decay must not be negative".into()).into(),
         );
     }
-    let loaded = qstar_engine::LoadedModel::load(&model_path)?;
-    let data = qstar_train::data::read_sft(&args.data, &loaded, task, args.max_len)
-        .map_err(train_error)?;
-    let eval = match &args.eval_data {
-        Some(p) => {
-            qstar_train::data::read_sft(p, &loaded, task, args.max_len)
-                .map_err(train_error)?
-                .sequences
-        }
-        None => Vec::new(),
-    };
-    drop(loaded);
+    Ok(())
+}
 
-    let trainable = if args.full {
-        Trainable::Full
-    } else {
-        Trainable::Lora
-    };
-    let lr = args.lr.unwrap_or(if args.full { 2e-5 } else { 2e-4 });
-    let lens: Vec<usize> = data.sequences.iter().map(|s| s.tokens.len()).collect();
-    let planned = qstar_train::run::plan(&lens, args.epochs, args.batch_tokens, args.seed).len();
+/// The run's settings for examples of `lens` tokens; `lr` is the default
+/// learning rate (LoRA, full) of the command.
+fn train_config(args: &TrainingArgs, lens: &[usize], lr: (f64, f64)) -> (TrainConfig, usize) {
+    let planned = qstar_train::run::plan(lens, args.epochs, args.batch_tokens, args.seed).len();
     let steps = args.max_steps.map_or(planned, |m| m.min(planned));
     let config = TrainConfig {
         epochs: args.epochs,
         max_steps: args.max_steps,
         batch_tokens: args.batch_tokens,
         micro_tokens: args.micro_tokens,
-        lr,
+        lr: args.lr.unwrap_or(if args.full { lr.1 } else { lr.0 }),
         warmup_steps: args.warmup_steps.unwrap_or(planned / 20),
         decay: match args.schedule {
             ScheduleArg::Cosine => Decay::Cosine,
@@ -179,46 +174,61 @@ pub async fn sft(args: SftArgs) -> Result<()> {
         checkpoint_every: args.checkpoint_every,
         eval_every: args.eval_every,
     };
-    let lora_config = (!args.full).then(|| LoraConfig {
+    (config, steps)
+}
+
+fn lora_config(args: &TrainingArgs) -> Option<LoraConfig> {
+    (!args.full).then(|| LoraConfig {
         rank: args.lora_rank,
         alpha: args.lora_alpha.unwrap_or(2.0 * args.lora_rank as f32),
         dropout: args.lora_dropout,
         targets: args.lora_targets.clone(),
-    });
+    })
+}
 
-    // Everything the run's numbers depend on; the micro-batch size is in it
-    // too, since it changes the order of floating-point sums.
-    let resolved = json!({
-        "command": "train sft",
+/// What every run's key holds besides its command's own settings: the
+/// model and its hash, the adapter it starts from, the trainer's settings.
+fn resolved_common(
+    args: &TrainingArgs,
+    model_path: &Path,
+    config: &TrainConfig,
+) -> Result<serde_json::Value> {
+    Ok(json!({
         "trainable": if args.full { "full" } else { "lora" },
-        "lora": lora_config,
+        "lora": lora_config(args),
         "train": config,
-        "task": task.map(|t| t.name()),
         "max_len": args.max_len,
         "model": model_path,
-        "model_sha256": sha256(&model_path)?,
-        "data": args.data.canonicalize().unwrap_or(args.data.clone()),
-        "data_sha256": sha256(&args.data)?,
-        "eval_data_sha256": args.eval_data.as_deref().map(sha256).transpose()?,
+        "model_sha256": sha256(model_path)?,
         "init_adapter_sha256": args
             .init_adapter
             .as_deref()
             .map(|d| qstar_engine::peft::adapter_files(d).map(|f| sha256(&f)))
             .map(|h| h.into_iter().collect::<Result<Vec<_>>>())
             .transpose()?,
-    });
-    let text = serde_json::to_string_pretty(&resolved)?;
-    let key = qstar_store::sha256_hex(text.as_bytes());
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    qstar_train::checkpoint::write_atomic(&args.out.join("config.json"), text.as_bytes())
-        .map_err(train_error)?;
+    }))
+}
 
-    let (model_config, weights) = Weights::from_gguf(&model_path)?;
-    let lora = match (&args.init_adapter, lora_config.clone()) {
+/// Writes the run's `config.json` into `out` and returns its key.
+fn write_run_config(out: &Path, resolved: &serde_json::Value) -> Result<String> {
+    let text = serde_json::to_string_pretty(resolved)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    qstar_train::checkpoint::write_atomic(&out.join("config.json"), text.as_bytes())
+        .map_err(train_error)?;
+    Ok(qstar_store::sha256_hex(text.as_bytes()))
+}
+
+/// The model to train: the GGUF's weights with a fresh adapter, the one
+/// `--init-adapter` names, or none for full fine-tuning.
+fn build_model(
+    args: &TrainingArgs,
+    model_path: &Path,
+) -> Result<(qstar_train::ModelConfig, Model<f32>)> {
+    let (model_config, weights) = Weights::from_gguf(model_path)?;
+    let lora = match (&args.init_adapter, lora_config(args)) {
         (Some(dir), _) => {
             let engine_config = qstar_engine::llama::LlamaConfig::from_gguf(
-                &qstar_engine::gguf::GgufFile::open(&model_path)?,
+                &qstar_engine::gguf::GgufFile::open(model_path)?,
             )?;
             let adapter = qstar_engine::peft::load_peft(dir, &engine_config)?;
             Some(
@@ -229,14 +239,83 @@ pub async fn sft(args: SftArgs) -> Result<()> {
         (None, Some(c)) => Some(Lora::init(&model_config, c, args.seed).map_err(UsageError)?),
         (None, None) => None,
     };
-    let mut model = Model::new(model_config.clone(), weights, lora).map_err(UsageError)?;
+    let model = Model::new(model_config.clone(), weights, lora).map_err(UsageError)?;
+    Ok((model_config, model))
+}
+
+fn trainable(args: &TrainingArgs) -> Trainable {
+    if args.full {
+        Trainable::Full
+    } else {
+        Trainable::Lora
+    }
+}
+
+fn what_trains(args: &TrainingArgs) -> String {
+    if args.full {
+        "every weight".to_string()
+    } else {
+        format!("a rank-{} adapter", args.lora_rank)
+    }
+}
+
+/// The loss curves of a finished run, from its metrics file, as `loss.png`.
+fn plot_loss(out: &Path, title: &str) -> Result<Vec<qstar_train::StepRecord>> {
+    let metrics = read_metrics(out)?;
+    let train_points: Vec<(f64, f64)> = metrics.iter().map(|r| (r.step as f64, r.loss)).collect();
+    let eval_points: Vec<(f64, f64)> = metrics
+        .iter()
+        .filter_map(|r| r.eval_loss.map(|e| (r.step as f64, e)))
+        .collect();
+    crate::report::Reporter::default().before_plot();
+    qstar_eval::plot::loss_curve(&out.join("loss.png"), title, &train_points, &eval_points)?;
+    Ok(metrics)
+}
+
+fn fmt_figure(x: Option<f64>) -> String {
+    x.map_or("–".to_string(), |v| format!("{v:.4}"))
+}
+
+pub async fn sft(args: SftArgs) -> Result<()> {
+    let t = &args.training;
+    let reporter = Reporter::new(t.json);
+    let task = args
+        .task
+        .as_deref()
+        .map(Task::parse)
+        .transpose()
+        .map_err(UsageError)?;
+    let model_path = model_path(t, &reporter).await?;
+    check_flags(t)?;
+    let loaded = qstar_engine::LoadedModel::load(&model_path)?;
+    let data =
+        qstar_train::data::read_sft(&args.data, &loaded, task, t.max_len).map_err(train_error)?;
+    let eval = match &args.eval_data {
+        Some(p) => {
+            qstar_train::data::read_sft(p, &loaded, task, t.max_len)
+                .map_err(train_error)?
+                .sequences
+        }
+        None => Vec::new(),
+    };
+    drop(loaded);
+
+    let lens: Vec<usize> = data.sequences.iter().map(|s| s.tokens.len()).collect();
+    let (config, steps) = train_config(t, &lens, (2e-4, 2e-5));
+    // Everything the run's numbers depend on; the micro-batch size is in it
+    // too, since it changes the order of floating-point sums.
+    let mut resolved = resolved_common(t, &model_path, &config)?;
+    resolved["command"] = json!("train sft");
+    resolved["task"] = json!(task.map(|t| t.name()));
+    resolved["data"] = json!(args.data.canonicalize().unwrap_or(args.data.clone()));
+    resolved["data_sha256"] = json!(sha256(&args.data)?);
+    resolved["eval_data_sha256"] = json!(args.eval_data.as_deref().map(sha256).transpose()?);
+    let key = write_run_config(&args.out, &resolved)?;
+
+    let (model_config, mut model) = build_model(t, &model_path)?;
     reporter.note(&format!(
         "training {} on {} sequences ({} tokens), {steps} steps",
-        if args.full {
-            "every weight".to_string()
-        } else {
-            format!("a rank-{} adapter", args.lora_rank)
-        },
+        what_trains(t),
         data.sequences.len(),
         lens.iter().sum::<usize>(),
     ));
@@ -246,6 +325,7 @@ pub async fn sft(args: SftArgs) -> Result<()> {
     let bar = reporter.progress_with_message(steps, resumed, "train", "steps");
     let out = args.out.clone();
     let sequences = data.sequences;
+    let trainable = trainable(t);
     let (summary, model) = tokio::task::spawn_blocking(move || {
         let summary = qstar_train::train(
             &mut model,
@@ -266,21 +346,8 @@ pub async fn sft(args: SftArgs) -> Result<()> {
     .await?
     .map_err(train_error)?;
 
-    let result = write_outputs(&args, &model, &model_config, &model_path)?;
-    let metrics = read_metrics(&args.out)?;
-    let train_points: Vec<(f64, f64)> = metrics.iter().map(|r| (r.step as f64, r.loss)).collect();
-    let eval_points: Vec<(f64, f64)> = metrics
-        .iter()
-        .filter_map(|r| r.eval_loss.map(|e| (r.step as f64, e)))
-        .collect();
-    crate::report::Reporter::default().before_plot();
-    qstar_eval::plot::loss_curve(
-        &args.out.join("loss.png"),
-        "SFT loss",
-        &train_points,
-        &eval_points,
-    )?;
-
+    let result = write_outputs(t, &args.out, &model, &model_config, &model_path)?;
+    plot_loss(&args.out, "SFT loss")?;
     let figures = json!({
         "steps": summary.steps,
         "tokens": summary.tokens,
@@ -291,7 +358,6 @@ pub async fn sft(args: SftArgs) -> Result<()> {
         "out": args.out,
         "result": result,
     });
-    let fmt = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.4}"));
     let text = Text::new()
         .line(format!(
             "trained {} steps, {} tokens → {}",
@@ -300,8 +366,286 @@ pub async fn sft(args: SftArgs) -> Result<()> {
             args.out.display()
         ))
         .metrics(&[
-            ("final loss", fmt(summary.final_loss)),
-            ("eval loss", fmt(summary.eval_loss)),
+            ("final loss", fmt_figure(summary.final_loss)),
+            ("eval loss", fmt_figure(summary.eval_loss)),
+            ("tokens/s", format!("{:.1}", summary.tok_s)),
+        ]);
+    reporter.summary(&figures, &text)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DpoLossArg {
+    Sigmoid,
+    Robust,
+    Ipo,
+    Soft,
+}
+
+#[derive(Args, Debug)]
+pub struct DpoArgs {
+    /// Preference pairs: HH-RLHF transcripts, TRL rows, or `qstar label`
+    /// output (whose `soft_label` the soft loss takes as each pair's target).
+    #[arg(long)]
+    pub pairs: PathBuf,
+    /// The run's directory: checkpoints, reference.jsonl, metrics.jsonl,
+    /// loss.png, the adapter.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Strength of the KL tie to the reference (DPO's β).
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    /// sigmoid (DPO), robust (rDPO), ipo, or soft (each pair's soft label as
+    /// its target: conservative DPO with a per-pair ε = 1 − p).
+    #[arg(long, value_enum, default_value = "sigmoid")]
+    pub loss: DpoLossArg,
+    /// ε of the sigmoid (cDPO) and robust losses: the chance a label is wrong.
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+    /// Weight of the chosen reply's per-token negative log-likelihood added
+    /// to the loss (RPO).
+    #[arg(long, default_value_t = 0.0)]
+    pub nll_coef: f64,
+    /// Hold out the last N pairs of --pairs for evaluation.
+    #[arg(long, conflicts_with = "eval_pairs")]
+    pub holdout: Option<usize>,
+    /// Pairs to evaluate on (implicit-reward accuracy and margins).
+    #[arg(long)]
+    pub eval_pairs: Option<PathBuf>,
+    /// Read only the first N pairs of --pairs.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Pass over malformed lines (each is named on stderr) instead of stopping.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    #[command(flatten)]
+    pub training: TrainingArgs,
+}
+
+/// The pairs of a file; with `skip_invalid`, malformed lines are passed
+/// over, each named on stderr.
+fn read_pairs(
+    path: &Path,
+    limit: Option<usize>,
+    skip_invalid: bool,
+    reporter: &Reporter,
+) -> Result<Vec<qstar_tasks::preference::PreferencePair>> {
+    let report = qstar_tasks::preference::read_pairs(path, skip_invalid, limit)
+        .map_err(|e| UsageError(e.to_string()))?;
+    for (line, _, why) in &report.rejected_lines {
+        reporter.note(&format!("{}:{line}: skipped: {why}", path.display()));
+    }
+    if report.pairs.is_empty() {
+        return Err(UsageError(format!("{}: no preference pairs", path.display())).into());
+    }
+    Ok(report.pairs)
+}
+
+/// Each pair's two replies after its conversation in the chat template,
+/// only the reply learned; the target is the soft label for the soft loss.
+fn preference_sequences(
+    pairs: &[qstar_tasks::preference::PreferencePair],
+    model: &qstar_engine::LoadedModel,
+    soft: bool,
+    max_len: usize,
+    path: &Path,
+) -> Result<Vec<PreferenceSequences>> {
+    pairs
+        .iter()
+        .map(|p| {
+            let at =
+                |reason: String| UsageError(format!("{}:{}: {reason}", path.display(), p.line));
+            let reply = |text: &str| {
+                let s =
+                    qstar_train::data::reply_sequence(model, &p.conversation, text).map_err(&at)?;
+                if s.tokens.len() > max_len {
+                    return Err(at(format!(
+                        "{} tokens, more than the {max_len} a sequence may have (--max-len)",
+                        s.tokens.len()
+                    )));
+                }
+                Ok(s)
+            };
+            let target =
+                if soft {
+                    p.soft_label.ok_or_else(|| {
+                    at("the soft loss needs a `soft_label` on every row (`qstar label` writes it)"
+                        .into())
+                })?
+                } else {
+                    1.0
+                };
+            Ok(PreferenceSequences {
+                chosen: reply(&p.chosen)?,
+                rejected: reply(&p.rejected)?,
+                target,
+            })
+        })
+        .collect()
+}
+
+pub async fn dpo(args: DpoArgs) -> Result<()> {
+    let t = &args.training;
+    let reporter = Reporter::new(t.json);
+    check_flags(t)?;
+    let dpo = DpoConfig {
+        beta: args.beta,
+        loss: match args.loss {
+            DpoLossArg::Sigmoid => DpoLoss::Sigmoid,
+            DpoLossArg::Robust => DpoLoss::Robust,
+            DpoLossArg::Ipo => DpoLoss::Ipo,
+            DpoLossArg::Soft => DpoLoss::Soft,
+        },
+        label_smoothing: args.label_smoothing,
+        nll_coef: args.nll_coef,
+    };
+    dpo.check().map_err(UsageError)?;
+    let model_path = model_path(t, &reporter).await?;
+    let mut pairs = read_pairs(&args.pairs, args.limit, args.skip_invalid, &reporter)?;
+    let (eval_pairs, eval_path) = match (&args.eval_pairs, args.holdout) {
+        (Some(p), _) => (
+            read_pairs(p, None, args.skip_invalid, &reporter)?,
+            p.clone(),
+        ),
+        (None, Some(n)) => {
+            if n >= pairs.len() {
+                return Err(UsageError(format!(
+                    "--holdout {n} leaves no pairs to train on ({} read)",
+                    pairs.len()
+                ))
+                .into());
+            }
+            let held = pairs.split_off(pairs.len() - n);
+            (held, args.pairs.clone())
+        }
+        (None, None) => (Vec::new(), args.pairs.clone()),
+    };
+    let soft = dpo.loss == DpoLoss::Soft;
+    let loaded = qstar_engine::LoadedModel::load(&model_path)?;
+    let train = preference_sequences(&pairs, &loaded, soft, t.max_len, &args.pairs)?;
+    let eval = preference_sequences(&eval_pairs, &loaded, soft, t.max_len, &eval_path)?;
+    drop(loaded);
+
+    let lens: Vec<usize> = train
+        .iter()
+        .map(|p| p.chosen.tokens.len() + p.rejected.tokens.len())
+        .collect();
+    let (config, steps) = train_config(t, &lens, (5e-5, 1e-6));
+    let mut resolved = resolved_common(t, &model_path, &config)?;
+    resolved["command"] = json!("train dpo");
+    resolved["dpo"] = json!(dpo);
+    resolved["pairs"] = json!(args.pairs.canonicalize().unwrap_or(args.pairs.clone()));
+    resolved["pairs_sha256"] = json!(sha256(&args.pairs)?);
+    resolved["limit"] = json!(args.limit);
+    resolved["skip_invalid"] = json!(args.skip_invalid);
+    resolved["holdout"] = json!(args.holdout);
+    resolved["eval_pairs_sha256"] = json!(args.eval_pairs.as_deref().map(sha256).transpose()?);
+    let key = write_run_config(&args.out, &resolved)?;
+
+    let (model_config, mut model) = build_model(t, &model_path)?;
+    reporter.note(&format!(
+        "training {} with DPO on {} pairs ({} tokens), {steps} steps",
+        what_trains(t),
+        train.len(),
+        lens.iter().sum::<usize>(),
+    ));
+    let resumed = qstar_train::checkpoint::latest(&args.out)
+        .map_err(train_error)?
+        .unwrap_or(0);
+    let reference_bar =
+        reporter.progress_with_message(train.len() + eval.len(), 0, "reference", "pairs");
+    let out = args.out.clone();
+    let trainable = trainable(t);
+    let progress = reporter;
+    let (summary, model) = tokio::task::spawn_blocking(move || {
+        let mut bar = None;
+        let summary = qstar_train::dpo::train_dpo(
+            &mut model,
+            trainable,
+            &dpo,
+            &train,
+            &eval,
+            &config,
+            &out,
+            &key,
+            &mut |done, _| reference_bar.set_position(done as u64),
+            &mut |done, _, r| {
+                let bar = bar.get_or_insert_with(|| {
+                    reference_bar.finish_and_clear();
+                    progress.progress_with_message(steps, resumed, "train", "steps")
+                });
+                bar.set_position(done as u64);
+                bar.set_message(format!(
+                    "loss {:.4}  reward accuracy {:.2}  {:.0} tok/s",
+                    r.loss,
+                    r.metrics
+                        .get("rewards/accuracies")
+                        .copied()
+                        .unwrap_or(f64::NAN),
+                    r.tok_s
+                ));
+            },
+        );
+        reference_bar.finish_and_clear();
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        summary.map(|s| (s, model))
+    })
+    .await?
+    .map_err(train_error)?;
+
+    let result = write_outputs(t, &args.out, &model, &model_config, &model_path)?;
+    let metrics = plot_loss(&args.out, "DPO loss")?;
+    let last_eval = metrics
+        .iter()
+        .rev()
+        .find(|r| r.eval_loss.is_some())
+        .map(|r| r.metrics.clone())
+        .unwrap_or_default();
+    let last = metrics
+        .last()
+        .map(|r| r.metrics.clone())
+        .unwrap_or_default();
+    let figure = |m: &qstar_train::run::Metrics, k: &str| m.get(k).copied();
+    let figures = json!({
+        "steps": summary.steps,
+        "tokens": summary.tokens,
+        "final_loss": summary.final_loss,
+        "reward_accuracy": figure(&last, "rewards/accuracies"),
+        "eval_loss": summary.eval_loss,
+        "eval_reward_accuracy": figure(&last_eval, "eval_rewards/accuracies"),
+        "eval_reward_margin": figure(&last_eval, "eval_rewards/margins"),
+        "eval_logps_chosen": figure(&last_eval, "eval_logps/chosen"),
+        "eval_logps_rejected": figure(&last_eval, "eval_logps/rejected"),
+        "tok_s": summary.tok_s,
+        "resumed_from": summary.resumed_from,
+        "out": args.out,
+        "result": result,
+    });
+    let text = Text::new()
+        .line(format!(
+            "trained {} steps with DPO ({:?}, β = {}), {} tokens → {}",
+            summary.steps,
+            args.loss,
+            args.beta,
+            summary.tokens,
+            args.out.display()
+        ))
+        .metrics(&[
+            ("final loss", fmt_figure(summary.final_loss)),
+            (
+                "reward accuracy",
+                fmt_figure(figure(&last, "rewards/accuracies")),
+            ),
+            ("eval loss", fmt_figure(summary.eval_loss)),
+            (
+                "eval reward accuracy",
+                fmt_figure(figure(&last_eval, "eval_rewards/accuracies")),
+            ),
+            (
+                "eval reward margin",
+                fmt_figure(figure(&last_eval, "eval_rewards/margins")),
+            ),
             ("tokens/s", format!("{:.1}", summary.tok_s)),
         ]);
     reporter.summary(&figures, &text)
@@ -332,14 +676,15 @@ fn base_model_name(model_path: &Path) -> String {
 /// TRL and vLLM) for LoRA, DIR/model.gguf (Q8_0, for `--model` and
 /// llama.cpp) for full fine-tuning.
 fn write_outputs(
-    args: &SftArgs,
+    args: &TrainingArgs,
+    out: &Path,
     model: &Model<f32>,
     config: &qstar_train::ModelConfig,
     model_path: &Path,
 ) -> Result<PathBuf> {
     match &model.lora {
         Some(lora) if !args.full => {
-            let dir = args.out.join("adapter");
+            let dir = out.join("adapter");
             let adapter = lora.to_adapter(config, &base_model_name(model_path));
             qstar_engine::peft::save_peft(
                 &adapter,
@@ -351,7 +696,7 @@ fn write_outputs(
             Ok(dir)
         }
         _ => {
-            let path = args.out.join("model.gguf");
+            let path = out.join("model.gguf");
             qstar_train::export::write_weights_gguf(
                 model_path,
                 &model.base,

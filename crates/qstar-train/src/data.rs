@@ -82,7 +82,7 @@ pub fn gsm8k_reply(answer: &str) -> Result<String, String> {
 }
 
 /// The user's turn for a question, as `qstar solve` words it.
-fn framed_question(question: &str, task: Option<Task>) -> String {
+pub fn framed_question(question: &str, task: Option<Task>) -> String {
     match task.map(|t| t.instruction()).filter(|i| !i.is_empty()) {
         Some(instruction) => format!("{}\n\n{instruction}", question.trim_end()),
         None => question.to_string(),
@@ -210,6 +210,31 @@ fn tokenize(model: &LoadedModel, spans: &Spans) -> Sequence {
         predict[..tokens.len() - 1].copy_from_slice(&learned[1..]);
     }
     Sequence { tokens, predict }
+}
+
+/// A reply after its conversation, in the model's chat template, with only
+/// the reply's tokens predicted (its end-of-turn marker included): what DPO
+/// scores. Earlier assistant turns are context, not learned.
+pub fn reply_sequence(
+    model: &LoadedModel,
+    conversation: &[Message],
+    reply: &str,
+) -> Result<Sequence, String> {
+    if reply.is_empty() {
+        return Err("a reply is empty".into());
+    }
+    let renderer = Renderer { model };
+    let prompt = renderer.render(conversation, true)?;
+    let mut all = conversation.to_vec();
+    all.push(Message::new("assistant", reply));
+    let whole = renderer.render(&all, false)?;
+    let turn = whole
+        .strip_prefix(&prompt)
+        .ok_or("the chat template does not render the reply after its conversation")?;
+    Ok(tokenize(
+        model,
+        &vec![(prompt.clone(), false), (turn.to_string(), true)],
+    ))
 }
 
 /// Reads a JSONL file of SFT rows. A bad row is an error naming the file and

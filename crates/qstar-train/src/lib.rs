@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dpo;
 pub mod error;
 pub mod export;
 // The call into the GEMM crate: the one module where `unsafe` is allowed.

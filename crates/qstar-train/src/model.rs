@@ -211,7 +211,7 @@ impl<T: Real> Model<T> {
         x: &[T],
         t: usize,
         y: &mut [T],
-        seed: u64,
+        seed: Option<u64>,
         tape: &mut BTreeMap<Projection, LoraTape<T>>,
     ) {
         let (n, k) = projection_shape(&self.config, p);
@@ -225,7 +225,7 @@ impl<T: Real> Model<T> {
         let r = lora.config.rank;
         let s = T::from_f32(lora.config.scale());
         let drop = lora.config.dropout;
-        let mask = (drop > 0.0).then(|| {
+        let mask = seed.filter(|_| drop > 0.0).map(|seed| {
             let mut rng = SplitMix::new(
                 seed ^ ((layer as u64) << 8 | p as u64).wrapping_mul(0x2545_f491_4f6c_dd1d),
             );
@@ -314,8 +314,24 @@ impl<T: Real> Model<T> {
         }
     }
 
-    /// Log-probabilities of the predicted tokens, in batch order, and the tape.
+    /// Log-probabilities of the predicted tokens, in batch order, and the
+    /// tape; LoRA dropout (when the adapter has it) draws its masks from
+    /// `seed`.
     pub fn forward(&self, batch: &[Sequence], seed: u64) -> Result<(Vec<T>, Tape<T>), String> {
+        self.run_forward(batch, Some(seed))
+    }
+
+    /// The forward pass without dropout: what evaluation and reference
+    /// log-probabilities need.
+    pub fn forward_eval(&self, batch: &[Sequence]) -> Result<(Vec<T>, Tape<T>), String> {
+        self.run_forward(batch, None)
+    }
+
+    fn run_forward(
+        &self,
+        batch: &[Sequence],
+        seed: Option<u64>,
+    ) -> Result<(Vec<T>, Tape<T>), String> {
         let c = &self.config;
         let (d, kvd, ff) = (c.n_embd, c.kv_dim(), c.n_ff);
         let mut seqs = Vec::with_capacity(batch.len());
@@ -367,7 +383,7 @@ impl<T: Real> Model<T> {
         let mut layers = Vec::with_capacity(c.n_layer);
         for (li, lw) in self.base.layers.iter().enumerate() {
             let mut lora = BTreeMap::new();
-            let seed = seed.wrapping_add(li as u64);
+            let seed = seed.map(|s| s.wrapping_add(li as u64));
             let mut h1 = vec![T::ZERO; t * d];
             let rstd1 = ops::rms_norm_forward(&mut h1, &x, &lw.attn_norm, c.rms_eps);
             // Query, key and value in one product, then each its adapter.

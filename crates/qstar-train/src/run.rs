@@ -3,6 +3,7 @@
 //! `metrics.jsonl`, and checkpoints from which a killed run continues as if
 //! it had never stopped.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
@@ -103,7 +104,7 @@ pub fn plan(lens: &[usize], epochs: usize, batch_tokens: usize, seed: u64) -> Ve
 }
 
 /// Splits a step's sequences into passes of at most `micro_tokens` tokens.
-fn micro_batches(examples: &[usize], lens: &[usize], micro_tokens: usize) -> Vec<Vec<usize>> {
+pub fn micro_batches(examples: &[usize], lens: &[usize], micro_tokens: usize) -> Vec<Vec<usize>> {
     let mut out: Vec<Vec<usize>> = Vec::new();
     let mut tokens = 0;
     for &i in examples {
@@ -135,6 +136,93 @@ pub struct StepRecord {
     pub tokens: usize,
     pub predicted: usize,
     pub tok_s: f64,
+    /// What the objective reports beyond the loss (DPO's rewards and
+    /// log-probabilities; `eval_`-prefixed on evaluation steps); none for
+    /// SFT, whose lines keep their form.
+    #[serde(flatten, default)]
+    pub metrics: Metrics,
+}
+
+/// Named figures of a step, in a stable order.
+pub type Metrics = BTreeMap<String, f64>;
+
+/// What a run optimizes. The run owns the plan, the optimizer, the
+/// checkpoints and the metrics file; an objective turns a step's examples
+/// into a loss and its gradient.
+pub trait Objective {
+    /// Tokens each example runs through the model: the plan packs steps
+    /// and passes by them.
+    fn lens(&self) -> Vec<usize>;
+    /// Tokens of `examples` whose log-probability enters the loss.
+    fn predicted(&self, examples: &[usize]) -> usize;
+    /// Adds to `grads` the gradient of the step's loss over `examples`, in
+    /// passes of at most `micro_tokens` tokens (`seed(m)` seeds pass m's
+    /// dropout); returns the loss and the step's metrics.
+    fn step(
+        &self,
+        model: &Model<f32>,
+        grads: &mut Grads<f32>,
+        examples: &[usize],
+        micro_tokens: usize,
+        seed: &dyn Fn(usize) -> u64,
+    ) -> Result<(f64, Metrics), TrainError>;
+    /// Loss and metrics on the held-out examples; `None` when there are none.
+    fn evaluate(
+        &self,
+        model: &Model<f32>,
+        micro_tokens: usize,
+    ) -> Result<Option<(f64, Metrics)>, TrainError>;
+}
+
+/// Supervised fine-tuning: the mean cross-entropy of the predicted tokens.
+pub struct Sft<'a> {
+    pub data: &'a [Sequence],
+    pub eval: &'a [Sequence],
+}
+
+impl Objective for Sft<'_> {
+    fn lens(&self) -> Vec<usize> {
+        self.data.iter().map(|s| s.tokens.len()).collect()
+    }
+
+    fn predicted(&self, examples: &[usize]) -> usize {
+        examples.iter().map(|&i| self.data[i].predicted()).sum()
+    }
+
+    fn step(
+        &self,
+        model: &Model<f32>,
+        grads: &mut Grads<f32>,
+        examples: &[usize],
+        micro_tokens: usize,
+        seed: &dyn Fn(usize) -> u64,
+    ) -> Result<(f64, Metrics), TrainError> {
+        let lens = self.lens();
+        let predicted = self.predicted(examples);
+        let mut loss = 0.0;
+        for (m, batch) in micro_batches(examples, &lens, micro_tokens)
+            .iter()
+            .enumerate()
+        {
+            let seqs: Vec<Sequence> = batch.iter().map(|&i| self.data[i].clone()).collect();
+            loss += accumulate(model, grads, &seqs, predicted, seed(m))?;
+        }
+        Ok((loss, Metrics::new()))
+    }
+
+    fn evaluate(
+        &self,
+        model: &Model<f32>,
+        micro_tokens: usize,
+    ) -> Result<Option<(f64, Metrics)>, TrainError> {
+        if self.eval.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((
+            evaluate(model, self.eval, micro_tokens)?,
+            Metrics::new(),
+        )))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -240,7 +328,7 @@ pub fn evaluate(
     let (mut sum, mut count) = (0.0, 0);
     for batch in micro_batches(&all, &lens, micro_tokens) {
         let seqs: Vec<Sequence> = batch.iter().map(|&i| data[i].clone()).collect();
-        let (logps, _) = model.forward(&seqs, 0).map_err(TrainError::Input)?;
+        let (logps, _) = model.forward_eval(&seqs).map_err(TrainError::Input)?;
         sum -= logps.iter().map(|&l| l as f64).sum::<f64>();
         count += logps.len();
     }
@@ -261,7 +349,6 @@ pub fn train(
     key: &str,
     on_step: &mut dyn FnMut(usize, usize, &StepRecord),
 ) -> Result<Summary, TrainError> {
-    config.check()?;
     if data.is_empty() {
         return Err(TrainError::Input("no training sequences".into()));
     }
@@ -270,19 +357,24 @@ pub fn train(
             "no sequence has a token to learn (all are masked)".into(),
         ));
     }
-    if trainable == Trainable::Lora && model.lora.is_none() {
-        return Err(TrainError::Input(
-            "LoRA training needs an adapter on the model".into(),
-        ));
+    let objective = Sft { data, eval };
+    train_objective(model, trainable, &objective, config, dir, key, on_step)
+}
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> TrainError {
+    let path = path.to_path_buf();
+    move |source| TrainError::Io {
+        path: path.clone(),
+        source,
     }
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| TrainError::Io {
-            path: path.clone(),
-            source,
-        }
-    };
-    fs::create_dir_all(dir.join("checkpoints")).map_err(io(dir))?;
+}
+
+/// Makes `dir` the directory of the run named by `key`: a new directory
+/// records the key, and one that holds another run is refused, so nothing
+/// a run keeps there (checkpoints, cached reference log-probabilities) is
+/// ever read by a different run.
+pub fn open_run(dir: &Path, key: &str) -> Result<(), TrainError> {
+    fs::create_dir_all(dir.join("checkpoints")).map_err(io_error(dir))?;
     let run_file = dir.join("run.json");
     match fs::read_to_string(&run_file) {
         Ok(text) => {
@@ -297,22 +389,43 @@ pub fn train(
                     reason: "the model, the data or a setting differs".into(),
                 });
             }
+            Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            write_atomic(
-                &run_file,
-                serde_json::json!({ "key": key }).to_string().as_bytes(),
-            )?;
-        }
-        Err(e) => {
-            return Err(TrainError::Io {
-                path: run_file,
-                source: e,
-            })
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_atomic(
+            &run_file,
+            serde_json::json!({ "key": key }).to_string().as_bytes(),
+        ),
+        Err(e) => Err(TrainError::Io {
+            path: run_file,
+            source: e,
+        }),
     }
+}
 
-    let lens: Vec<usize> = data.iter().map(|s| s.tokens.len()).collect();
+/// The run loop for any objective: see [`train`].
+#[allow(clippy::too_many_arguments)]
+pub fn train_objective(
+    model: &mut Model<f32>,
+    trainable: Trainable,
+    objective: &dyn Objective,
+    config: &TrainConfig,
+    dir: &Path,
+    key: &str,
+    on_step: &mut dyn FnMut(usize, usize, &StepRecord),
+) -> Result<Summary, TrainError> {
+    config.check()?;
+    let lens = objective.lens();
+    if lens.is_empty() {
+        return Err(TrainError::Input("no training examples".into()));
+    }
+    if trainable == Trainable::Lora && model.lora.is_none() {
+        return Err(TrainError::Input(
+            "LoRA training needs an adapter on the model".into(),
+        ));
+    }
+    let io = io_error;
+    open_run(dir, key)?;
+
     let steps = plan(&lens, config.epochs, config.batch_tokens, config.seed);
     let total = config.max_steps.map_or(steps.len(), |m| m.min(steps.len()));
     let schedule = Schedule {
@@ -398,18 +511,18 @@ pub fn train(
     for (index, planned) in steps.iter().enumerate().take(total).skip(start) {
         let t0 = Instant::now();
         grads.fill_zero();
-        let predicted: usize = planned.examples.iter().map(|&i| data[i].predicted()).sum();
+        let predicted = objective.predicted(&planned.examples);
         let tokens: usize = planned.examples.iter().map(|&i| lens[i]).sum();
-        let mut loss = 0.0;
-        for (m, batch) in micro_batches(&planned.examples, &lens, config.micro_tokens)
-            .iter()
-            .enumerate()
-        {
-            let seqs: Vec<Sequence> = batch.iter().map(|&i| data[i].clone()).collect();
-            let seed =
-                config.seed ^ ((index as u64) << 20 | m as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            loss += accumulate(model, &mut grads, &seqs, predicted, seed)?;
-        }
+        let seed = |m: usize| {
+            config.seed ^ ((index as u64) << 20 | m as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        };
+        let (loss, mut step_metrics) = objective.step(
+            model,
+            &mut grads,
+            &planned.examples,
+            config.micro_tokens,
+            &seed,
+        )?;
         let lr = schedule.at(index);
         let grad_norm = update(
             model,
@@ -427,12 +540,20 @@ pub fn train(
             )));
         }
         let done = index + 1;
-        let eval_loss = if !eval.is_empty()
-            && (done == total || (config.eval_every > 0 && done % config.eval_every == 0))
+        let eval_loss = if done == total || (config.eval_every > 0 && done % config.eval_every == 0)
         {
-            let e = evaluate(model, eval, config.micro_tokens)?;
-            last_eval = Some(e);
-            Some(e)
+            match objective.evaluate(model, config.micro_tokens)? {
+                Some((e, eval_metrics)) => {
+                    last_eval = Some(e);
+                    step_metrics.extend(
+                        eval_metrics
+                            .into_iter()
+                            .map(|(name, value)| (format!("eval_{name}"), value)),
+                    );
+                    Some(e)
+                }
+                None => None,
+            }
         } else {
             None
         };
@@ -447,6 +568,7 @@ pub fn train(
             tokens,
             predicted,
             tok_s: tokens as f64 / t0.elapsed().as_secs_f64(),
+            metrics: step_metrics,
         };
         let line =
             serde_json::to_string(&record).map_err(|e| TrainError::Internal(e.to_string()))? + "\n";

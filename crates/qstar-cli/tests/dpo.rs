@@ -1,0 +1,199 @@
+//! `qstar train dpo` on the real model: the first step is exactly the
+//! reference (loss ln 2, zero rewards), a few steps teach the training
+//! pairs, the adapter it writes loads in the engine, a rerun finds the run
+//! finished, and bad input is exit code 2 naming the file and line.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn qstar() -> Command {
+    Command::cargo_bin("qstar").expect("binary")
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pairs.jsonl")
+}
+
+fn metrics(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .expect("metrics")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+fn train(out: &Path, extra: &[&str]) -> std::process::Output {
+    let pairs = examples();
+    let mut args = vec![
+        "train",
+        "dpo",
+        "--pairs",
+        pairs.to_str().expect("path"),
+        "--out",
+        out.to_str().expect("path"),
+        "--limit",
+        "6",
+        "--epochs",
+        "3",
+        "--lr",
+        "1e-3",
+        "--batch-tokens",
+        "400",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    qstar().args(&args).output().expect("run")
+}
+
+#[test]
+fn dpo_starts_at_the_reference_learns_its_pairs_and_writes_an_adapter() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("run");
+    let run = train(&out, &["--holdout", "2", "--nll-coef", "0.1"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&run.stdout).expect("summary");
+
+    let m = metrics(&out);
+    assert_eq!(m.len() as u64, summary["steps"].as_u64().expect("steps"));
+    assert!(m.len() >= 3, "{} steps", m.len());
+    // Step 1 scores the policy before any update: it is the reference.
+    let first = &m[0];
+    assert!(
+        (first["loss"].as_f64().expect("loss")
+            - 0.1 * first["nll_loss"].as_f64().expect("nll")
+            - std::f64::consts::LN_2)
+            .abs()
+            < 1e-6,
+        "{first}"
+    );
+    for key in ["rewards/chosen", "rewards/rejected", "rewards/margins"] {
+        assert!(
+            first[key].as_f64().expect(key).abs() < 1e-6,
+            "{key}: {first}"
+        );
+    }
+    // The chosen replies of the training pairs gain on the rejected ones.
+    let last = m.last().expect("a step");
+    assert!(
+        last["rewards/margins"].as_f64().expect("margin") > 0.05,
+        "{last}"
+    );
+    assert!(
+        summary["reward_accuracy"].as_f64().expect("accuracy") >= 0.75,
+        "{summary}"
+    );
+    // The held-out pairs were evaluated at the end, on the summary's figures.
+    assert!(last["eval_loss"].is_f64());
+    assert_eq!(summary["eval_loss"], last["eval_loss"]);
+    assert_eq!(
+        summary["eval_reward_accuracy"],
+        last["eval_rewards/accuracies"]
+    );
+    // One reference line per pair, training and held-out.
+    let reference = std::fs::read_to_string(out.join("reference.jsonl")).expect("reference");
+    assert_eq!(reference.lines().count(), 6);
+    assert!(out.join("loss.png").exists());
+
+    // The adapter is PEFT's and the engine runs it.
+    let adapter = out.join("adapter");
+    assert!(adapter.join("adapter_config.json").exists());
+    let gen = qstar()
+        .args([
+            "generate",
+            "--adapter",
+            adapter.to_str().expect("path"),
+            "--prompt",
+            "Hello",
+            "--max-tokens",
+            "4",
+        ])
+        .output()
+        .expect("generate");
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+
+    // A rerun finds the run finished: nothing is trained again.
+    let before = std::fs::read(adapter.join("adapter_model.safetensors")).expect("adapter");
+    let again = train(&out, &["--holdout", "2", "--nll-coef", "0.1"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let again: Value = serde_json::from_slice(&again.stdout).expect("summary");
+    assert_eq!(again["resumed_from"], summary["steps"]);
+    assert_eq!(
+        std::fs::read(adapter.join("adapter_model.safetensors")).expect("adapter"),
+        before
+    );
+    // Other settings in the same directory are another run: refused.
+    let other = train(&out, &["--holdout", "2", "--beta", "0.5"]);
+    assert_eq!(
+        other.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+}
+
+#[test]
+fn bad_dpo_input_is_exit_2_with_file_and_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // The soft loss needs each row's soft label; the sample rows have none.
+    let run = train(&dir.path().join("soft"), &["--loss", "soft"]);
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("pairs.jsonl:1") && err.contains("soft_label"),
+        "{err}"
+    );
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}\nnot json\n",
+    )
+    .expect("write");
+    let run = qstar()
+        .args([
+            "train",
+            "dpo",
+            "--pairs",
+            bad.to_str().expect("path"),
+            "--out",
+            dir.path().join("o").to_str().expect("path"),
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("bad.jsonl:2"));
+
+    for (flags, word) in [
+        (&["--beta", "0"][..], "--beta"),
+        (
+            &["--loss", "ipo", "--label-smoothing", "0.1"][..],
+            "--label-smoothing",
+        ),
+        (
+            &["--loss", "robust", "--label-smoothing", "0.5"][..],
+            "--label-smoothing",
+        ),
+        (&["--holdout", "6"][..], "--holdout"),
+    ] {
+        let run = train(&dir.path().join("flags"), flags);
+        assert_eq!(run.status.code(), Some(2), "{flags:?}");
+        assert!(
+            String::from_utf8_lossy(&run.stderr).contains(word),
+            "{flags:?}"
+        );
+    }
+}

@@ -390,6 +390,54 @@ fn read(
     Ok((report.pairs, report.rejected_lines.len()))
 }
 
+/// What a training command learns from and is evaluated on.
+pub struct PairSplit {
+    pub train: Vec<PreferencePair>,
+    pub eval: Vec<PreferencePair>,
+    /// The file the evaluation pairs come from (for error messages).
+    pub eval_path: PathBuf,
+    /// Malformed lines passed over (`skip_invalid`).
+    pub skipped: usize,
+}
+
+/// The pairs of `pairs` (the first `limit`), and the evaluation pairs:
+/// those of `eval_pairs`, or the last `holdout` of `pairs`, or none.
+pub fn training_and_eval_pairs(
+    pairs: &Path,
+    eval_pairs: Option<&Path>,
+    holdout: Option<usize>,
+    limit: Option<usize>,
+    skip_invalid: bool,
+    reporter: &Reporter,
+) -> Result<PairSplit> {
+    let (mut train, mut skipped) = read(pairs, limit, skip_invalid, reporter)?;
+    let (eval, eval_path) = match (eval_pairs, holdout) {
+        (Some(p), _) => {
+            let (read_pairs, n) = read(p, None, skip_invalid, reporter)?;
+            skipped += n;
+            (read_pairs, p.to_path_buf())
+        }
+        (None, Some(n)) => {
+            if n >= train.len() {
+                return Err(UsageError(format!(
+                    "--holdout {n} leaves no pairs to train on ({} read)",
+                    train.len()
+                ))
+                .into());
+            }
+            let held = train.split_off(train.len() - n);
+            (held, pairs.to_path_buf())
+        }
+        (None, None) => (Vec::new(), pairs.to_path_buf()),
+    };
+    Ok(PairSplit {
+        train,
+        eval,
+        eval_path,
+        skipped,
+    })
+}
+
 fn sha256(path: &Path) -> Result<String> {
     qstar_store::sha256_of(path).with_context(|| format!("cannot read {}", path.display()))
 }
@@ -444,26 +492,16 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
         seed: args.seed,
     };
     training.check().map_err(UsageError)?;
-    let (mut pairs, mut skipped) = read(&args.pairs, args.limit, args.skip_invalid, &reporter)?;
-    let (eval_pairs, eval_path) = match (&args.eval_pairs, args.holdout) {
-        (Some(p), _) => {
-            let (pairs, n) = read(p, None, args.skip_invalid, &reporter)?;
-            skipped += n;
-            (pairs, p.clone())
-        }
-        (None, Some(n)) => {
-            if n >= pairs.len() {
-                return Err(UsageError(format!(
-                    "--holdout {n} leaves no pairs to train on ({} read)",
-                    pairs.len()
-                ))
-                .into());
-            }
-            let held = pairs.split_off(pairs.len() - n);
-            (held, args.pairs.clone())
-        }
-        (None, None) => (Vec::new(), args.pairs.clone()),
-    };
+    let split = training_and_eval_pairs(
+        &args.pairs,
+        args.eval_pairs.as_deref(),
+        args.holdout,
+        args.limit,
+        args.skip_invalid,
+        &reporter,
+    )?;
+    let (pairs, eval_pairs, eval_path, skipped) =
+        (split.train, split.eval, split.eval_path, split.skipped);
     let features = Features::open(
         args.features.model.as_deref(),
         args.features.threads,

@@ -421,66 +421,65 @@ pub struct DpoArgs {
     pub training: TrainingArgs,
 }
 
-/// The pairs of a file; with `skip_invalid`, malformed lines are passed
-/// over, each named on stderr.
-fn read_pairs(
-    path: &Path,
-    limit: Option<usize>,
-    skip_invalid: bool,
-    reporter: &Reporter,
-) -> Result<Vec<qstar_tasks::preference::PreferencePair>> {
-    let report = qstar_tasks::preference::read_pairs(path, skip_invalid, limit)
-        .map_err(|e| UsageError(e.to_string()))?;
-    for (line, _, why) in &report.rejected_lines {
-        reporter.note(&format!("{}:{line}: skipped: {why}", path.display()));
-    }
-    if report.pairs.is_empty() {
-        return Err(UsageError(format!("{}: no preference pairs", path.display())).into());
-    }
-    Ok(report.pairs)
-}
-
 /// Each pair's two replies after its conversation in the chat template,
 /// only the reply learned; the target is the soft label for the soft loss.
+/// A pair that cannot be trained on (an empty reply, a sequence over
+/// `max_len`) is an error naming its file and line, or with `skip_invalid`
+/// is named on stderr and left out.
 fn preference_sequences(
     pairs: &[qstar_tasks::preference::PreferencePair],
     model: &qstar_engine::LoadedModel,
     soft: bool,
     max_len: usize,
     path: &Path,
+    skip_invalid: bool,
+    reporter: &Reporter,
 ) -> Result<Vec<PreferenceSequences>> {
-    pairs
-        .iter()
-        .map(|p| {
-            let at =
-                |reason: String| UsageError(format!("{}:{}: {reason}", path.display(), p.line));
-            let reply = |text: &str| {
-                let s =
-                    qstar_train::data::reply_sequence(model, &p.conversation, text).map_err(&at)?;
-                if s.tokens.len() > max_len {
-                    return Err(at(format!(
-                        "{} tokens, more than the {max_len} a sequence may have (--max-len)",
-                        s.tokens.len()
-                    )));
-                }
-                Ok(s)
-            };
-            let target =
-                if soft {
-                    p.soft_label.ok_or_else(|| {
-                    at("the soft loss needs a `soft_label` on every row (`qstar label` writes it)"
-                        .into())
-                })?
-                } else {
-                    1.0
-                };
-            Ok(PreferenceSequences {
-                chosen: reply(&p.chosen)?,
-                rejected: reply(&p.rejected)?,
-                target,
-            })
-        })
-        .collect()
+    let context = model.llama.config.context_length;
+    let mut out = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        let reply = |text: &str| -> Result<qstar_train::Sequence, String> {
+            let s = qstar_train::data::reply_sequence(model, &p.conversation, text)?;
+            let n = s.tokens.len();
+            if n > max_len {
+                return Err(format!(
+                    "{n} tokens, more than the {max_len} a sequence may have (--max-len)"
+                ));
+            }
+            if n > context {
+                return Err(format!(
+                    "{n} tokens, more than the model's context of {context}"
+                ));
+            }
+            Ok(s)
+        };
+        let at = |reason: &str| format!("{}:{}: {reason}", path.display(), p.line);
+        let sequences = reply(&p.chosen).and_then(|c| Ok((c, reply(&p.rejected)?)));
+        let (chosen, rejected) = match sequences {
+            Ok(s) => s,
+            Err(why) if skip_invalid => {
+                reporter.note(&format!("{}: skipped", at(&why)));
+                continue;
+            }
+            Err(why) => return Err(UsageError(at(&why)).into()),
+        };
+        // A missing soft label is a wrong flag, not a bad row: never skipped.
+        let target = if soft {
+            p.soft_label.ok_or_else(|| {
+                UsageError(at(
+                    "the soft loss needs a `soft_label` on every row (`qstar label` writes it)",
+                ))
+            })?
+        } else {
+            1.0
+        };
+        out.push(PreferenceSequences {
+            chosen,
+            rejected,
+            target,
+        });
+    }
+    Ok(out)
 }
 
 pub async fn dpo(args: DpoArgs) -> Result<()> {
@@ -500,29 +499,33 @@ pub async fn dpo(args: DpoArgs) -> Result<()> {
     };
     dpo.check().map_err(UsageError)?;
     let model_path = model_path(t, &reporter).await?;
-    let mut pairs = read_pairs(&args.pairs, args.limit, args.skip_invalid, &reporter)?;
-    let (eval_pairs, eval_path) = match (&args.eval_pairs, args.holdout) {
-        (Some(p), _) => (
-            read_pairs(p, None, args.skip_invalid, &reporter)?,
-            p.clone(),
-        ),
-        (None, Some(n)) => {
-            if n >= pairs.len() {
-                return Err(UsageError(format!(
-                    "--holdout {n} leaves no pairs to train on ({} read)",
-                    pairs.len()
-                ))
-                .into());
-            }
-            let held = pairs.split_off(pairs.len() - n);
-            (held, args.pairs.clone())
-        }
-        (None, None) => (Vec::new(), args.pairs.clone()),
-    };
+    let split = crate::reward::training_and_eval_pairs(
+        &args.pairs,
+        args.eval_pairs.as_deref(),
+        args.holdout,
+        args.limit,
+        args.skip_invalid,
+        &reporter,
+    )?;
+    let (pairs, eval_pairs, eval_path) = (split.train, split.eval, split.eval_path);
     let soft = dpo.loss == DpoLoss::Soft;
     let loaded = qstar_engine::LoadedModel::load(&model_path)?;
-    let train = preference_sequences(&pairs, &loaded, soft, t.max_len, &args.pairs)?;
-    let eval = preference_sequences(&eval_pairs, &loaded, soft, t.max_len, &eval_path)?;
+    let convert = |pairs, path| {
+        preference_sequences(
+            pairs,
+            &loaded,
+            soft,
+            t.max_len,
+            path,
+            args.skip_invalid,
+            &reporter,
+        )
+    };
+    let train = convert(&pairs, &args.pairs)?;
+    let eval = convert(&eval_pairs, &eval_path)?;
+    if train.is_empty() {
+        return Err(UsageError(format!("{}: no pair to train on", args.pairs.display())).into());
+    }
     drop(loaded);
 
     let lens: Vec<usize> = train

@@ -12,8 +12,14 @@
 //!
 //! The reference log-probabilities come from the same trainer forward pass
 //! as the policy's (without dropout), computed once before the first step
-//! and kept in the run directory, so at step 0 the implicit reward is
-//! exactly zero and the sigmoid loss exactly ln 2.
+//! and kept in the run directory, so at step 1 the implicit reward is zero
+//! and the sigmoid loss ln 2, up to the last bits that depend on which
+//! replies share a pass (and unless LoRA dropout perturbs the policy).
+//!
+//! The logged figures follow TRL's names; two differ from TRL's values: a
+//! tie counts half in `rewards/accuracies` (TRL counts it as a loss), and
+//! rewards are β times summed log-ratios for every loss (TRL logs IPO's on
+//! per-token means).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -25,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::TrainError;
 use crate::model::{Grads, Model, Sequence, Tape, Trainable};
 use crate::real::Real;
+use crate::reward::{log_sigmoid, sigmoid};
 use crate::run::{
     micro_batches, open_run, train_objective, Metrics, Objective, StepRecord, Summary, TrainConfig,
 };
@@ -114,22 +121,9 @@ pub struct PairTerms {
     pub nll: f64,
 }
 
-/// log(1 + eˣ) without overflow.
+/// log(1 + eˣ) = −log σ(−x), without overflow.
 fn softplus(x: f64) -> f64 {
-    if x > 0.0 {
-        x + (-x).exp().ln_1p()
-    } else {
-        x.exp().ln_1p()
-    }
-}
-
-fn sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
+    -log_sigmoid(-x)
 }
 
 /// The loss of one pair. `lengths` are the replies' token counts (IPO and
@@ -400,7 +394,13 @@ pub fn logps<T: Real>(
     Ok(out)
 }
 
-/// One line of `reference.jsonl`.
+/// The first line of `reference.jsonl`: the run it belongs to.
+#[derive(Serialize, Deserialize, PartialEq)]
+struct ReferenceHeader {
+    run: String,
+}
+
+/// One line of `reference.jsonl` after the header.
 #[derive(Serialize, Deserialize)]
 struct ReferenceLine {
     set: String,
@@ -411,14 +411,16 @@ struct ReferenceLine {
 
 /// The reference's log-probabilities of `sets` (name, pairs), computed by
 /// `model` as it is now and appended to `dir/reference.jsonl` pass by
-/// pass, so a killed run computes only what the file lacks. The file
-/// belongs to the run [`crate::run::open_run`] keyed the directory with;
-/// a torn last line is computed again. `on_pass(done, total)` counts pairs.
+/// pass, so a killed run computes only what the file lacks. The file's
+/// first line names the run (`key`); a file of another run is started
+/// afresh, and a torn last line is computed again. `on_pass(done, total)`
+/// counts pairs.
 pub fn reference_logps(
     model: &Model<f32>,
     sets: &[(&str, &[PreferenceSequences])],
     micro_tokens: usize,
     dir: &Path,
+    key: &str,
     on_pass: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<LogpPair>>, TrainError> {
     let path = dir.join("reference.jsonl");
@@ -426,11 +428,15 @@ pub fn reference_logps(
         path: path.clone(),
         source,
     };
+    let header = serde_json::to_string(&ReferenceHeader { run: key.into() })
+        .map_err(|e| TrainError::Internal(e.to_string()))?
+        + "\n";
     let mut known: BTreeMap<(String, usize), LogpPair> = BTreeMap::new();
     let mut valid_bytes = 0;
     match fs::read_to_string(&path) {
-        Ok(text) => {
-            for line in text.split_inclusive('\n') {
+        Ok(text) if text.starts_with(&header) => {
+            valid_bytes = header.len();
+            for line in text[header.len()..].split_inclusive('\n') {
                 let Some(body) = line.strip_suffix('\n') else {
                     break; // torn by a kill: computed again
                 };
@@ -447,6 +453,8 @@ pub fn reference_logps(
                 valid_bytes += line.len();
             }
         }
+        // Another run's file, or one torn inside its header: start afresh.
+        Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
@@ -457,6 +465,9 @@ pub fn reference_logps(
         .open(&path)
         .map_err(io)?;
     file.set_len(valid_bytes as u64).map_err(io)?;
+    if valid_bytes == 0 {
+        file.write_all(header.as_bytes()).map_err(io)?;
+    }
 
     let total: usize = sets.iter().map(|(_, p)| p.len()).sum();
     let mut done = known.len().min(total);
@@ -534,6 +545,11 @@ pub fn train_dpo(
 ) -> Result<Summary, TrainError> {
     config.check().map_err(TrainError::Input)?;
     run.check()?;
+    if trainable == Trainable::Lora && model.lora.is_none() {
+        return Err(TrainError::Input(
+            "LoRA training needs an adapter on the model".into(),
+        ));
+    }
     if train.is_empty() {
         return Err(TrainError::Input("no training pairs".into()));
     }
@@ -560,6 +576,7 @@ pub fn train_dpo(
         &[("train", train), ("eval", eval)],
         run.micro_tokens,
         dir,
+        key,
         on_reference,
     )?;
     let eval_reference = reference.pop().unwrap_or_default();
@@ -685,9 +702,22 @@ mod tests {
         let a = pair_terms(&smoothed, POLICY, REFERENCE, (5, 9), 1.0);
         let b = pair_terms(&config(DpoLoss::Soft), POLICY, REFERENCE, (5, 9), 0.75);
         assert!((a.loss - b.loss).abs() < 1e-15);
-        // Robust with ε = 0 is the sigmoid loss.
+        // Robust with ε = 0 is the sigmoid loss; with ε = 0.2 it is
+        // [0.8·ln(1 + e^−z) − 0.2·ln(1 + e^z)] / 0.6 at z = 0.375.
         let r = pair_terms(&config(DpoLoss::Robust), POLICY, REFERENCE, (5, 9), 1.0);
         assert!((r.loss - hard.loss).abs() < 1e-15);
+        let robust = DpoConfig {
+            label_smoothing: 0.2,
+            ..config(DpoLoss::Robust)
+        };
+        let r = pair_terms(&robust, POLICY, REFERENCE, (5, 9), 1.0);
+        let expected =
+            (0.8 * (1.0 + (-0.375f64).exp()).ln() - 0.2 * (1.0 + 0.375f64.exp()).ln()) / 0.6;
+        assert!(
+            (r.loss - expected).abs() < 1e-14,
+            "{} vs {expected}",
+            r.loss
+        );
         // The NLL term adds α·(mean NLL of the chosen reply).
         let with_nll = DpoConfig { nll_coef: 0.5, ..c };
         let n = pair_terms(&with_nll, POLICY, REFERENCE, (5, 9), 1.0);

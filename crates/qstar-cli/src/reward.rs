@@ -46,12 +46,32 @@ pub struct FeatureArgs {
     pub feature_cache: Option<PathBuf>,
 }
 
+/// The pairs a training command learns from, and the ones it is evaluated
+/// on.
 #[derive(Args, Debug)]
-pub struct TrainRmArgs {
+pub struct PairArgs {
     /// Preference pairs: HH-RLHF transcripts, TRL rows, or `qstar label`
-    /// output (whose `soft_label` `--soft` trains on).
+    /// output (whose `soft_label` the soft losses train on).
     #[arg(long)]
     pub pairs: PathBuf,
+    /// Hold out the last N pairs of --pairs for evaluation.
+    #[arg(long, conflicts_with = "eval_pairs")]
+    pub holdout: Option<usize>,
+    /// Pairs to evaluate on.
+    #[arg(long)]
+    pub eval_pairs: Option<PathBuf>,
+    /// Read only the first N pairs of --pairs.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Pass over malformed lines (each is named on stderr) instead of stopping.
+    #[arg(long)]
+    pub skip_invalid: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainRmArgs {
+    #[command(flatten)]
+    pub source: PairArgs,
     /// The reward model's directory: reward_head.safetensors,
     /// reward_model.json, metrics.jsonl, loss.png.
     #[arg(long)]
@@ -68,18 +88,6 @@ pub struct TrainRmArgs {
     /// Weight of the reward-centring term c·(r₁ + r₂)².
     #[arg(long, default_value_t = 0.0)]
     pub center_coef: f64,
-    /// Hold out the last N pairs of --pairs for evaluation.
-    #[arg(long, conflicts_with = "eval_pairs")]
-    pub holdout: Option<usize>,
-    /// Pairs to evaluate on after each epoch.
-    #[arg(long)]
-    pub eval_pairs: Option<PathBuf>,
-    /// Read only the first N pairs of --pairs.
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Pass over malformed lines (each is named on stderr) instead of stopping.
-    #[arg(long)]
-    pub skip_invalid: bool,
     #[arg(long, default_value_t = 30, value_parser = crate::bounded(1, 100_000))]
     pub epochs: usize,
     #[arg(long, default_value_t = 1e-3)]
@@ -400,42 +408,38 @@ pub struct PairSplit {
     pub skipped: usize,
 }
 
-/// The pairs of `pairs` (the first `limit`), and the evaluation pairs:
-/// those of `eval_pairs`, or the last `holdout` of `pairs`, or none.
-pub fn training_and_eval_pairs(
-    pairs: &Path,
-    eval_pairs: Option<&Path>,
-    holdout: Option<usize>,
-    limit: Option<usize>,
-    skip_invalid: bool,
-    reporter: &Reporter,
-) -> Result<PairSplit> {
-    let (mut train, mut skipped) = read(pairs, limit, skip_invalid, reporter)?;
-    let (eval, eval_path) = match (eval_pairs, holdout) {
-        (Some(p), _) => {
-            let (read_pairs, n) = read(p, None, skip_invalid, reporter)?;
-            skipped += n;
-            (read_pairs, p.to_path_buf())
-        }
-        (None, Some(n)) => {
-            if n >= train.len() {
-                return Err(UsageError(format!(
-                    "--holdout {n} leaves no pairs to train on ({} read)",
-                    train.len()
-                ))
-                .into());
+impl PairArgs {
+    /// The pairs of --pairs (the first --limit), and the evaluation pairs:
+    /// those of --eval-pairs, or the last --holdout of --pairs, or none.
+    pub fn read(&self, reporter: &Reporter) -> Result<PairSplit> {
+        let (pairs, skip_invalid) = (&self.pairs, self.skip_invalid);
+        let (mut train, mut skipped) = read(pairs, self.limit, skip_invalid, reporter)?;
+        let (eval, eval_path) = match (self.eval_pairs.as_deref(), self.holdout) {
+            (Some(p), _) => {
+                let (read_pairs, n) = read(p, None, skip_invalid, reporter)?;
+                skipped += n;
+                (read_pairs, p.to_path_buf())
             }
-            let held = train.split_off(train.len() - n);
-            (held, pairs.to_path_buf())
-        }
-        (None, None) => (Vec::new(), pairs.to_path_buf()),
-    };
-    Ok(PairSplit {
-        train,
-        eval,
-        eval_path,
-        skipped,
-    })
+            (None, Some(n)) => {
+                if n >= train.len() {
+                    return Err(UsageError(format!(
+                        "--holdout {n} leaves no pairs to train on ({} read)",
+                        train.len()
+                    ))
+                    .into());
+                }
+                let held = train.split_off(train.len() - n);
+                (held, pairs.to_path_buf())
+            }
+            (None, None) => (Vec::new(), pairs.to_path_buf()),
+        };
+        Ok(PairSplit {
+            train,
+            eval,
+            eval_path,
+            skipped,
+        })
+    }
 }
 
 fn sha256(path: &Path) -> Result<String> {
@@ -492,14 +496,7 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
         seed: args.seed,
     };
     training.check().map_err(UsageError)?;
-    let split = training_and_eval_pairs(
-        &args.pairs,
-        args.eval_pairs.as_deref(),
-        args.holdout,
-        args.limit,
-        args.skip_invalid,
-        &reporter,
-    )?;
+    let split = args.source.read(&reporter)?;
     let (pairs, eval_pairs, eval_path, skipped) =
         (split.train, split.eval, split.eval_path, split.skipped);
     let features = Features::open(
@@ -512,7 +509,7 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
     .await?;
     let train_states = features.pair_states(&pairs, Some(&reporter)).await?;
     let eval_states = features.pair_states(&eval_pairs, Some(&reporter)).await?;
-    let train = feature_pairs(&pairs, train_states, args.soft, &args.pairs)?;
+    let train = feature_pairs(&pairs, train_states, args.soft, &args.source.pairs)?;
     // Evaluation is against the row's preferred reply, whatever trained.
     let eval = feature_pairs(&eval_pairs, eval_states, false, &eval_path)?;
 
@@ -537,7 +534,7 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
         labels: if args.soft { "soft" } else { "hard" }.into(),
         training,
         train_pairs: train.len(),
-        pairs_sha256: sha256(&args.pairs)?,
+        pairs_sha256: sha256(&args.source.pairs)?,
     };
     qstar_train::checkpoint::write_atomic(
         &args.out.join(CONFIG_FILE),

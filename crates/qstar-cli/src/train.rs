@@ -383,10 +383,8 @@ pub enum DpoLossArg {
 
 #[derive(Args, Debug)]
 pub struct DpoArgs {
-    /// Preference pairs: HH-RLHF transcripts, TRL rows, or `qstar label`
-    /// output (whose `soft_label` the soft loss takes as each pair's target).
-    #[arg(long)]
-    pub pairs: PathBuf,
+    #[command(flatten)]
+    pub source: crate::reward::PairArgs,
     /// The run's directory: checkpoints, reference.jsonl, metrics.jsonl,
     /// loss.png, the adapter.
     #[arg(long)]
@@ -405,18 +403,6 @@ pub struct DpoArgs {
     /// to the loss (RPO).
     #[arg(long, default_value_t = 0.0)]
     pub nll_coef: f64,
-    /// Hold out the last N pairs of --pairs for evaluation.
-    #[arg(long, conflicts_with = "eval_pairs")]
-    pub holdout: Option<usize>,
-    /// Pairs to evaluate on (implicit-reward accuracy and margins).
-    #[arg(long)]
-    pub eval_pairs: Option<PathBuf>,
-    /// Read only the first N pairs of --pairs.
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Pass over malformed lines (each is named on stderr) instead of stopping.
-    #[arg(long)]
-    pub skip_invalid: bool,
     #[command(flatten)]
     pub training: TrainingArgs,
 }
@@ -499,14 +485,8 @@ pub async fn dpo(args: DpoArgs) -> Result<()> {
     };
     dpo.check().map_err(UsageError)?;
     let model_path = model_path(t, &reporter).await?;
-    let split = crate::reward::training_and_eval_pairs(
-        &args.pairs,
-        args.eval_pairs.as_deref(),
-        args.holdout,
-        args.limit,
-        args.skip_invalid,
-        &reporter,
-    )?;
+    let source = &args.source;
+    let split = source.read(&reporter)?;
     let (pairs, eval_pairs, eval_path) = (split.train, split.eval, split.eval_path);
     let soft = dpo.loss == DpoLoss::Soft;
     let loaded = qstar_engine::LoadedModel::load(&model_path)?;
@@ -517,31 +497,28 @@ pub async fn dpo(args: DpoArgs) -> Result<()> {
             soft,
             t.max_len,
             path,
-            args.skip_invalid,
+            source.skip_invalid,
             &reporter,
         )
     };
-    let train = convert(&pairs, &args.pairs)?;
+    let train = convert(&pairs, &source.pairs)?;
     let eval = convert(&eval_pairs, &eval_path)?;
     if train.is_empty() {
-        return Err(UsageError(format!("{}: no pair to train on", args.pairs.display())).into());
+        return Err(UsageError(format!("{}: no pair to train on", source.pairs.display())).into());
     }
     drop(loaded);
 
-    let lens: Vec<usize> = train
-        .iter()
-        .map(|p| p.chosen.tokens.len() + p.rejected.tokens.len())
-        .collect();
+    let lens: Vec<usize> = train.iter().map(PreferenceSequences::tokens).collect();
     let (config, steps) = train_config(t, &lens, (5e-5, 1e-6));
     let mut resolved = resolved_common(t, &model_path, &config)?;
     resolved["command"] = json!("train dpo");
     resolved["dpo"] = json!(dpo);
-    resolved["pairs"] = json!(args.pairs.canonicalize().unwrap_or(args.pairs.clone()));
-    resolved["pairs_sha256"] = json!(sha256(&args.pairs)?);
-    resolved["limit"] = json!(args.limit);
-    resolved["skip_invalid"] = json!(args.skip_invalid);
-    resolved["holdout"] = json!(args.holdout);
-    resolved["eval_pairs_sha256"] = json!(args.eval_pairs.as_deref().map(sha256).transpose()?);
+    resolved["pairs"] = json!(source.pairs.canonicalize().unwrap_or(source.pairs.clone()));
+    resolved["pairs_sha256"] = json!(sha256(&source.pairs)?);
+    resolved["limit"] = json!(source.limit);
+    resolved["skip_invalid"] = json!(source.skip_invalid);
+    resolved["holdout"] = json!(source.holdout);
+    resolved["eval_pairs_sha256"] = json!(source.eval_pairs.as_deref().map(sha256).transpose()?);
     let key = write_run_config(&args.out, &resolved)?;
 
     let (model_config, mut model) = build_model(t, &model_path)?;

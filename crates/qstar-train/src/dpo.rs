@@ -100,6 +100,13 @@ pub struct PreferenceSequences {
     pub target: f64,
 }
 
+impl PreferenceSequences {
+    /// Tokens the pair runs through the model: both sequences.
+    pub fn tokens(&self) -> usize {
+        self.chosen.tokens.len() + self.rejected.tokens.len()
+    }
+}
+
 /// Summed log-probabilities of a pair's chosen and rejected replies.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LogpPair {
@@ -310,10 +317,7 @@ pub struct Dpo<'a> {
 
 impl Objective for Dpo<'_> {
     fn lens(&self) -> Vec<usize> {
-        self.train
-            .iter()
-            .map(|p| p.chosen.tokens.len() + p.rejected.tokens.len())
-            .collect()
+        self.train.iter().map(PreferenceSequences::tokens).collect()
     }
 
     fn predicted(&self, examples: &[usize]) -> usize {
@@ -327,17 +331,13 @@ impl Objective for Dpo<'_> {
         &self,
         model: &Model<f32>,
         grads: &mut Grads<f32>,
-        examples: &[usize],
-        micro_tokens: usize,
+        passes: &[Vec<usize>],
         seed: &dyn Fn(usize) -> u64,
     ) -> Result<(f64, Metrics), TrainError> {
-        let lens = self.lens();
-        let scale = 1.0 / examples.len().max(1) as f64;
+        let pairs: usize = passes.iter().map(Vec::len).sum();
+        let scale = 1.0 / pairs.max(1) as f64;
         let mut tally = Tally::default();
-        for (m, batch) in micro_batches(examples, &lens, micro_tokens)
-            .iter()
-            .enumerate()
-        {
+        for (m, batch) in passes.iter().enumerate() {
             let terms = accumulate_pairs(
                 model,
                 grads,
@@ -381,10 +381,7 @@ pub fn logps<T: Real>(
     micro_tokens: usize,
     on_pass: &mut dyn FnMut(usize),
 ) -> Result<Vec<LogpPair>, TrainError> {
-    let lens: Vec<usize> = pairs
-        .iter()
-        .map(|p| p.chosen.tokens.len() + p.rejected.tokens.len())
-        .collect();
+    let lens: Vec<usize> = pairs.iter().map(PreferenceSequences::tokens).collect();
     let all: Vec<usize> = (0..pairs.len()).collect();
     let mut out = Vec::with_capacity(pairs.len());
     for batch in micro_batches(&all, &lens, micro_tokens) {
@@ -474,10 +471,7 @@ pub fn reference_logps(
     on_pass(done, total);
     let mut out = Vec::with_capacity(sets.len());
     for (name, pairs) in sets {
-        let lens: Vec<usize> = pairs
-            .iter()
-            .map(|p| p.chosen.tokens.len() + p.rejected.tokens.len())
-            .collect();
+        let lens: Vec<usize> = pairs.iter().map(PreferenceSequences::tokens).collect();
         // The passes are the same whatever is already known: a pair's
         // log-probabilities depend (in their last bits) on what it shares a
         // pass with, and a continued run must see the values a whole one

@@ -155,15 +155,15 @@ pub trait Objective {
     fn lens(&self) -> Vec<usize>;
     /// Tokens of `examples` whose log-probability enters the loss.
     fn predicted(&self, examples: &[usize]) -> usize;
-    /// Adds to `grads` the gradient of the step's loss over `examples`, in
-    /// passes of at most `micro_tokens` tokens (`seed(m)` seeds pass m's
-    /// dropout); returns the loss and the step's metrics.
+    /// Adds to `grads` the gradient of the step's loss over the examples
+    /// of `passes` (the step split into forward/backward passes by the run;
+    /// `seed(m)` seeds pass m's dropout); returns the loss and the step's
+    /// metrics.
     fn step(
         &self,
         model: &Model<f32>,
         grads: &mut Grads<f32>,
-        examples: &[usize],
-        micro_tokens: usize,
+        passes: &[Vec<usize>],
         seed: &dyn Fn(usize) -> u64,
     ) -> Result<(f64, Metrics), TrainError>;
     /// Loss and metrics on the held-out examples; `None` when there are none.
@@ -193,17 +193,12 @@ impl Objective for Sft<'_> {
         &self,
         model: &Model<f32>,
         grads: &mut Grads<f32>,
-        examples: &[usize],
-        micro_tokens: usize,
+        passes: &[Vec<usize>],
         seed: &dyn Fn(usize) -> u64,
     ) -> Result<(f64, Metrics), TrainError> {
-        let lens = self.lens();
-        let predicted = self.predicted(examples);
+        let predicted: usize = passes.iter().map(|p| self.predicted(p)).sum();
         let mut loss = 0.0;
-        for (m, batch) in micro_batches(examples, &lens, micro_tokens)
-            .iter()
-            .enumerate()
-        {
+        for (m, batch) in passes.iter().enumerate() {
             let seqs: Vec<Sequence> = batch.iter().map(|&i| self.data[i].clone()).collect();
             loss += accumulate(model, grads, &seqs, predicted, seed(m))?;
         }
@@ -516,13 +511,8 @@ pub fn train_objective(
         let seed = |m: usize| {
             config.seed ^ ((index as u64) << 20 | m as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
         };
-        let (loss, mut step_metrics) = objective.step(
-            model,
-            &mut grads,
-            &planned.examples,
-            config.micro_tokens,
-            &seed,
-        )?;
+        let passes = micro_batches(&planned.examples, &lens, config.micro_tokens);
+        let (loss, mut step_metrics) = objective.step(model, &mut grads, &passes, &seed)?;
         let lr = schedule.at(index);
         let grad_norm = update(
             model,

@@ -11,7 +11,7 @@ use qstar_train::dpo::{
 };
 use qstar_train::optim::{AdamWConfig, Decay};
 use qstar_train::rng::SplitMix;
-use qstar_train::run::Objective;
+use qstar_train::run::{micro_batches, Objective};
 use qstar_train::run::{StepRecord, TrainConfig};
 use qstar_train::{Lora, LoraConfig, Model, ModelConfig, Sequence, Trainable, Weights};
 
@@ -453,10 +453,12 @@ fn a_step_split_into_passes_has_the_gradient_of_the_whole_step() {
         eval_reference: &[],
     };
     let examples: Vec<usize> = (0..train.len()).collect();
+    let lens = objective.lens();
     let step = |micro: usize| {
         let mut grads = model.grads(Trainable::Lora);
+        let passes = micro_batches(&examples, &lens, micro);
         let (loss, metrics) = objective
-            .step(&model, &mut grads, &examples, micro, &|m| m as u64)
+            .step(&model, &mut grads, &passes, &|m| m as u64)
             .expect("step");
         let flat: Vec<f32> = grads
             .tensors()

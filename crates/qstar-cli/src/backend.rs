@@ -82,6 +82,29 @@ impl BackendArgs {
         )?)
     }
 
+    /// The reference model of DPO's implicit reward, on the embedded engine:
+    /// `ref_model` when given, else the model without `--adapter` (the
+    /// policy a LoRA adapter was trained from); without either there is no
+    /// reference to compare with.
+    pub async fn reference_engine(&self, ref_model: Option<&std::path::Path>) -> Result<Engine> {
+        let options = EngineOptions {
+            threads: self.threads,
+            ..EngineOptions::default()
+        };
+        match ref_model {
+            Some(path) => Ok(Engine::load(path, options)?),
+            None if self.adapter.is_some() && self.backend == BackendKind::Embedded => {
+                Ok(Engine::load(&self.ensure_model().await?, options)?)
+            }
+            None => Err(UsageError(
+                "the implicit reward compares a policy with its reference: give --adapter \
+                 (the reference is then the model without it) or --ref-model"
+                    .into(),
+            )
+            .into()),
+        }
+    }
+
     /// The SHA-256 of each file of the adapter (`None` without one), keyed
     /// by file name: what records made with the adapter depend on.
     pub fn adapter_sha256(&self, store: &qstar_store::Store) -> Result<Option<serde_json::Value>> {

@@ -2,11 +2,16 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use qstar_core::{ChooseRequest, GenerateRequest, Message, SamplingParams, ScoreRequest};
+use std::path::PathBuf;
+
+use qstar_core::{
+    ChooseRequest, GenerateRequest, LanguageModel, Message, SamplingParams, ScoreRequest,
+    ScoreResponse,
+};
 
 use crate::backend::BackendArgs;
 use crate::report::{Reporter, Text};
-use crate::{bounded, non_empty, UsageError};
+use crate::{bounded, non_empty, positive_f64, UsageError};
 
 /// The most samples `generate` draws for one prompt.
 pub const MAX_SAMPLES: usize = 256;
@@ -176,17 +181,38 @@ pub struct ScoreArgs {
     prompt: String,
     #[arg(long)]
     continuation: String,
+    /// Print DPO's implicit reward per token, β·(log π − log π_ref): the
+    /// policy is the model (with --adapter), the reference --ref-model or
+    /// the model without the adapter.
+    #[arg(long)]
+    implicit_reward: bool,
+    /// Reference model of --implicit-reward (GGUF; default: the model
+    /// without --adapter).
+    #[arg(long, requires = "implicit_reward")]
+    ref_model: Option<PathBuf>,
+    /// β of --implicit-reward.
+    #[arg(long, default_value_t = 0.1, requires = "implicit_reward", value_parser = positive_f64)]
+    beta: f64,
     #[arg(long)]
     json: bool,
 }
 
 pub async fn score(args: ScoreArgs) -> Result<()> {
+    let request = ScoreRequest {
+        prompt: args.prompt,
+        continuation: args.continuation,
+    };
+    if args.implicit_reward {
+        let reference = args
+            .backend
+            .reference_engine(args.ref_model.as_deref())
+            .await?;
+        let policy = args.backend.open().await?;
+        return implicit_reward(policy.as_ref(), &reference, request, args.beta, args.json).await;
+    }
     let model = args.backend.open().await?;
     let response = model
-        .score(vec![ScoreRequest {
-            prompt: args.prompt,
-            continuation: args.continuation,
-        }])
+        .score(vec![request])
         .await?
         .pop()
         .context("the backend returned no answer")?;
@@ -199,6 +225,61 @@ pub async fn score(args: ScoreArgs) -> Result<()> {
     }
     let text = text.line(format!("total {:.4}", response.total_logprob));
     Reporter::new(args.json).summary(&response.summary(), &text)
+}
+
+/// `score --implicit-reward`: both models score the text; each token's
+/// reward is β times the difference of their log-probs.
+async fn implicit_reward(
+    policy: &dyn LanguageModel,
+    reference: &dyn LanguageModel,
+    request: ScoreRequest,
+    beta: f64,
+    json: bool,
+) -> Result<()> {
+    async fn scored(m: &dyn LanguageModel, request: ScoreRequest) -> Result<ScoreResponse> {
+        m.score(vec![request])
+            .await?
+            .pop()
+            .context("the backend returned no answer")
+    }
+    let p = scored(policy, request.clone()).await?;
+    let r = scored(reference, request).await?;
+    let rewards = qstar_search::implicit_token_rewards(&p, &r, beta).map_err(UsageError)?;
+    let total: f64 = rewards.iter().sum();
+    let mut text = Text::new().line(format!(
+        "{:>9}  {:>9}  {:>9}  {:>6}  token",
+        "reward", "log π", "log π_ref", "id"
+    ));
+    let mut tokens = Vec::new();
+    for ((pt, rt), reward) in p.tokens.iter().zip(&r.tokens).zip(&rewards) {
+        let lp = |l: Option<f32>| l.map_or("-".to_string(), |l| format!("{l:.4}"));
+        text = text.line(format!(
+            "{reward:9.4}  {:>9}  {:>9}  {:>6}  {:?}",
+            lp(pt.logprob),
+            lp(rt.logprob),
+            pt.id,
+            pt.text
+        ));
+        tokens.push(serde_json::json!({
+            "id": pt.id,
+            "text": pt.text,
+            "logprob": pt.logprob,
+            "ref_logprob": rt.logprob,
+            "implicit_reward": reward,
+        }));
+    }
+    let text = text.line(format!(
+        "total implicit reward {total:.4} (β {beta}; log π {:.4}, log π_ref {:.4})",
+        p.total_logprob, r.total_logprob
+    ));
+    let summary = serde_json::json!({
+        "beta": beta,
+        "tokens": tokens,
+        "total_implicit_reward": total,
+        "total_logprob": p.total_logprob,
+        "ref_total_logprob": r.total_logprob,
+    });
+    Reporter::new(json).summary(&summary, &text)
 }
 
 #[derive(Args)]

@@ -124,12 +124,18 @@ impl RowForm {
     }
 }
 
-impl PairJobArgs {
-    fn format(&self) -> PromptFormat {
-        match self.prompt_format {
+impl From<Format> for PromptFormat {
+    fn from(f: Format) -> Self {
+        match f {
             Format::Chat => PromptFormat::Chat,
             Format::Plain => PromptFormat::Plain,
         }
+    }
+}
+
+impl PairJobArgs {
+    fn format(&self) -> PromptFormat {
+        self.prompt_format.into()
     }
 }
 

@@ -17,6 +17,7 @@ mod settings;
 mod solve;
 mod sweep;
 mod tasks;
+mod token_reward;
 mod train;
 
 use std::process::ExitCode;
@@ -112,6 +113,9 @@ enum EvalCommand {
     Labels(label::EvalLabelsArgs),
     /// A reward model's accuracy, calibration and mean margin on pairs.
     Rm(reward::EvalRmArgs),
+    /// Where DPO's per-token implicit reward is lowest in wrong solutions
+    /// of `qstar solve`, against their first wrong token.
+    TokenReward(token_reward::EvalTokenRewardArgs),
 }
 
 #[derive(Subcommand)]
@@ -195,6 +199,17 @@ pub fn bounded(low: usize, high: usize) -> clap::builder::RangedU64ValueParser<u
     clap::builder::RangedU64ValueParser::<usize>::new().range(low as u64..=high as u64)
 }
 
+/// A flag that must be a finite number above zero (β, a temperature of a
+/// reward): zero or a negative would silently invert or erase what it
+/// scales.
+pub fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        Ok(_) => Err(format!("{s} is not a finite number above 0")),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
+}
+
 /// A string flag's parser that refuses the empty string (an empty stop
 /// string or step delimiter would end every generation after one token).
 pub fn non_empty(flag: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
@@ -259,6 +274,7 @@ fn main() -> ExitCode {
             Command::Eval { command } => match command {
                 EvalCommand::Labels(args) => label::eval_labels(args),
                 EvalCommand::Rm(args) => reward::eval_rm(args).await,
+                EvalCommand::TokenReward(args) => token_reward::eval_token_reward(args).await,
             },
             Command::Serve(args) => serve::serve(args).await,
             Command::Inspect(args) => inspect::inspect(args).await,

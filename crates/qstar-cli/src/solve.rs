@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use qstar_core::{LanguageModel, PromptFormat};
+use qstar_core::LanguageModel;
 use qstar_search::verifier::Aggregation;
 pub use qstar_search::{verifier_names, SolveRecord, VerifierKind};
 use qstar_search::{Compute, Policy, SearchConfig, SearchError, Solver, Strategy};
@@ -92,11 +92,12 @@ pub struct SearchArgs {
     /// `format`).
     #[arg(long, value_enum)]
     pub prompt_format: Option<Format>,
-    /// Reference model of the dpo verifier (GGUF).
+    /// Reference model of the dpo verifier (GGUF; default with --adapter:
+    /// the model without the adapter).
     #[arg(long)]
     pub ref_model: Option<PathBuf>,
     /// β of the dpo verifier (default 0.1).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::positive_f64)]
     pub beta: Option<f64>,
     /// Questions searched at once (their requests are batched together).
     #[arg(long, default_value_t = 8)]
@@ -213,10 +214,7 @@ impl SearchArgs {
         config.reflection |= self.reflection;
         config.mcts_rollout |= self.mcts_rollout;
         if let Some(f) = self.prompt_format {
-            config.format = match f {
-                Format::Chat => PromptFormat::Chat,
-                Format::Plain => PromptFormat::Plain,
-            };
+            config.format = f.into();
         }
         if config.step_delimiter.is_empty() {
             return Err(UsageError(
@@ -224,22 +222,32 @@ impl SearchArgs {
             )
             .into());
         }
-        if self.verifier == Some(VerifierKind::Dpo) && self.ref_model.is_none() {
-            return Err(UsageError("the dpo verifier needs --ref-model".into()).into());
+        if self.verifier == Some(VerifierKind::Dpo)
+            && self.ref_model.is_none()
+            && self.backend.adapter.is_none()
+        {
+            return Err(UsageError(
+                "the dpo verifier needs a reference: --ref-model, or --adapter (the reference \
+                 is then the model without it)"
+                    .into(),
+            )
+            .into());
         }
         let problems =
             read_problems(&self.input, task, self.limit).map_err(|e| UsageError(e.to_string()))?;
         let (model, parameters) = self.backend.open_with_size().await?;
-        let reference_model: Option<Arc<dyn LanguageModel>> = match &self.ref_model {
-            Some(path) => {
-                let options = qstar_engine::EngineOptions {
-                    threads: self.backend.threads,
-                    ..Default::default()
-                };
-                Some(Arc::new(qstar_engine::Engine::load(path, options)?))
-            }
-            None => None,
-        };
+        // The dpo verifier's reference; another verifier loads one only
+        // when --ref-model asks for it.
+        let reference_model: Option<Arc<dyn LanguageModel>> =
+            if self.verifier == Some(VerifierKind::Dpo) || self.ref_model.is_some() {
+                Some(Arc::new(
+                    self.backend
+                        .reference_engine(self.ref_model.as_deref())
+                        .await?,
+                ))
+            } else {
+                None
+            };
         Ok(Setup {
             model,
             reference_model,

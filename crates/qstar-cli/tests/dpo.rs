@@ -117,6 +117,8 @@ fn dpo_starts_at_the_reference_learns_its_pairs_and_writes_an_adapter() {
         String::from_utf8_lossy(&gen.stderr)
     );
 
+    implicit_reward_of(&adapter, dir.path());
+
     // A rerun finds the run finished: nothing is trained again.
     let before = std::fs::read(adapter.join("adapter_model.safetensors")).expect("adapter");
     let again = train(&out, &["--holdout", "2", "--nll-coef", "0.1"]);
@@ -232,4 +234,211 @@ fn bad_dpo_input_is_exit_2_with_file_and_line() {
             "{flags:?}"
         );
     }
+}
+
+fn ok_json(run: std::process::Output) -> Value {
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    serde_json::from_slice(&run.stdout).expect("JSON summary")
+}
+
+/// The trained adapter's implicit reward: per token it is β times the
+/// difference of two separate scorings (the model with the adapter, the
+/// model without); `solve --verifier dpo` takes the model without the
+/// adapter as its reference; `eval token-reward` measures it on the wrong
+/// solutions of a search.
+fn implicit_reward_of(adapter: &Path, dir: &Path) {
+    let adapter = adapter.to_str().expect("path");
+    let text = [
+        "--prompt",
+        "What is 12 + 7?",
+        "--continuation",
+        " 12 + 7 = 19. The answer is 19.",
+    ];
+    let reward = ok_json(
+        qstar()
+            .args([
+                "score",
+                "--implicit-reward",
+                "--beta",
+                "0.5",
+                "--adapter",
+                adapter,
+                "--json",
+            ])
+            .args(text)
+            .output()
+            .expect("score"),
+    );
+    let policy = ok_json(
+        qstar()
+            .args(["score", "--adapter", adapter, "--json"])
+            .args(text)
+            .output()
+            .expect("score"),
+    );
+    let base = ok_json(
+        qstar()
+            .args(["score", "--json"])
+            .args(text)
+            .output()
+            .expect("score"),
+    );
+    let tokens = reward["tokens"].as_array().expect("tokens");
+    assert_eq!(
+        tokens.len(),
+        policy["tokens"].as_array().expect("tokens").len()
+    );
+    let mut total = 0.0;
+    let mut moved = 0;
+    for (i, t) in tokens.iter().enumerate() {
+        let lp = policy["tokens"][i]["logprob"].as_f64().expect("logprob");
+        let lp_ref = base["tokens"][i]["logprob"].as_f64().expect("logprob");
+        assert_eq!(t["id"], base["tokens"][i]["id"]);
+        let r = t["implicit_reward"].as_f64().expect("reward");
+        assert!((r - 0.5 * (lp - lp_ref)).abs() < 1e-6, "token {i}: {t}");
+        total += r;
+        if r.abs() > 1e-4 {
+            moved += 1;
+        }
+    }
+    assert!(moved > 0, "the adapter changes some token's probability");
+    assert!((reward["total_implicit_reward"].as_f64().expect("total") - total).abs() < 1e-6);
+
+    // Search with the dpo verifier, the reference defaulting to the model
+    // without the adapter: scores are σ(β·margin), and not all σ(0).
+    let input = dir.join("add.jsonl");
+    let generated = qstar()
+        .args([
+            "tasks",
+            "generate",
+            "--task",
+            "arithmetic",
+            "--count",
+            "3",
+            "--seed",
+            "3",
+            "--out",
+        ])
+        .arg(&input)
+        .output()
+        .expect("generate");
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let solved = dir.join("solved.jsonl");
+    ok_json(
+        qstar()
+            .args([
+                "solve",
+                "--task",
+                "arithmetic",
+                "--strategy",
+                "best-of-n",
+                "--verifier",
+                "dpo",
+            ])
+            .args([
+                "--budget",
+                "4",
+                "--temperature",
+                "1.0",
+                "--max-tokens",
+                "40",
+                "--adapter",
+                adapter,
+            ])
+            .args(["--json", "--input"])
+            .arg(&input)
+            .arg("--out")
+            .arg(&solved)
+            .output()
+            .expect("solve"),
+    );
+    let records: Vec<Value> = std::fs::read_to_string(&solved)
+        .expect("records")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect();
+    let scores: Vec<f64> = records
+        .iter()
+        .flat_map(|r| r["tree"]["nodes"].as_array().expect("nodes").clone())
+        .filter_map(|n| n["score"].as_f64())
+        .collect();
+    assert!(!scores.is_empty());
+    assert!(scores.iter().all(|s| *s > 0.0 && *s < 1.0), "{scores:?}");
+    assert!(scores.iter().any(|s| (s - 0.5).abs() > 1e-6), "{scores:?}");
+
+    // Where the implicit reward is lowest in the wrong solutions.
+    let rows_path = dir.join("credit.jsonl");
+    let credit = ok_json(
+        qstar()
+            .args([
+                "eval",
+                "token-reward",
+                "--adapter",
+                adapter,
+                "--json",
+                "--input",
+            ])
+            .arg(&solved)
+            .arg("--out")
+            .arg(&rows_path)
+            .output()
+            .expect("eval"),
+    );
+    let count = |k: &str| credit[k].as_u64().expect(k);
+    assert_eq!(
+        count("solutions"),
+        count("correct") + count("unlocated") + count("misaligned") + count("measured"),
+        "{credit}"
+    );
+    assert!(count("measured") >= 1, "{credit}");
+    let rows: Vec<Value> = std::fs::read_to_string(&rows_path)
+        .expect("rows")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("row"))
+        .collect();
+    assert_eq!(rows.len() as u64, count("measured"));
+    let mut chance = 0.0;
+    for row in &rows {
+        let tokens: Vec<&str> = row["tokens"]
+            .as_array()
+            .expect("tokens")
+            .iter()
+            .map(|t| t.as_str().expect("text"))
+            .collect();
+        assert_eq!(tokens.concat(), row["solution"].as_str().expect("solution"));
+        let at = row["first_error_token"].as_u64().expect("index") as usize;
+        assert!(at <= tokens.len());
+        for (i, r) in row["implicit_reward"]
+            .as_array()
+            .expect("rewards")
+            .iter()
+            .enumerate()
+        {
+            let lp = row["logprob"][i].as_f64().expect("lp");
+            let lp_ref = row["ref_logprob"][i].as_f64().expect("lp");
+            assert!((r.as_f64().expect("reward") - 0.1 * (lp - lp_ref)).abs() < 1e-9);
+        }
+        chance += 1.0 / tokens.len() as f64;
+    }
+    let chance = chance / rows.len() as f64;
+    assert!((credit["chance_hit_rate"].as_f64().expect("chance") - chance).abs() < 1e-9);
+    let implicit = &credit["scores"][0];
+    assert_eq!(implicit["score"], "implicit reward");
+    let rate = implicit["hit_rate"].as_f64().expect("rate");
+    let hits = rows
+        .iter()
+        .filter(|r| r["lowest_implicit_reward_token"] == r["first_error_token"])
+        .count();
+    assert!(
+        (rate - hits as f64 / rows.len() as f64).abs() < 1e-9,
+        "{credit}"
+    );
 }

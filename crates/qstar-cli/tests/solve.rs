@@ -124,12 +124,13 @@ fn solve(input: &Path, out: &Path, strategy: &str, budget: &str, extra: &[&str])
 fn every_strategy_runs_on_the_real_model_with_the_summary_contract() {
     let dir = tempfile::tempdir().expect("tmp");
     let input = additions(dir.path());
-    let cases: [(&str, &[&str]); 10] = [
+    let cases: [(&str, &[&str]); 11] = [
         ("greedy", &[]),
         ("majority", &[]),
         ("weighted", &["--verifier", "agreement"]),
         ("best-of-n", &["--verifier", "prm"]),
         ("beam", &["--verifier", "prm", "--beam-width", "2"]),
+        ("beam", &["--verifier", "likelihood", "--beam-width", "2"]),
         ("dvts", &["--verifier", "confidence", "--beam-width", "2"]),
         ("lookahead", &["--verifier", "leco", "--beam-width", "2"]),
         (
@@ -139,8 +140,8 @@ fn every_strategy_runs_on_the_real_model_with_the_summary_contract() {
         ("rebase", &["--verifier", "orm"]),
         ("revise", &["--revision-chains", "2"]),
     ];
-    for (strategy, extra) in cases {
-        let out = dir.path().join(format!("{strategy}.jsonl"));
+    for (case, (strategy, extra)) in cases.into_iter().enumerate() {
+        let out = dir.path().join(format!("{case}-{strategy}.jsonl"));
         // N = 2 reaches every strategy's whole loop (two beams, two
         // children, two chains) at half the cost of N = 4.
         let s = solve(&input, &out, strategy, "2", extra);
@@ -182,13 +183,25 @@ fn every_strategy_runs_on_the_real_model_with_the_summary_contract() {
                     "{strategy}"
                 );
             }
-            if ["prm", "confidence", "leco"].contains(&verifier) {
+            if ["prm", "confidence", "leco", "likelihood"].contains(&verifier) {
                 assert!(
                     records.iter().any(|r| r["tree"]["nodes"]
                         .as_array()
                         .is_some_and(|n| n.iter().any(|n| n["score"].is_f64()))),
                     "{strategy}: steps carry scores"
                 );
+            }
+            if verifier == "likelihood" {
+                // A step's probability under the policy: in (0, 1], and
+                // below 1 for any step with text.
+                for r in &records {
+                    for n in r["tree"]["nodes"].as_array().expect("nodes") {
+                        if let Some(p) = n["score"].as_f64() {
+                            let empty = n["text"].as_str().is_some_and(str::is_empty);
+                            assert!(p > 0.0 && p <= 1.0 && (empty || p < 1.0), "{n}");
+                        }
+                    }
+                }
             }
         }
     }

@@ -6,6 +6,8 @@
 pub mod labels;
 pub mod plot;
 pub mod reward;
+pub mod token_credit;
 
 pub use labels::{calibration, label_metrics, LabelMetrics, ReliabilityBin};
 pub use reward::{reward_metrics, RewardMetrics};
+pub use token_credit::{credit_report, CreditCase, CreditReport};

@@ -23,8 +23,8 @@ pub use solve::{verifier_names, SolveRecord, Solver, VerifierKind};
 pub use strategy::{run, Outcome, Scorer, Strategy};
 pub use tree::{Node, NodeId, Tree};
 pub use verifier::{
-    Aggregation, AgreementVerifier, CheckerVerifier, ConfidenceVerifier, DpoVerifier,
-    JudgeVerifier, LecoVerifier, Verifier,
+    implicit_token_rewards, Aggregation, AgreementVerifier, CheckerVerifier, ConfidenceVerifier,
+    DpoVerifier, JudgeVerifier, LecoVerifier, LikelihoodVerifier, Verifier,
 };
 
 use qstar_core::ModelError;

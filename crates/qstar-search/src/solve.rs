@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::verifier::{
     Aggregation, AgreementVerifier, CheckerVerifier, ConfidenceVerifier, DpoVerifier,
-    JudgeVerifier, LecoVerifier,
+    JudgeVerifier, LecoVerifier, LikelihoodVerifier,
 };
 use crate::{
     optimal, run, Compute, Meter, Outcome, Policy, Scorer, SearchConfig, SearchError, Searcher,
@@ -32,8 +32,12 @@ pub enum VerifierKind {
     Confidence,
     /// LeCo step confidence.
     Leco,
-    /// The implicit reward β·log(π/π_ref) against --ref-model.
+    /// The implicit reward β·log(π/π_ref) against --ref-model (or the
+    /// model without --adapter).
     Dpo,
+    /// The policy's own probability of the text (beam search on the
+    /// likelihood).
+    Likelihood,
     /// Agreement of a solution's answer with the others.
     Agreement,
 }
@@ -47,6 +51,7 @@ impl VerifierKind {
             VerifierKind::Confidence => "confidence",
             VerifierKind::Leco => "leco",
             VerifierKind::Dpo => "dpo",
+            VerifierKind::Likelihood => "likelihood",
             VerifierKind::Agreement => "agreement",
         }
     }
@@ -115,6 +120,7 @@ impl Solver<'_> {
                 reference: self.reference_model.unwrap_or(self.model),
                 beta: self.beta,
             }),
+            VerifierKind::Likelihood => Box::new(LikelihoodVerifier { model: self.model }),
             VerifierKind::Agreement => Box::new(AgreementVerifier),
         })
     }

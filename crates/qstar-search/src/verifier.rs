@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use qstar_core::{
-    ChooseRequest, LanguageModel, ModelError, ScoreRequest, TokenLogprob, TopLogprob,
+    ChooseRequest, LanguageModel, ModelError, ScoreRequest, ScoreResponse, TokenLogprob, TopLogprob,
 };
 use serde::{Deserialize, Serialize};
 
@@ -290,6 +290,39 @@ impl Verifier for LecoVerifier {
     }
 }
 
+/// DPO's implicit reward per token, β·(log π − log π_ref): the policy's and
+/// the reference's scores of the same text. "From r to Q*" reads it as the
+/// advantage of each token. Both models must tokenize alike; a token either
+/// model gave no log-prob (the first of an empty prompt) gets 0.
+pub fn implicit_token_rewards(
+    policy: &ScoreResponse,
+    reference: &ScoreResponse,
+    beta: f64,
+) -> Result<Vec<f64>, String> {
+    let same = policy.tokens.len() == reference.tokens.len()
+        && policy
+            .tokens
+            .iter()
+            .zip(&reference.tokens)
+            .all(|(p, r)| p.id == r.id);
+    if !same {
+        return Err(
+            "the policy and the reference tokenize the text differently: \
+                    the implicit reward needs one tokenizer"
+                .into(),
+        );
+    }
+    Ok(policy
+        .tokens
+        .iter()
+        .zip(&reference.tokens)
+        .map(|(p, r)| match (p.logprob, r.logprob) {
+            (Some(p), Some(r)) => beta * (f64::from(p) - f64::from(r)),
+            _ => 0.0,
+        })
+        .collect())
+}
+
 /// The implicit reward of a DPO policy ("From r to Q*"): β Σ (log π − log
 /// π_ref) over the step's tokens, squashed with a sigmoid into (0, 1).
 /// Both models score the same text, so tokenization cannot differ.
@@ -345,6 +378,63 @@ impl Verifier for DpoVerifier<'_> {
                 })?
             };
             tree.node_mut(n).score = Some(1.0 / (1.0 + (-self.beta * margin).exp()));
+        }
+        Ok(())
+    }
+}
+
+/// The policy's own probability of each step, exp(Σ log π) over its
+/// tokens, scored afresh (not the sampling distribution's log-probs, which
+/// a temperature reshapes). With the product of the steps a path's score
+/// is the probability of its whole text, so beam search on it is beam
+/// search on the likelihood, as "From r to Q*" runs it on a DPO policy.
+pub struct LikelihoodVerifier<'m> {
+    pub model: &'m dyn LanguageModel,
+}
+
+#[async_trait]
+impl Verifier for LikelihoodVerifier<'_> {
+    fn name(&self) -> String {
+        "likelihood".into()
+    }
+
+    fn aggregation(&self) -> Aggregation {
+        Aggregation::Product
+    }
+
+    async fn score(
+        &self,
+        s: &Searcher<'_>,
+        tree: &mut Tree,
+        leaves: &[NodeId],
+    ) -> Result<(), SearchError> {
+        let nodes: Vec<NodeId> = unscored(tree, leaves)
+            .into_iter()
+            .filter(|&n| !tree.node(n).text.is_empty())
+            .collect();
+        let requests: Vec<ScoreRequest> = nodes
+            .iter()
+            .map(|&n| {
+                let parent = tree.node(n).parent.unwrap_or(Tree::ROOT);
+                ScoreRequest {
+                    prompt: s.prompt.clone() + &tree.text(parent),
+                    continuation: tree.node(n).text.clone(),
+                }
+            })
+            .collect();
+        let scored = s.score(self.model, requests).await?;
+        if scored.len() != nodes.len() {
+            return Err(SearchError::Model(ModelError::Backend {
+                backend: self.model.backend_name(),
+                message: "a score response is missing".into(),
+            }));
+        }
+        for (n, r) in nodes.into_iter().zip(scored) {
+            tree.node_mut(n).score = Some(r.total_logprob.exp());
+        }
+        // An empty step leaves the probability as it is.
+        for n in unscored(tree, leaves) {
+            tree.node_mut(n).score = Some(1.0);
         }
         Ok(())
     }

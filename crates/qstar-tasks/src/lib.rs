@@ -2,6 +2,7 @@
 //! with checkable answers (GSM8K, MATH, generated arithmetic and serial
 //! problems) for test-time search.
 
+pub mod first_error;
 pub mod latex;
 pub mod mutate;
 pub mod numeric;

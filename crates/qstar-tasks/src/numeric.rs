@@ -6,17 +6,19 @@
 //! so explicit markers win: `\boxed{}`, then "the answer is", then "####",
 //! and only then the last number in the text.
 
-/// A number found in text: where it starts and its value.
+/// A number found in text: the bytes it spans (`at..end`, a leading minus
+/// sign included) and its value.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Found {
-    at: usize,
-    value: f64,
+pub struct Found {
+    pub at: usize,
+    pub end: usize,
+    pub value: f64,
 }
 
 /// Every number in `text`, in order. Understands signs, decimals and
 /// thousands separators ("1,234.5"); a comma not followed by exactly three
 /// digits separates numbers instead ("1, 2").
-fn numbers(text: &str) -> Vec<Found> {
+pub fn numbers(text: &str) -> Vec<Found> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -60,6 +62,7 @@ fn numbers(text: &str) -> Vec<Found> {
             }
             out.push(Found {
                 at: if negative { start - 1 } else { start },
+                end: i,
                 value,
             });
         }
@@ -115,23 +118,36 @@ fn rfind_ignore_case(text: &str, marker: &str) -> Option<usize> {
 
 /// The number a model gave as its final answer, if any.
 pub fn extract_number(text: &str) -> Option<f64> {
+    final_number(text).map(|n| n.value)
+}
+
+/// [`extract_number`] with where the answer stands in `text`.
+pub fn final_number(text: &str) -> Option<Found> {
+    let shifted = |n: &Found, by: usize| Found {
+        at: n.at + by,
+        end: n.end + by,
+        value: n.value,
+    };
     if let Some(boxed) = last_boxed(text) {
         if let Some(n) = numbers(boxed).first() {
-            return Some(n.value);
+            // `last_boxed` returns a slice of `text`: its offset is exact.
+            let by = boxed.as_ptr() as usize - text.as_ptr() as usize;
+            return Some(shifted(n, by));
         }
     }
     for marker in ["answer is", "answer:", "####"] {
         if let Some(at) = rfind_ignore_case(text, marker) {
-            let after = &text[at + marker.len()..];
+            let by = at + marker.len();
+            let after = &text[by..];
             if let Some(n) = numbers(after).first() {
                 // Only the number that follows the marker on its own line.
                 if !after[..n.at].contains("\n\n") {
-                    return Some(n.value);
+                    return Some(shifted(n, by));
                 }
             }
         }
     }
-    numbers(text).last().map(|n| n.value)
+    numbers(text).last().copied()
 }
 
 /// A reference answer as GSM8K writes it: "#### 72", "A: 1,000", or the

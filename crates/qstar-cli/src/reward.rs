@@ -688,6 +688,22 @@ impl RewardModel {
     }
 }
 
+/// The reward model as search's outcome verifier: each solution is the
+/// assistant's reply to the user turn, framed as the model was trained.
+#[async_trait::async_trait]
+impl qstar_search::SolutionRewarder for RewardModel {
+    async fn rewards(&self, user_turn: &str, replies: &[String]) -> Result<Vec<f64>, String> {
+        let conversation = [Message::user(user_turn)];
+        let items: Vec<(&[Message], &str)> = replies
+            .iter()
+            .map(|r| (&conversation[..], r.as_str()))
+            .collect();
+        RewardModel::rewards(self, &items, None)
+            .await
+            .map_err(|e| format!("{e:#}"))
+    }
+}
+
 pub async fn eval_rm(args: EvalRmArgs) -> Result<()> {
     let reporter = Reporter::new(args.json);
     let (mut pairs, skipped) = read(&args.pairs, args.limit, args.skip_invalid, &reporter)?;

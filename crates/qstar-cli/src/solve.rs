@@ -21,6 +21,7 @@ use crate::job::{add_fingerprint, open_store, Finished, Job};
 use crate::label::Format;
 use crate::prompts::{PromptArgs, PromptSet};
 use crate::report::{Align, Reporter, Text};
+use crate::reward::RewardModel;
 use crate::{bounded, non_empty, UsageError};
 
 /// The largest budget N (samples, beams, simulations or attempts).
@@ -38,9 +39,11 @@ pub struct SearchArgs {
     /// Questions (JSONL): GSM8K, MATH, or rows written by `qstar tasks generate`.
     #[arg(long)]
     pub input: PathBuf,
-    /// What scores steps and solutions.
-    #[arg(long, value_enum)]
-    pub verifier: Option<VerifierKind>,
+    /// What scores steps and solutions: checker, prm, orm, confidence,
+    /// leco, dpo, likelihood, agreement, or orm-model:DIR (a reward model
+    /// `qstar train rm` wrote).
+    #[arg(long, value_parser = parse_verifier)]
+    pub verifier: Option<VerifierArg>,
     /// How step scores combine (default: the verifier's own).
     #[arg(long, value_enum)]
     pub aggregation: Option<Aggregation>,
@@ -130,6 +133,41 @@ pub struct SolveArgs {
     pub json: bool,
 }
 
+/// A `--verifier`: its kind, and the trained model's directory for the
+/// kinds that need one (`orm-model:DIR`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifierArg {
+    pub kind: VerifierKind,
+    pub model: Option<PathBuf>,
+}
+
+impl From<VerifierKind> for VerifierArg {
+    fn from(kind: VerifierKind) -> Self {
+        VerifierArg { kind, model: None }
+    }
+}
+
+/// Parses `NAME` or `orm-model:DIR`.
+pub fn parse_verifier(s: &str) -> Result<VerifierArg, String> {
+    let (name, dir) = match s.split_once(':') {
+        Some((name, dir)) => (name, Some(dir)),
+        None => (s, None),
+    };
+    let kind = <VerifierKind as clap::ValueEnum>::from_str(name, false)
+        .map_err(|_| format!("unknown verifier {name:?}: use {}", verifier_names()))?;
+    match (kind, dir) {
+        (VerifierKind::OrmModel, Some(dir)) if !dir.is_empty() => Ok(VerifierArg {
+            kind,
+            model: Some(PathBuf::from(dir)),
+        }),
+        (VerifierKind::OrmModel, _) => {
+            Err("orm-model names its reward model: --verifier orm-model:DIR".into())
+        }
+        (_, Some(_)) => Err(format!("the {name} verifier takes no directory")),
+        (_, None) => Ok(kind.into()),
+    }
+}
+
 /// Everything a search job needs, opened once.
 pub struct Setup {
     pub model: Arc<dyn LanguageModel>,
@@ -143,6 +181,8 @@ pub struct Setup {
     pub aggregation: Option<Aggregation>,
     pub beta: f64,
     pub ref_model: Option<PathBuf>,
+    /// The orm-model verifier's reward model and its directory.
+    pub reward_model: Option<(PathBuf, RewardModel)>,
     pub parallel: usize,
     pub input: PathBuf,
     backend: BackendArgs,
@@ -222,7 +262,8 @@ impl SearchArgs {
             )
             .into());
         }
-        if self.verifier == Some(VerifierKind::Dpo)
+        let verifier = self.verifier.as_ref().map(|v| v.kind);
+        if verifier == Some(VerifierKind::Dpo)
             && self.ref_model.is_none()
             && self.backend.adapter.is_none()
         {
@@ -239,7 +280,7 @@ impl SearchArgs {
         // The dpo verifier's reference; another verifier loads one only
         // when --ref-model asks for it.
         let reference_model: Option<Arc<dyn LanguageModel>> =
-            if self.verifier == Some(VerifierKind::Dpo) || self.ref_model.is_some() {
+            if verifier == Some(VerifierKind::Dpo) || self.ref_model.is_some() {
                 Some(Arc::new(
                     self.backend
                         .reference_engine(self.ref_model.as_deref())
@@ -248,6 +289,13 @@ impl SearchArgs {
             } else {
                 None
             };
+        let reward_model = match self.verifier.as_ref().and_then(|v| v.model.clone()) {
+            Some(dir) => {
+                let rm = RewardModel::open(&dir, None, self.backend.threads, None).await?;
+                Some((dir, rm))
+            }
+            None => None,
+        };
         Ok(Setup {
             model,
             reference_model,
@@ -255,10 +303,11 @@ impl SearchArgs {
             task,
             problems,
             config,
-            verifier: self.verifier,
+            verifier,
             aggregation: self.aggregation,
             beta: self.beta.unwrap_or(0.1),
             ref_model: self.ref_model.clone(),
+            reward_model,
             parallel: self.parallel.max(1),
             input: self.input.clone(),
             backend: self.backend.clone(),
@@ -279,6 +328,10 @@ impl Setup {
             verifier: self.verifier,
             aggregation: self.aggregation,
             beta: self.beta,
+            reward_model: self
+                .reward_model
+                .as_ref()
+                .map(|(_, rm)| rm as &dyn qstar_search::SolutionRewarder),
         }
     }
 
@@ -310,6 +363,11 @@ impl Setup {
             "ref_model_sha256": ref_model_sha256,
             "policy": policy,
         });
+        // Only with a reward model, so the keys of other jobs stay as they
+        // were.
+        if let Some((dir, rm)) = &self.reward_model {
+            described["reward_model"] = rm.fingerprint(dir)?;
+        }
         self.prompts.add_to(&mut described, crate::prompts::SEARCH);
         add_fingerprint(&mut described, store, &self.backend, &self.input)?;
         Ok(described)

@@ -92,7 +92,7 @@ pub async fn sweep(mut args: SweepArgs) -> Result<()> {
             ranking.join(", "),
             DEFAULT_VERIFIER.name()
         ));
-        args.search.verifier = Some(DEFAULT_VERIFIER);
+        args.search.verifier = Some(DEFAULT_VERIFIER.into());
     }
     for &s in &strategies {
         check_strategy(s, &args.search)?;

@@ -191,13 +191,139 @@ fn a_reward_head_trains_evaluates_and_reuses_its_states() {
     ]);
     assert_eq!(held["pairs"], 2);
     assert_eq!(held["accuracy"], summary["eval_accuracy"]);
+
+    orm_model_verifier(&out, dir.path(), cache);
+}
+
+/// The reward model as search's verifier: best-of-n keeps the solution it
+/// scores highest, each score is σ(reward), and the rewards agree with
+/// `eval rm` scoring the same solutions as a pair (another code path: the
+/// pair reader and the pair framing).
+fn orm_model_verifier(rm: &Path, dir: &Path, cache: &str) {
+    let input = dir.join("add.jsonl");
+    let generated = qstar()
+        .args([
+            "tasks",
+            "generate",
+            "--task",
+            "arithmetic",
+            "--count",
+            "2",
+            "--seed",
+            "5",
+            "--out",
+        ])
+        .arg(&input)
+        .output()
+        .expect("generate");
+    assert!(generated.status.success());
+    let solved = dir.join("orm.jsonl");
+    let verifier = format!("orm-model:{}", rm.display());
+    let summary = ok(&[
+        "solve",
+        "--task",
+        "arithmetic",
+        "--strategy",
+        "best-of-n",
+        "--budget",
+        "3",
+        "--temperature",
+        "1.0",
+        "--max-tokens",
+        "40",
+        "--verifier",
+        &verifier,
+        "--input",
+        input.to_str().expect("path"),
+        "--out",
+        solved.to_str().expect("path"),
+        "--json",
+    ]);
+    assert_eq!(summary["questions"], 2);
+    assert!(summary["verifier_calls"].as_u64().expect("calls") > 0);
+    let logit = |p: f64| (p / (1.0 - p)).ln();
+    for record in rows(&solved) {
+        let nodes = record["tree"]["nodes"].as_array().expect("nodes");
+        // Each finished solution's text and score (one step each here,
+        // or the last step's score for several).
+        let text_of = |mut id: usize| {
+            let mut parts = Vec::new();
+            while id != 0 {
+                parts.push(nodes[id]["text"].as_str().expect("text").to_string());
+                id = nodes[id]["parent"].as_u64().expect("parent") as usize;
+            }
+            parts.reverse();
+            parts.concat()
+        };
+        let finished: Vec<(String, f64)> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n["finished"] == true)
+            .map(|(i, n)| (text_of(i), n["score"].as_f64().expect("a scored solution")))
+            .collect();
+        assert!(finished.len() >= 2, "{record}");
+        let best = finished
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("a solution");
+        assert_eq!(record["solution"].as_str(), Some(best.0.as_str()));
+        // The first two solutions as a pair: eval rm's margin is the
+        // difference of the verifier's logits.
+        let (a, b) = (&finished[0], &finished[1]);
+        let user = format!(
+            "{}\n\nSolve the problem step by step, one step per paragraph. End with \"The answer is N.\" where N is a number.",
+            record["question"].as_str().expect("question")
+        );
+        let pair = dir.join("pair.jsonl");
+        write_rows(
+            &pair,
+            &[serde_json::json!({
+                "prompt": [{"role": "user", "content": user}],
+                "chosen": [{"role": "assistant", "content": a.0}],
+                "rejected": [{"role": "assistant", "content": b.0}],
+            })],
+        );
+        let eval = ok(&[
+            "eval",
+            "rm",
+            "--model",
+            rm.to_str().expect("path"),
+            "--pairs",
+            pair.to_str().expect("path"),
+            "--feature-cache",
+            cache,
+            "--json",
+        ]);
+        let margin = eval["mean_margin"].as_f64().expect("margin");
+        assert!(
+            (margin - (logit(a.1) - logit(b.1))).abs() < 1e-4,
+            "{margin} against {} − {}",
+            logit(a.1),
+            logit(b.1)
+        );
+    }
+    // A reward model is named with its directory.
+    let bare = usage_error(&[
+        "solve",
+        "--task",
+        "arithmetic",
+        "--strategy",
+        "best-of-n",
+        "--verifier",
+        "orm-model",
+        "--input",
+        input.to_str().expect("path"),
+        "--out",
+        dir.join("x.jsonl").to_str().expect("path"),
+    ]);
+    assert!(bare.contains("orm-model:DIR"), "{bare}");
 }
 
 #[test]
 fn soft_labels_train_from_label_rows_and_bad_input_is_refused() {
     let dir = tempfile::tempdir().expect("dir");
     let cache = dir.path().join("features.sqlite");
-    let cache = cache.to_str().unwrap();
+    let cache = cache.to_str().expect("path");
     // `qstar label` rows: TRL columns plus the labeler's soft label.
     let labels = dir.path().join("labels.jsonl");
     let mut labelled = rows(&examples());
@@ -205,7 +331,7 @@ fn soft_labels_train_from_label_rows_and_bad_input_is_refused() {
         r["soft_label"] = json!(0.55 + 0.04 * i as f64);
     }
     write_rows(&labels, &labelled);
-    let labels = labels.to_str().unwrap();
+    let labels = labels.to_str().expect("path");
     let soft_out = dir.path().join("soft");
     let summary = ok(&[
         "train",
@@ -219,18 +345,18 @@ fn soft_labels_train_from_label_rows_and_bad_input_is_refused() {
         cache,
         "--json",
         "--out",
-        soft_out.to_str().unwrap(),
+        soft_out.to_str().expect("path"),
     ]);
     assert_eq!(summary["labels"], "soft");
 
     let out = dir.path().join("x");
-    let out = out.to_str().unwrap();
+    let out = out.to_str().expect("path");
     // --soft on rows without a soft label names the first such line.
     let err = usage_error(&[
         "train",
         "rm",
         "--pairs",
-        examples().to_str().unwrap(),
+        examples().to_str().expect("path"),
         "--soft",
         "--feature-cache",
         cache,
@@ -246,7 +372,7 @@ fn soft_labels_train_from_label_rows_and_bad_input_is_refused() {
     let mut text = std::fs::read_to_string(examples()).unwrap();
     text.push_str("{\"prompt\": \"only a prompt\"}\n");
     std::fs::write(&broken, &text).unwrap();
-    let broken = broken.to_str().unwrap();
+    let broken = broken.to_str().expect("path");
     let err = usage_error(&[
         "train",
         "rm",
@@ -291,7 +417,7 @@ fn soft_labels_train_from_label_rows_and_bad_input_is_refused() {
         "eval",
         "rm",
         "--model",
-        soft_out.to_str().unwrap(),
+        soft_out.to_str().expect("path"),
         "--pairs",
         labels,
         "--base-model",
@@ -307,7 +433,7 @@ fn soft_labels_train_from_label_rows_and_bad_input_is_refused() {
         "eval",
         "rm",
         "--model",
-        dir.path().to_str().unwrap(),
+        dir.path().to_str().expect("path"),
         "--pairs",
         labels,
     ]);
@@ -337,12 +463,12 @@ fn a_killed_feature_pass_resumes_from_the_states_it_committed() {
             "train",
             "rm",
             "--pairs",
-            pairs.to_str().unwrap(),
+            pairs.to_str().expect("path"),
             "--epochs",
             "3",
             "--json",
             "--feature-cache",
-            cache.to_str().unwrap(),
+            cache.to_str().expect("path"),
             "--out",
             out,
         ]
@@ -352,7 +478,7 @@ fn a_killed_feature_pass_resumes_from_the_states_it_committed() {
     };
     let cut = dir.path().join("cut");
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("qstar"))
-        .args(args(cut.to_str().unwrap()))
+        .args(args(cut.to_str().expect("path")))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -378,7 +504,7 @@ fn a_killed_feature_pass_resumes_from_the_states_it_committed() {
     assert!(at_kill > 0 && at_kill < 96, "{at_kill} states at the kill");
 
     let resumed = qstar()
-        .args(args(dir.path().join("whole").to_str().unwrap()))
+        .args(args(dir.path().join("whole").to_str().expect("path")))
         .output()
         .expect("rerun");
     assert!(
@@ -401,12 +527,12 @@ fn a_killed_feature_pass_resumes_from_the_states_it_committed() {
             "train",
             "rm",
             "--pairs",
-            pairs.to_str().unwrap(),
+            pairs.to_str().expect("path"),
             "--epochs",
             "3",
             "--json",
         ])
-        .args(["--feature-cache", fresh_cache.to_str().unwrap(), "--out"])
+        .args(["--feature-cache", fresh_cache.to_str().expect("path"), "--out"])
         .arg(&fresh)
         .output()
         .expect("fresh");
@@ -416,11 +542,11 @@ fn a_killed_feature_pass_resumes_from_the_states_it_committed() {
             "eval",
             "rm",
             "--model",
-            rm.to_str().unwrap(),
+            rm.to_str().expect("path"),
             "--pairs",
-            pairs.to_str().unwrap(),
+            pairs.to_str().expect("path"),
             "--feature-cache",
-            cache.to_str().unwrap(),
+            cache.to_str().expect("path"),
             "--json",
         ])
     };

@@ -423,6 +423,8 @@ pub fn solve<'py>(
             verifier,
             aggregation,
             beta,
+            // Trained reward models are the command line's for now.
+            reward_model: None,
         };
         let mut records = Vec::with_capacity(problems.len());
         for chunk in problems.chunks(parallel) {

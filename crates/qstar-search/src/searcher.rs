@@ -99,6 +99,9 @@ pub struct Searcher<'a> {
     pub meter: &'a Meter,
     /// The prompt every solution continues.
     pub prompt: String,
+    /// The question and the task's instruction: the user's turn the prompt
+    /// frames, which a reward model reads with each solution.
+    pub user_turn: String,
     /// Distinct seeds for every generation call of this question.
     calls: AtomicU64,
 }
@@ -121,13 +124,8 @@ impl<'a> Searcher<'a> {
         meter: &'a Meter,
     ) -> Result<Self, SearchError> {
         config.format.check(model, "search")?;
-        let instruction = task.instruction();
-        let question = if instruction.is_empty() {
-            problem.question.clone()
-        } else {
-            format!("{}\n\n{instruction}", problem.question.trim_end())
-        };
-        let prompt = config.format.frame(model, &question, "")?;
+        let user_turn = task.user_turn(&problem.question);
+        let prompt = config.format.frame(model, &user_turn, "")?;
         Ok(Searcher {
             model,
             task,
@@ -135,6 +133,7 @@ impl<'a> Searcher<'a> {
             config,
             meter,
             prompt,
+            user_turn,
             calls: AtomicU64::new(0),
         })
     }

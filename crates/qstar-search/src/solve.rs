@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::verifier::{
     Aggregation, AgreementVerifier, CheckerVerifier, ConfidenceVerifier, DpoVerifier,
-    JudgeVerifier, LecoVerifier, LikelihoodVerifier,
+    JudgeVerifier, LecoVerifier, LikelihoodVerifier, RewardModelVerifier, SolutionRewarder,
 };
 use crate::{
     optimal, run, Compute, Meter, Outcome, Policy, Scorer, SearchConfig, SearchError, Searcher,
@@ -38,6 +38,9 @@ pub enum VerifierKind {
     /// The policy's own probability of the text (beam search on the
     /// likelihood).
     Likelihood,
+    /// A trained outcome reward model (`qstar train rm`) scoring each
+    /// solution: `--verifier orm-model:DIR`.
+    OrmModel,
     /// Agreement of a solution's answer with the others.
     Agreement,
 }
@@ -52,6 +55,7 @@ impl VerifierKind {
             VerifierKind::Leco => "leco",
             VerifierKind::Dpo => "dpo",
             VerifierKind::Likelihood => "likelihood",
+            VerifierKind::OrmModel => "orm-model",
             VerifierKind::Agreement => "agreement",
         }
     }
@@ -101,6 +105,8 @@ pub struct Solver<'a> {
     pub aggregation: Option<Aggregation>,
     /// β of the dpo verifier.
     pub beta: f64,
+    /// The trained reward model of the orm-model verifier.
+    pub reward_model: Option<&'a dyn SolutionRewarder>,
 }
 
 impl Solver<'_> {
@@ -121,6 +127,9 @@ impl Solver<'_> {
                 beta: self.beta,
             }),
             VerifierKind::Likelihood => Box::new(LikelihoodVerifier { model: self.model }),
+            VerifierKind::OrmModel => Box::new(RewardModelVerifier {
+                model: self.reward_model,
+            }),
             VerifierKind::Agreement => Box::new(AgreementVerifier),
         })
     }

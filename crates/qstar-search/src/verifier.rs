@@ -4,10 +4,12 @@
 
 use async_trait::async_trait;
 use qstar_core::{
-    ChooseRequest, LanguageModel, ModelError, ScoreRequest, ScoreResponse, TokenLogprob, TopLogprob,
+    ChooseRequest, LanguageModel, ModelError, ScoreRequest, ScoreResponse, TokenLogprob,
+    TopLogprob, Usage,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::compute::Caller;
 use crate::searcher::Searcher;
 use crate::tree::{NodeId, Tree};
 use crate::SearchError;
@@ -435,6 +437,75 @@ impl Verifier for LikelihoodVerifier<'_> {
         // An empty step leaves the probability as it is.
         for n in unscored(tree, leaves) {
             tree.node_mut(n).score = Some(1.0);
+        }
+        Ok(())
+    }
+}
+
+/// A trained reward model that scores whole replies to a user turn (an
+/// outcome reward model). Behind a trait so search does not depend on how
+/// the model is built or where its states come from.
+#[async_trait]
+pub trait SolutionRewarder: Send + Sync {
+    /// One reward per reply after the user turn; higher is better, any
+    /// real number.
+    async fn rewards(&self, user_turn: &str, replies: &[String]) -> Result<Vec<f64>, String>;
+}
+
+/// An outcome reward model as a verifier: each step is scored as if the
+/// solution ended there (the text of its path), σ(r) so that scores lie
+/// in (0, 1); a solution's score is its last step's.
+pub struct RewardModelVerifier<'m> {
+    pub model: Option<&'m dyn SolutionRewarder>,
+}
+
+#[async_trait]
+impl Verifier for RewardModelVerifier<'_> {
+    fn name(&self) -> String {
+        "orm-model".into()
+    }
+
+    fn aggregation(&self) -> Aggregation {
+        Aggregation::Last
+    }
+
+    async fn score(
+        &self,
+        s: &Searcher<'_>,
+        tree: &mut Tree,
+        leaves: &[NodeId],
+    ) -> Result<(), SearchError> {
+        let model = self.model.ok_or_else(|| {
+            SearchError::Config(
+                "the orm-model verifier needs a trained reward model: --verifier orm-model:DIR"
+                    .into(),
+            )
+        })?;
+        let nodes = unscored(tree, leaves);
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let replies: Vec<String> = nodes.iter().map(|&n| tree.text(n)).collect();
+        let rewards = model
+            .rewards(&s.user_turn, &replies)
+            .await
+            .map_err(|message| {
+                SearchError::Model(ModelError::Backend {
+                    backend: "reward model".into(),
+                    message,
+                })
+            })?;
+        if rewards.len() != nodes.len() {
+            return Err(SearchError::Model(ModelError::Backend {
+                backend: "reward model".into(),
+                message: format!("{} rewards for {} solutions", rewards.len(), nodes.len()),
+            }));
+        }
+        // The reward model's forward passes are its own, not the policy's:
+        // counted as one verifier call, without tokens.
+        s.meter.record(Caller::Verifier, 1, &Usage::default());
+        for (n, r) in nodes.into_iter().zip(rewards) {
+            tree.node_mut(n).score = Some(1.0 / (1.0 + (-r).exp()));
         }
         Ok(())
     }

@@ -86,6 +86,15 @@ impl Task {
         }
     }
 
+    /// The user's turn for `question`: the question and the instruction,
+    /// as search, training and reward models all frame it.
+    pub fn user_turn(self, question: &str) -> String {
+        match self.instruction() {
+            "" => question.to_string(),
+            instruction => format!("{}\n\n{instruction}", question.trim_end()),
+        }
+    }
+
     /// What the prompt asks for besides the question, so that answers can
     /// be found.
     pub fn instruction(self) -> &'static str {

@@ -83,8 +83,8 @@ pub fn gsm8k_reply(answer: &str) -> Result<String, String> {
 
 /// The user's turn for a question, as `qstar solve` words it.
 pub fn framed_question(question: &str, task: Option<Task>) -> String {
-    match task.map(|t| t.instruction()).filter(|i| !i.is_empty()) {
-        Some(instruction) => format!("{}\n\n{instruction}", question.trim_end()),
+    match task {
+        Some(task) => task.user_turn(question),
         None => question.to_string(),
     }
 }

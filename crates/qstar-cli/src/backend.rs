@@ -49,6 +49,10 @@ pub struct BackendArgs {
     /// Threads of the embedded engine (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Turn the embedded engine's prefix cache off (to measure what it
+    /// saves).
+    #[arg(long)]
+    pub no_prefix_cache: bool,
 }
 
 impl BackendArgs {
@@ -69,12 +73,18 @@ impl BackendArgs {
         Ok(path)
     }
 
+    /// The embedded engine's settings these flags ask for.
+    fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            threads: self.threads,
+            prefix_cache: !self.no_prefix_cache,
+            ..EngineOptions::default()
+        }
+    }
+
     pub async fn engine(&self) -> Result<Engine> {
         let path = self.ensure_model().await?;
-        let options = EngineOptions {
-            threads: self.threads,
-            ..EngineOptions::default()
-        };
+        let options = self.engine_options();
         Ok(Engine::load_with_adapter(
             &path,
             self.adapter.as_deref(),
@@ -87,10 +97,7 @@ impl BackendArgs {
     /// policy a LoRA adapter was trained from); without either there is no
     /// reference to compare with.
     pub async fn reference_engine(&self, ref_model: Option<&std::path::Path>) -> Result<Engine> {
-        let options = EngineOptions {
-            threads: self.threads,
-            ..EngineOptions::default()
-        };
+        let options = self.engine_options();
         match ref_model {
             Some(path) => Ok(Engine::load(path, options)?),
             None if self.adapter.is_some() && self.backend == BackendKind::Embedded => {

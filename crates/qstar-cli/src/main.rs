@@ -9,12 +9,14 @@ mod inspect;
 mod job;
 mod label;
 mod pairs;
+mod prm;
 mod prompts;
 mod report;
 mod reward;
 mod serve;
 mod settings;
 mod solve;
+mod steps;
 mod sweep;
 mod tasks;
 mod token_reward;
@@ -65,6 +67,9 @@ enum Command {
     /// Preference pairs with a verifiable winner: N samples per question,
     /// marked by the task's checker, a correct one against an incorrect one.
     Pairs(pairs::PairsArgs),
+    /// Automatic step labels (Math-Shepherd): rollouts from the end of each
+    /// step of sampled solutions, marked by the task's checker.
+    LabelSteps(steps::LabelStepsArgs),
     /// Compare strategies × budgets: table, sweep.json, sweep.png.
     Sweep(sweep::SweepArgs),
     /// Train the model: supervised fine-tuning and DPO (LoRA or full), and
@@ -128,6 +133,9 @@ enum TrainCommand {
     /// Direct preference optimization on preference pairs (sigmoid, robust,
     /// IPO, or soft labels), with reference log-probabilities kept in the run.
     Dpo(train::DpoArgs),
+    /// A process reward model: a scalar head on the state at each step's
+    /// end, trained on soft or hard step labels.
+    Prm(prm::TrainPrmArgs),
 }
 
 #[derive(Subcommand)]
@@ -259,11 +267,13 @@ fn main() -> ExitCode {
             Command::Judge(args) => label::judge(args).await,
             Command::Solve(args) => solve::solve(args).await,
             Command::Pairs(args) => pairs::pairs(args).await,
+            Command::LabelSteps(args) => steps::label_steps(args).await,
             Command::Sweep(args) => sweep::sweep(args).await,
             Command::Train { command } => match command {
                 TrainCommand::Sft(args) => train::sft(args).await,
                 TrainCommand::Rm(args) => reward::train_rm(args).await,
                 TrainCommand::Dpo(args) => train::dpo(args).await,
+                TrainCommand::Prm(args) => prm::train_prm(args).await,
             },
             Command::Tasks { command } => match command {
                 TasksCommand::Generate(args) => tasks::generate(args),

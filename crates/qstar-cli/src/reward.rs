@@ -331,6 +331,12 @@ impl Features {
             .collect()
     }
 
+    /// The engine the states come from (to frame prompts as it renders
+    /// them).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         // A panic elsewhere while holding it leaves a store that is still
         // consistent (SQLite commits whole records).
@@ -442,7 +448,7 @@ impl PairArgs {
     }
 }
 
-fn sha256(path: &Path) -> Result<String> {
+pub fn sha256(path: &Path) -> Result<String> {
     qstar_store::sha256_of(path).with_context(|| format!("cannot read {}", path.display()))
 }
 

@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::backend::BackendArgs;
 use crate::job::{add_fingerprint, open_store, Finished, Job};
 use crate::label::Format;
+use crate::prm::ProcessRewardModel;
 use crate::prompts::{PromptArgs, PromptSet};
 use crate::report::{Align, Reporter, Text};
 use crate::reward::RewardModel;
@@ -40,8 +41,8 @@ pub struct SearchArgs {
     #[arg(long)]
     pub input: PathBuf,
     /// What scores steps and solutions: checker, prm, orm, confidence,
-    /// leco, dpo, likelihood, agreement, or orm-model:DIR (a reward model
-    /// `qstar train rm` wrote).
+    /// leco, dpo, likelihood, agreement, orm-model:DIR (a reward model
+    /// `qstar train rm` wrote) or prm-model:DIR (`qstar train prm`).
     #[arg(long, value_parser = parse_verifier)]
     pub verifier: Option<VerifierArg>,
     /// How step scores combine (default: the verifier's own).
@@ -147,7 +148,7 @@ impl From<VerifierKind> for VerifierArg {
     }
 }
 
-/// Parses `NAME` or `orm-model:DIR`.
+/// Parses `NAME`, `orm-model:DIR` or `prm-model:DIR`.
 pub fn parse_verifier(s: &str) -> Result<VerifierArg, String> {
     let (name, dir) = match s.split_once(':') {
         Some((name, dir)) => (name, Some(dir)),
@@ -155,14 +156,15 @@ pub fn parse_verifier(s: &str) -> Result<VerifierArg, String> {
     };
     let kind = <VerifierKind as clap::ValueEnum>::from_str(name, false)
         .map_err(|_| format!("unknown verifier {name:?}: use {}", verifier_names()))?;
+    let trained = matches!(kind, VerifierKind::OrmModel | VerifierKind::PrmModel);
     match (kind, dir) {
-        (VerifierKind::OrmModel, Some(dir)) if !dir.is_empty() => Ok(VerifierArg {
+        (_, Some(dir)) if trained && !dir.is_empty() => Ok(VerifierArg {
             kind,
             model: Some(PathBuf::from(dir)),
         }),
-        (VerifierKind::OrmModel, _) => {
-            Err("orm-model names its reward model: --verifier orm-model:DIR".into())
-        }
+        _ if trained => Err(format!(
+            "{name} names its trained model: --verifier {name}:DIR"
+        )),
         (_, Some(_)) => Err(format!("the {name} verifier takes no directory")),
         (_, None) => Ok(kind.into()),
     }
@@ -183,6 +185,8 @@ pub struct Setup {
     pub ref_model: Option<PathBuf>,
     /// The orm-model verifier's reward model and its directory.
     pub reward_model: Option<(PathBuf, RewardModel)>,
+    /// The prm-model verifier's process reward model and its directory.
+    pub step_model: Option<(PathBuf, ProcessRewardModel)>,
     pub parallel: usize,
     pub input: PathBuf,
     backend: BackendArgs,
@@ -289,13 +293,22 @@ impl SearchArgs {
             } else {
                 None
             };
-        let reward_model = match self.verifier.as_ref().and_then(|v| v.model.clone()) {
-            Some(dir) => {
+        let trained = self
+            .verifier
+            .as_ref()
+            .and_then(|v| v.model.clone().map(|dir| (v.kind, dir)));
+        let (mut reward_model, mut step_model) = (None, None);
+        match trained {
+            Some((VerifierKind::OrmModel, dir)) => {
                 let rm = RewardModel::open(&dir, None, self.backend.threads, None).await?;
-                Some((dir, rm))
+                reward_model = Some((dir, rm));
             }
-            None => None,
-        };
+            Some((_, dir)) => {
+                let prm = ProcessRewardModel::open(&dir, self.backend.threads).await?;
+                step_model = Some((dir, prm));
+            }
+            None => {}
+        }
         Ok(Setup {
             model,
             reference_model,
@@ -308,6 +321,7 @@ impl SearchArgs {
             beta: self.beta.unwrap_or(0.1),
             ref_model: self.ref_model.clone(),
             reward_model,
+            step_model,
             parallel: self.parallel.max(1),
             input: self.input.clone(),
             backend: self.backend.clone(),
@@ -332,6 +346,10 @@ impl Setup {
                 .reward_model
                 .as_ref()
                 .map(|(_, rm)| rm as &dyn qstar_search::SolutionRewarder),
+            step_model: self
+                .step_model
+                .as_ref()
+                .map(|(_, prm)| prm as &dyn qstar_search::StepRewarder),
         }
     }
 
@@ -367,6 +385,9 @@ impl Setup {
         // were.
         if let Some((dir, rm)) = &self.reward_model {
             described["reward_model"] = rm.fingerprint(dir)?;
+        }
+        if let Some((dir, prm)) = &self.step_model {
+            described["process_reward_model"] = prm.fingerprint(dir)?;
         }
         self.prompts.add_to(&mut described, crate::prompts::SEARCH);
         add_fingerprint(&mut described, store, &self.backend, &self.input)?;

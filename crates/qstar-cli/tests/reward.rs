@@ -532,7 +532,11 @@ fn a_killed_feature_pass_resumes_from_the_states_it_committed() {
             "3",
             "--json",
         ])
-        .args(["--feature-cache", fresh_cache.to_str().expect("path"), "--out"])
+        .args([
+            "--feature-cache",
+            fresh_cache.to_str().expect("path"),
+            "--out",
+        ])
         .arg(&fresh)
         .output()
         .expect("fresh");

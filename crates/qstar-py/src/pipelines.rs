@@ -425,6 +425,7 @@ pub fn solve<'py>(
             beta,
             // Trained reward models are the command line's for now.
             reward_model: None,
+            step_model: None,
         };
         let mut records = Vec::with_capacity(problems.len());
         for chunk in problems.chunks(parallel) {

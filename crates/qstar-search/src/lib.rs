@@ -24,8 +24,8 @@ pub use strategy::{run, Outcome, Scorer, Strategy};
 pub use tree::{Node, NodeId, Tree};
 pub use verifier::{
     implicit_token_rewards, Aggregation, AgreementVerifier, CheckerVerifier, ConfidenceVerifier,
-    DpoVerifier, JudgeVerifier, LecoVerifier, LikelihoodVerifier, RewardModelVerifier,
-    SolutionRewarder, Verifier,
+    DpoVerifier, JudgeVerifier, LecoVerifier, LikelihoodVerifier, PrmModelVerifier,
+    RewardModelVerifier, SolutionRewarder, StepRewarder, Verifier,
 };
 
 use qstar_core::ModelError;

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::verifier::{
     Aggregation, AgreementVerifier, CheckerVerifier, ConfidenceVerifier, DpoVerifier,
-    JudgeVerifier, LecoVerifier, LikelihoodVerifier, RewardModelVerifier, SolutionRewarder,
+    JudgeVerifier, LecoVerifier, LikelihoodVerifier, PrmModelVerifier, RewardModelVerifier,
+    SolutionRewarder, StepRewarder,
 };
 use crate::{
     optimal, run, Compute, Meter, Outcome, Policy, Scorer, SearchConfig, SearchError, Searcher,
@@ -41,6 +42,9 @@ pub enum VerifierKind {
     /// A trained outcome reward model (`qstar train rm`) scoring each
     /// solution: `--verifier orm-model:DIR`.
     OrmModel,
+    /// A trained process reward model (`qstar train prm`) scoring each
+    /// step: `--verifier prm-model:DIR`.
+    PrmModel,
     /// Agreement of a solution's answer with the others.
     Agreement,
 }
@@ -56,6 +60,7 @@ impl VerifierKind {
             VerifierKind::Dpo => "dpo",
             VerifierKind::Likelihood => "likelihood",
             VerifierKind::OrmModel => "orm-model",
+            VerifierKind::PrmModel => "prm-model",
             VerifierKind::Agreement => "agreement",
         }
     }
@@ -107,6 +112,8 @@ pub struct Solver<'a> {
     pub beta: f64,
     /// The trained reward model of the orm-model verifier.
     pub reward_model: Option<&'a dyn SolutionRewarder>,
+    /// The trained process reward model of the prm-model verifier.
+    pub step_model: Option<&'a dyn StepRewarder>,
 }
 
 impl Solver<'_> {
@@ -129,6 +136,9 @@ impl Solver<'_> {
             VerifierKind::Likelihood => Box::new(LikelihoodVerifier { model: self.model }),
             VerifierKind::OrmModel => Box::new(RewardModelVerifier {
                 model: self.reward_model,
+            }),
+            VerifierKind::PrmModel => Box::new(PrmModelVerifier {
+                model: self.step_model,
             }),
             VerifierKind::Agreement => Box::new(AgreementVerifier),
         })

@@ -511,6 +511,71 @@ impl Verifier for RewardModelVerifier<'_> {
     }
 }
 
+/// A trained process reward model: the logit of each text's last step
+/// (the text is the prompt and the solution so far, exactly as search
+/// wrote it).
+#[async_trait]
+pub trait StepRewarder: Send + Sync {
+    async fn step_logits(&self, texts: &[String]) -> Result<Vec<f64>, String>;
+}
+
+/// A process reward model as a verifier: each step's score is σ(logit) at
+/// its end; by default a solution is as good as its weakest step.
+pub struct PrmModelVerifier<'m> {
+    pub model: Option<&'m dyn StepRewarder>,
+}
+
+#[async_trait]
+impl Verifier for PrmModelVerifier<'_> {
+    fn name(&self) -> String {
+        "prm-model".into()
+    }
+
+    fn aggregation(&self) -> Aggregation {
+        Aggregation::Min
+    }
+
+    async fn score(
+        &self,
+        s: &Searcher<'_>,
+        tree: &mut Tree,
+        leaves: &[NodeId],
+    ) -> Result<(), SearchError> {
+        let model = self.model.ok_or_else(|| {
+            SearchError::Config(
+                "the prm-model verifier needs a trained process reward model: \
+                 --verifier prm-model:DIR"
+                    .into(),
+            )
+        })?;
+        let nodes = unscored(tree, leaves);
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let texts: Vec<String> = nodes
+            .iter()
+            .map(|&n| s.prompt.clone() + &tree.text(n))
+            .collect();
+        let logits = model.step_logits(&texts).await.map_err(|message| {
+            SearchError::Model(ModelError::Backend {
+                backend: "process reward model".into(),
+                message,
+            })
+        })?;
+        if logits.len() != nodes.len() {
+            return Err(SearchError::Model(ModelError::Backend {
+                backend: "process reward model".into(),
+                message: format!("{} scores for {} steps", logits.len(), nodes.len()),
+            }));
+        }
+        s.meter.record(Caller::Verifier, 1, &Usage::default());
+        for (n, z) in nodes.into_iter().zip(logits) {
+            tree.node_mut(n).score = Some(1.0 / (1.0 + (-z).exp()));
+        }
+        Ok(())
+    }
+}
+
 /// Self-consistency as a verifier: the share of finished solutions in the
 /// tree that reach the same answer (0 for an unanswered or unfinished one).
 pub struct AgreementVerifier;

@@ -13,6 +13,7 @@ pub mod gemm;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod process_reward;
 pub mod real;
 pub mod reward;
 pub mod rng;

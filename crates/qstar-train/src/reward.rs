@@ -107,17 +107,28 @@ impl RewardHead {
     /// A zero head whose standardization comes from the training states.
     pub fn standardized_on(pairs: &[FeaturePair]) -> Result<Self, String> {
         let d = feature_width(pairs)?;
-        let n = (2 * pairs.len()) as f64;
+        Ok(Self::standardized_over(
+            d,
+            pairs
+                .iter()
+                .flat_map(|p| [p.chosen.as_slice(), p.rejected.as_slice()]),
+        ))
+    }
+
+    /// A zero head standardizing with the mean and spread of `states`,
+    /// each `d` wide (checked by the caller).
+    pub(crate) fn standardized_over<'a>(d: usize, states: impl Iterator<Item = &'a [f32]>) -> Self {
+        let mut n = 0f64;
         let mut sum = vec![0f64; d];
         let mut sq = vec![0f64; d];
-        for p in pairs {
-            for h in [&p.chosen, &p.rejected] {
-                for i in 0..d {
-                    sum[i] += h[i] as f64;
-                    sq[i] += (h[i] as f64).powi(2);
-                }
+        for h in states {
+            n += 1.0;
+            for i in 0..d {
+                sum[i] += h[i] as f64;
+                sq[i] += (h[i] as f64).powi(2);
             }
         }
+        let n = n.max(1.0);
         let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
         let inv_std = (0..d)
             .map(|i| {
@@ -130,12 +141,12 @@ impl RewardHead {
                 }
             })
             .collect();
-        Ok(RewardHead {
+        RewardHead {
             mean: mean.iter().map(|&m| m as f32).collect(),
             inv_std,
             weight: vec![0.0; d],
             bias: 0.0,
-        })
+        }
     }
 
     pub fn width(&self) -> usize {
@@ -143,7 +154,7 @@ impl RewardHead {
     }
 
     /// The standardized features the weights multiply.
-    fn standardize(&self, h: &[f32], out: &mut [f64]) {
+    pub(crate) fn standardize(&self, h: &[f32], out: &mut [f64]) {
         for i in 0..self.width() {
             out[i] = (h[i] - self.mean[i]) as f64 * self.inv_std[i] as f64;
         }
@@ -230,7 +241,7 @@ impl RewardHead {
     }
 }
 
-fn dot(w: &[f32], x: &[f64]) -> f64 {
+pub(crate) fn dot(w: &[f32], x: &[f64]) -> f64 {
     w.iter().zip(x).map(|(a, b)| *a as f64 * b).sum()
 }
 
@@ -361,6 +372,30 @@ pub fn train_head(
             ));
         }
     }
+    let records = fit(
+        &mut head,
+        train,
+        eval,
+        config,
+        |h, batch| batch_loss(h, batch, config.loss, config.center_coef),
+        |h, pairs| loss_and_accuracy(h, pairs, config),
+        &mut on_epoch,
+    );
+    Ok((head, records))
+}
+
+/// The optimizer loop every head shares: seeded shuffled mini-batches,
+/// AdamW on the weights (decayed) and the bias (not), and after each epoch
+/// the loss and accuracy on the training and evaluation items.
+pub(crate) fn fit<T>(
+    head: &mut RewardHead,
+    train: &[T],
+    eval: &[T],
+    config: &HeadTraining,
+    gradient: impl Fn(&RewardHead, &[&T]) -> (f64, Vec<f64>, f64),
+    measure: impl Fn(&RewardHead, &[T]) -> (f64, f64),
+    on_epoch: &mut impl FnMut(&EpochRecord),
+) -> Vec<EpochRecord> {
     let mut adam = AdamW::new(
         AdamWConfig {
             weight_decay: config.weight_decay,
@@ -374,8 +409,8 @@ pub fn train_head(
     for epoch in 1..=config.epochs {
         rng.shuffle(&mut order);
         for batch in order.chunks(config.batch_pairs) {
-            let pairs: Vec<&FeaturePair> = batch.iter().map(|&i| &train[i]).collect();
-            let (_, grad, grad_bias) = batch_loss(&head, &pairs, config.loss, config.center_coef);
+            let items: Vec<&T> = batch.iter().map(|&i| &train[i]).collect();
+            let (_, grad, grad_bias) = gradient(head, &items);
             let grad: Vec<f32> = grad.iter().map(|&g| g as f32).collect();
             let grad_bias = [grad_bias as f32];
             let mut bias = [head.bias];
@@ -387,11 +422,11 @@ pub fn train_head(
             );
             head.bias = bias[0];
         }
-        let (train_loss, train_accuracy) = loss_and_accuracy(&head, train, config);
+        let (train_loss, train_accuracy) = measure(head, train);
         let (eval_loss, eval_accuracy) = if eval.is_empty() {
             (None, None)
         } else {
-            let (l, a) = loss_and_accuracy(&head, eval, config);
+            let (l, a) = measure(head, eval);
             (Some(l), Some(a))
         };
         let record = EpochRecord {
@@ -404,7 +439,7 @@ pub fn train_head(
         on_epoch(&record);
         records.push(record);
     }
-    Ok((head, records))
+    records
 }
 
 /// Mean loss and the fraction of pairs ranked as their label says (the

@@ -172,6 +172,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         concurrency: 1,
         server_params: None,
         threads: args.threads,
+        no_prefix_cache: false,
     };
     let path = backend.ensure_model().await?;
     let engine = backend.engine().await?;

@@ -1,0 +1,461 @@
+//! `qstar train prm`: a process reward model, a scalar head on the
+//! backbone's state at the end of each step, trained on step labels
+//! (`qstar label-steps`, or TRL's stepwise rows such as PRM800K's), with
+//! cross-entropy on the soft labels or the hard ones. In search it is the
+//! `prm-model:DIR` verifier: a step's score is σ(head(state)), read at the
+//! end of the same text the search has written, so training and use see the
+//! same tokens.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use qstar_core::PromptFormat;
+use qstar_train::process_reward::{train_step_head, FeatureStep};
+use qstar_train::reward::{HeadTraining, RewardHead};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::report::{Reporter, Text};
+use crate::reward::{sha256, FeatureArgs, Features};
+use crate::{non_empty, UsageError};
+
+pub const PRM_CONFIG_FILE: &str = "prm_model.json";
+
+#[derive(Args)]
+pub struct TrainPrmArgs {
+    /// Labelled steps (JSONL): `qstar label-steps` output, or TRL stepwise
+    /// rows (`prompt`, `completions`, `labels`).
+    #[arg(long)]
+    pub steps: PathBuf,
+    /// The model's directory: reward_head.safetensors, prm_model.json,
+    /// metrics.jsonl, loss.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Train on each step's soft label (the fraction of rollouts that reach
+    /// the right answer) instead of its hard label.
+    #[arg(long)]
+    pub soft: bool,
+    /// Hold out the last N rows (solutions) for evaluation.
+    #[arg(long)]
+    pub holdout: Option<usize>,
+    /// Read at most this many rows.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// What joins the steps into the solution text (the search's step
+    /// delimiter; TRL's rows carry none).
+    #[arg(long, default_value = "\n\n", value_parser = non_empty("--step-delimiter"))]
+    pub step_delimiter: String,
+    #[arg(long, default_value_t = 30, value_parser = crate::bounded(1, 100_000))]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1e-2)]
+    pub weight_decay: f64,
+    /// Steps per batch.
+    #[arg(long, default_value_t = 64, value_parser = crate::bounded(1, 1_000_000))]
+    pub batch_steps: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub features: FeatureArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One labelled solution of the input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRow {
+    pub line: usize,
+    /// The user's turn (the question as search frames it).
+    pub prompt: String,
+    pub completions: Vec<String>,
+    pub labels: Vec<bool>,
+    pub soft_labels: Option<Vec<f64>>,
+}
+
+/// Reads one stepwise row; the error says what is wrong with it.
+fn step_row(value: &Value, line: usize) -> Result<StepRow, String> {
+    let prompt = value
+        .get("prompt")
+        .and_then(Value::as_str)
+        .ok_or("missing string field \"prompt\"")?;
+    let completions: Vec<String> = value
+        .get("completions")
+        .and_then(Value::as_array)
+        .ok_or("missing array field \"completions\"")?
+        .iter()
+        .map(|c| c.as_str().map(String::from))
+        .collect::<Option<_>>()
+        .ok_or("\"completions\" must hold strings")?;
+    let labels: Vec<bool> = value
+        .get("labels")
+        .and_then(Value::as_array)
+        .ok_or("missing array field \"labels\"")?
+        .iter()
+        .map(Value::as_bool)
+        .collect::<Option<_>>()
+        .ok_or("\"labels\" must hold true or false")?;
+    if completions.is_empty() {
+        return Err("no steps in \"completions\"".into());
+    }
+    if labels.len() != completions.len() {
+        return Err(format!(
+            "{} labels for {} steps",
+            labels.len(),
+            completions.len()
+        ));
+    }
+    let soft_labels = match value.get("soft_labels") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let soft: Vec<f64> = v
+                .as_array()
+                .ok_or("\"soft_labels\" must be an array")?
+                .iter()
+                .map(Value::as_f64)
+                .collect::<Option<_>>()
+                .ok_or("\"soft_labels\" must hold numbers")?;
+            if soft.len() != completions.len() {
+                return Err(format!(
+                    "{} soft labels for {} steps",
+                    soft.len(),
+                    completions.len()
+                ));
+            }
+            if soft.iter().any(|p| !(0.0..=1.0).contains(p)) {
+                return Err("a soft label lies outside [0, 1]".into());
+            }
+            Some(soft)
+        }
+    };
+    Ok(StepRow {
+        line,
+        prompt: prompt.to_string(),
+        completions,
+        labels,
+        soft_labels,
+    })
+}
+
+/// The rows of a stepwise file; a bad line is an error naming it.
+pub fn read_step_rows(path: &Path, limit: Option<usize>) -> Result<Vec<StepRow>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if limit.is_some_and(|n| rows.len() >= n) {
+            break;
+        }
+        let value: Value = serde_json::from_str(line)
+            .map_err(|e| UsageError(format!("{}:{}: not JSON: {e}", path.display(), i + 1)))?;
+        let row = step_row(&value, i + 1)
+            .map_err(|e| UsageError(format!("{}:{}: {e}", path.display(), i + 1)))?;
+        rows.push(row);
+    }
+    if rows.is_empty() {
+        return Err(UsageError(format!("{}: no labelled steps", path.display())).into());
+    }
+    Ok(rows)
+}
+
+/// The text whose last state scores step `i` of a solution: the prompt as
+/// search frames it, then the steps so far, each but the last one of the
+/// solution ended by the delimiter (as search writes them).
+pub fn step_texts(framed_prompt: &str, completions: &[String], delimiter: &str) -> Vec<String> {
+    let mut text = framed_prompt.to_string();
+    let mut out = Vec::with_capacity(completions.len());
+    for (i, step) in completions.iter().enumerate() {
+        text.push_str(step);
+        if i + 1 < completions.len() {
+            text.push_str(delimiter);
+        }
+        out.push(text.clone());
+    }
+    out
+}
+
+/// What `prm_model.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrmConfig {
+    pub base_model: PathBuf,
+    pub base_model_sha256: String,
+    pub step_delimiter: String,
+    pub width: usize,
+    pub labels: String,
+    pub training: HeadTraining,
+    pub train_steps: usize,
+    pub eval_steps: usize,
+    pub steps_sha256: String,
+}
+
+/// The user turn framed as search frames it (chat, generation prompt on).
+fn framed_prompt(features: &Features, user_turn: &str) -> Result<String> {
+    Ok(PromptFormat::Chat.frame(features.engine(), user_turn, "")?)
+}
+
+async fn feature_steps(
+    features: &Features,
+    rows: &[StepRow],
+    delimiter: &str,
+    soft: bool,
+    reporter: &Reporter,
+) -> Result<Vec<FeatureStep>> {
+    let mut texts = Vec::new();
+    let mut targets = Vec::new();
+    for row in rows {
+        let prompt = framed_prompt(features, &row.prompt)?;
+        texts.extend(step_texts(&prompt, &row.completions, delimiter));
+        match (&row.soft_labels, soft) {
+            (Some(s), true) => targets.extend(s.iter().copied()),
+            (None, true) => {
+                return Err(UsageError(format!(
+                    "line {}: --soft needs \"soft_labels\" (qstar label-steps writes them)",
+                    row.line
+                ))
+                .into())
+            }
+            (_, false) => targets.extend(row.labels.iter().map(|&l| f64::from(u8::from(l)))),
+        }
+    }
+    let states = features.states(&texts, Some(reporter)).await?;
+    Ok(states
+        .into_iter()
+        .zip(targets)
+        .map(|(state, target)| FeatureStep { state, target })
+        .collect())
+}
+
+pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
+    let reporter = Reporter::new(args.json);
+    let training = HeadTraining {
+        epochs: args.epochs,
+        batch_pairs: args.batch_steps,
+        lr: args.lr,
+        weight_decay: args.weight_decay,
+        seed: args.seed,
+        ..HeadTraining::default()
+    };
+    training.check().map_err(UsageError)?;
+    let mut rows = read_step_rows(&args.steps, args.limit)?;
+    let eval_rows = match args.holdout {
+        Some(n) if n >= rows.len() => {
+            return Err(UsageError(format!(
+                "--holdout {n} leaves nothing to train on ({} rows)",
+                rows.len()
+            ))
+            .into())
+        }
+        Some(n) => rows.split_off(rows.len() - n),
+        None => Vec::new(),
+    };
+    let features = Features::open(
+        args.features.model.as_deref(),
+        args.features.threads,
+        args.features.feature_cache.as_deref(),
+        None,
+        None,
+    )
+    .await?;
+    let delimiter = args.step_delimiter.replace("\\n", "\n");
+    let train = feature_steps(&features, &rows, &delimiter, args.soft, &reporter).await?;
+    // Held-out steps are judged by their hard labels whatever trained.
+    let eval = feature_steps(&features, &eval_rows, &delimiter, false, &reporter).await?;
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let mut log = String::new();
+    let bar = reporter.progress(args.epochs, 0, "train prm", "epochs");
+    let (head, records) = train_step_head(&train, &eval, &training, |r| {
+        log.push_str(&serde_json::to_string(r).unwrap_or_default());
+        log.push('\n');
+        bar.inc(1);
+    })
+    .map_err(UsageError)?;
+    bar.finish_and_clear();
+    head.save(&args.out).map_err(anyhow::Error::new)?;
+    let config = PrmConfig {
+        base_model: features.model_path.clone(),
+        base_model_sha256: features.model_sha256.clone(),
+        step_delimiter: delimiter,
+        width: head.width(),
+        labels: if args.soft { "soft" } else { "hard" }.into(),
+        training,
+        train_steps: train.len(),
+        eval_steps: eval.len(),
+        steps_sha256: sha256(&args.steps)?,
+    };
+    qstar_train::checkpoint::write_atomic(
+        &args.out.join(PRM_CONFIG_FILE),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )?;
+    qstar_train::checkpoint::write_atomic(&args.out.join("metrics.jsonl"), log.as_bytes())?;
+    let curve = |f: &dyn Fn(&qstar_train::reward::EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
+        records
+            .iter()
+            .filter_map(|r| f(r).map(|l| (r.epoch as f64, l)))
+            .collect()
+    };
+    reporter.before_plot();
+    qstar_eval::plot::loss_curve(
+        &args.out.join("loss.png"),
+        "process reward model: step cross-entropy per epoch",
+        &curve(&|r| Some(r.train_loss)),
+        &curve(&|r| r.eval_loss),
+    )?;
+    let last = records.last();
+    let figures = json!({
+        "train_solutions": rows.len(),
+        "train_steps": train.len(),
+        "eval_solutions": eval_rows.len(),
+        "eval_steps": eval.len(),
+        "labels": config.labels,
+        "epochs": args.epochs,
+        "final_train_loss": last.map(|r| r.train_loss),
+        "train_accuracy": last.map(|r| r.train_accuracy),
+        "eval_loss": last.and_then(|r| r.eval_loss),
+        "eval_accuracy": last.and_then(|r| r.eval_accuracy),
+        "out": args.out,
+    });
+    let fmt = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.4}"));
+    let text = Text::new()
+        .line(format!(
+            "trained a step head on {} steps of {} solutions ({} labels) → {}",
+            train.len(),
+            rows.len(),
+            config.labels,
+            args.out.display()
+        ))
+        .metrics(&[
+            ("final train loss", fmt(last.map(|r| r.train_loss))),
+            ("train step accuracy", fmt(last.map(|r| r.train_accuracy))),
+            ("eval steps", eval.len().to_string()),
+            ("eval loss", fmt(last.and_then(|r| r.eval_loss))),
+            (
+                "eval step accuracy",
+                fmt(last.and_then(|r| r.eval_accuracy)),
+            ),
+        ]);
+    reporter.summary(&figures, &text)
+}
+
+/// A trained process reward model ready to score steps.
+pub struct ProcessRewardModel {
+    pub config: PrmConfig,
+    pub head: RewardHead,
+    pub features: Features,
+}
+
+impl ProcessRewardModel {
+    pub async fn open(dir: &Path, threads: usize) -> Result<Self> {
+        let path = dir.join(PRM_CONFIG_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+        let config: PrmConfig = serde_json::from_str(&text)
+            .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+        let head = RewardHead::load(dir).map_err(|e| UsageError(e.to_string()))?;
+        if head.width() != config.width {
+            return Err(UsageError(format!(
+                "{}: the head reads {} features, the config says {}",
+                dir.display(),
+                head.width(),
+                config.width
+            ))
+            .into());
+        }
+        let features = Features::open(
+            Some(&config.base_model),
+            threads,
+            None,
+            None,
+            Some(&config.base_model_sha256),
+        )
+        .await?;
+        Ok(ProcessRewardModel {
+            config,
+            head,
+            features,
+        })
+    }
+
+    /// What records scored by this model depend on.
+    pub fn fingerprint(&self, dir: &Path) -> Result<Value> {
+        Ok(json!({
+            "dir": dir,
+            "head_sha256": sha256(&dir.join(qstar_train::reward::HEAD_FILE))?,
+            "base_model_sha256": self.config.base_model_sha256,
+            "step_delimiter": self.config.step_delimiter,
+        }))
+    }
+}
+
+#[async_trait::async_trait]
+impl qstar_search::StepRewarder for ProcessRewardModel {
+    async fn step_logits(&self, texts: &[String]) -> Result<Vec<f64>, String> {
+        let states = self
+            .features
+            .states(texts, None)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        states
+            .iter()
+            .map(|h| {
+                self.head.check_width(h)?;
+                Ok(self.head.reward(h))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_texts_end_as_search_writes_them() {
+        let steps = vec!["12 + 34 = 46".to_string(), "46 + 5 = 51".to_string()];
+        assert_eq!(
+            step_texts("P:", &steps, "\n"),
+            vec![
+                "P:12 + 34 = 46\n".to_string(),
+                "P:12 + 34 = 46\n46 + 5 = 51".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_rows_say_what_is_wrong() {
+        let cases = [
+            (json!({"completions": ["a"], "labels": [true]}), "prompt"),
+            (
+                json!({"prompt": "q", "completions": ["a", "b"], "labels": [true]}),
+                "1 labels for 2 steps",
+            ),
+            (
+                json!({"prompt": "q", "completions": [], "labels": []}),
+                "no steps",
+            ),
+            (
+                json!({"prompt": "q", "completions": ["a"], "labels": [1]}),
+                "true or false",
+            ),
+            (
+                json!({"prompt": "q", "completions": ["a"], "labels": [true], "soft_labels": [1.5]}),
+                "outside",
+            ),
+        ];
+        for (row, word) in cases {
+            let err = step_row(&row, 1).expect_err("refused");
+            assert!(err.contains(word), "{row}: {err}");
+        }
+        let ok = step_row(
+            &json!({"prompt": "q", "completions": ["a", "b"], "labels": [true, false], "soft_labels": [0.5, 0.0]}),
+            3,
+        )
+        .expect("a good row");
+        assert_eq!(ok.soft_labels, Some(vec![0.5, 0.0]));
+    }
+}

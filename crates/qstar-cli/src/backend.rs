@@ -103,6 +103,11 @@ impl BackendArgs {
             None if self.adapter.is_some() && self.backend == BackendKind::Embedded => {
                 Ok(Engine::load(&self.ensure_model().await?, options)?)
             }
+            None if self.backend == BackendKind::Openai => Err(UsageError(
+                "the implicit reward's reference runs on the embedded engine: give --ref-model"
+                    .into(),
+            )
+            .into()),
             None => Err(UsageError(
                 "the implicit reward compares a policy with its reference: give --adapter \
                  (the reference is then the model without it) or --ref-model"

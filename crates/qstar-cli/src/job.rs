@@ -69,6 +69,11 @@ pub fn add_fingerprint(
         }
         resolved["adapter_sha256"] = adapter;
     }
+    // Records count the prompt tokens the cache saved: a run without it is
+    // another job (only then in the key, so other keys stay as they were).
+    if backend.no_prefix_cache {
+        resolved["prefix_cache"] = json!(false);
+    }
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::report::{Reporter, Text};
-use crate::reward::{sha256, FeatureArgs, Features};
+use crate::reward::{load_head, read_config, sha256, FeatureArgs, Features};
 use crate::{non_empty, UsageError};
 
 pub const PRM_CONFIG_FILE: &str = "prm_model.json";
@@ -36,7 +36,8 @@ pub struct TrainPrmArgs {
     /// the right answer) instead of its hard label.
     #[arg(long)]
     pub soft: bool,
-    /// Hold out the last N rows (solutions) for evaluation.
+    /// Hold out the solutions of the last N questions for evaluation (by
+    /// question, so no step of a held-out question is trained on).
     #[arg(long)]
     pub holdout: Option<usize>,
     /// Read at most this many rows.
@@ -162,6 +163,32 @@ pub fn read_step_rows(path: &Path, limit: Option<usize>) -> Result<Vec<StepRow>>
     Ok(rows)
 }
 
+/// Splits off the rows of the last `n` distinct questions (prompts), for
+/// evaluation.
+fn hold_out_questions(rows: Vec<StepRow>, n: usize) -> Result<(Vec<StepRow>, Vec<StepRow>)> {
+    let mut prompts: Vec<&str> = Vec::new();
+    for r in &rows {
+        if !prompts.contains(&r.prompt.as_str()) {
+            prompts.push(&r.prompt);
+        }
+    }
+    if n == 0 {
+        return Ok((rows, Vec::new()));
+    }
+    if n >= prompts.len() {
+        return Err(UsageError(format!(
+            "--holdout {n} leaves nothing to train on ({} questions)",
+            prompts.len()
+        ))
+        .into());
+    }
+    let held: Vec<String> = prompts[prompts.len() - n..]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    Ok(rows.into_iter().partition(|r| !held.contains(&r.prompt)))
+}
+
 /// The text whose last state scores step `i` of a solution: the prompt as
 /// search frames it, then the steps so far, each but the last one of the
 /// solution ended by the delimiter (as search writes them).
@@ -240,18 +267,8 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
         ..HeadTraining::default()
     };
     training.check().map_err(UsageError)?;
-    let mut rows = read_step_rows(&args.steps, args.limit)?;
-    let eval_rows = match args.holdout {
-        Some(n) if n >= rows.len() => {
-            return Err(UsageError(format!(
-                "--holdout {n} leaves nothing to train on ({} rows)",
-                rows.len()
-            ))
-            .into())
-        }
-        Some(n) => rows.split_off(rows.len() - n),
-        None => Vec::new(),
-    };
+    let rows = read_step_rows(&args.steps, args.limit)?;
+    let (rows, eval_rows) = hold_out_questions(rows, args.holdout.unwrap_or(0))?;
     let features = Features::open(
         args.features.model.as_deref(),
         args.features.threads,
@@ -261,9 +278,11 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
     )
     .await?;
     let delimiter = args.step_delimiter.replace("\\n", "\n");
+    // Held-out steps are judged against the labels of the kind trained on
+    // (soft or hard), so the two losses are comparable across runs of one
+    // kind; accuracy is whether σ(z) falls on the label's side of 1/2.
     let train = feature_steps(&features, &rows, &delimiter, args.soft, &reporter).await?;
-    // Held-out steps are judged by their hard labels whatever trained.
-    let eval = feature_steps(&features, &eval_rows, &delimiter, false, &reporter).await?;
+    let eval = feature_steps(&features, &eval_rows, &delimiter, args.soft, &reporter).await?;
 
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
@@ -351,21 +370,8 @@ pub struct ProcessRewardModel {
 
 impl ProcessRewardModel {
     pub async fn open(dir: &Path, threads: usize) -> Result<Self> {
-        let path = dir.join(PRM_CONFIG_FILE);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
-        let config: PrmConfig = serde_json::from_str(&text)
-            .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
-        let head = RewardHead::load(dir).map_err(|e| UsageError(e.to_string()))?;
-        if head.width() != config.width {
-            return Err(UsageError(format!(
-                "{}: the head reads {} features, the config says {}",
-                dir.display(),
-                head.width(),
-                config.width
-            ))
-            .into());
-        }
+        let config: PrmConfig = read_config(&dir.join(PRM_CONFIG_FILE))?;
+        let head = load_head(dir, config.width)?;
         let features = Features::open(
             Some(&config.base_model),
             threads,
@@ -394,10 +400,14 @@ impl ProcessRewardModel {
 
 #[async_trait::async_trait]
 impl qstar_search::StepRewarder for ProcessRewardModel {
-    async fn step_logits(&self, texts: &[String]) -> Result<Vec<f64>, String> {
+    async fn step_logits(&self, user_turn: &str, solutions: &[String]) -> Result<Vec<f64>, String> {
+        // Framed as in training: the prompt this model's chat template
+        // renders, then the steps exactly as search wrote them.
+        let prompt = framed_prompt(&self.features, user_turn).map_err(|e| format!("{e:#}"))?;
+        let texts: Vec<String> = solutions.iter().map(|s| prompt.clone() + s).collect();
         let states = self
             .features
-            .states(texts, None)
+            .states(&texts, None)
             .await
             .map_err(|e| format!("{e:#}"))?;
         states

@@ -605,6 +605,28 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
     reporter.summary(&figures, &text)
 }
 
+/// A trained model's JSON configuration; a missing or broken one is the
+/// user's error, naming the file.
+pub fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+    Ok(serde_json::from_str(&text).map_err(|e| UsageError(format!("{}: {e}", path.display())))?)
+}
+
+/// The head in `dir`, checked to read `width` features as its config says.
+pub fn load_head(dir: &Path, width: usize) -> Result<RewardHead> {
+    let head = RewardHead::load(dir).map_err(|e| UsageError(e.to_string()))?;
+    if head.width() != width {
+        return Err(UsageError(format!(
+            "{}: the head reads {} features, the config says {width}",
+            dir.display(),
+            head.width()
+        ))
+        .into());
+    }
+    Ok(head)
+}
+
 /// A trained reward model ready to score replies.
 pub struct RewardModel {
     pub config: RewardModelConfig,
@@ -619,21 +641,8 @@ impl RewardModel {
         threads: usize,
         cache: Option<&Path>,
     ) -> Result<Self> {
-        let path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
-        let config: RewardModelConfig = serde_json::from_str(&text)
-            .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
-        let head = RewardHead::load(dir).map_err(|e| UsageError(e.to_string()))?;
-        if head.width() != config.width {
-            return Err(UsageError(format!(
-                "{}: the head reads {} features, the config says {}",
-                dir.display(),
-                head.width(),
-                config.width
-            ))
-            .into());
-        }
+        let config: RewardModelConfig = read_config(&dir.join(CONFIG_FILE))?;
+        let head = load_head(dir, config.width)?;
         let model = base_model.unwrap_or(&config.base_model);
         let features = Features::open(
             Some(model),

@@ -107,7 +107,9 @@ fn check_name(arg: &clap::Arg, value: &str) -> Result<(), String> {
         None => vec![value],
     };
     for item in items {
-        if !names.iter().any(|n| n.matches(item, false)) {
+        // "orm-model:DIR": a name, then what it reads.
+        let name = item.split_once(':').map_or(item, |(name, _)| name);
+        if !names.iter().any(|n| n.matches(name, false)) {
             let shown: Vec<&str> = names
                 .iter()
                 .filter(|n| !n.is_hide_set())
@@ -247,8 +249,8 @@ mod tests {
             (
                 &SOLVE,
                 "strategy = \"greedy\"\nverifier = \"oracle\"\n",
-                "`verifier` is one of checker, prm, orm, confidence, leco, dpo, agreement, \
-                 not \"oracle\""
+                "`verifier` is one of checker, prm, orm, confidence, leco, dpo, likelihood, \
+                 orm-model, prm-model, agreement, not \"oracle\""
                     .into(),
             ),
         ];

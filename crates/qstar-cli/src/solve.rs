@@ -43,7 +43,7 @@ pub struct SearchArgs {
     /// What scores steps and solutions: checker, prm, orm, confidence,
     /// leco, dpo, likelihood, agreement, orm-model:DIR (a reward model
     /// `qstar train rm` wrote) or prm-model:DIR (`qstar train prm`).
-    #[arg(long, value_parser = parse_verifier)]
+    #[arg(long, value_parser = VerifierParser)]
     pub verifier: Option<VerifierArg>,
     /// How step scores combine (default: the verifier's own).
     #[arg(long, value_enum)]
@@ -148,14 +148,48 @@ impl From<VerifierKind> for VerifierArg {
     }
 }
 
-/// Parses `NAME`, `orm-model:DIR` or `prm-model:DIR`.
-pub fn parse_verifier(s: &str) -> Result<VerifierArg, String> {
-    let (name, dir) = match s.split_once(':') {
-        Some((name, dir)) => (name, Some(dir)),
-        None => (s, None),
-    };
-    let kind = <VerifierKind as clap::ValueEnum>::from_str(name, false)
-        .map_err(|_| format!("unknown verifier {name:?}: use {}", verifier_names()))?;
+/// Parses `--verifier`: a verifier's name (clap's own error, with the
+/// possible values, for an unknown one), or `orm-model:DIR` / `prm-model:DIR`
+/// for the kinds that read a trained model.
+#[derive(Clone)]
+pub struct VerifierParser;
+
+impl clap::builder::TypedValueParser for VerifierParser {
+    type Value = VerifierArg;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<VerifierArg, clap::Error> {
+        let names = clap::builder::EnumValueParser::<VerifierKind>::new();
+        let text = value.to_string_lossy();
+        let (name, dir) = match text.split_once(':') {
+            Some((name, dir)) => (name, Some(dir)),
+            None => (text.as_ref(), None),
+        };
+        let kind = names.parse_ref(cmd, arg, std::ffi::OsStr::new(name))?;
+        trained_model(kind, name, dir).map_err(|message| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{message}\n"))
+                .with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            <VerifierKind as clap::ValueEnum>::value_variants()
+                .iter()
+                .filter_map(clap::ValueEnum::to_possible_value),
+        ))
+    }
+}
+
+/// The verifier `kind` with the directory after its name, which the kinds
+/// that read a trained model need and the others refuse.
+fn trained_model(kind: VerifierKind, name: &str, dir: Option<&str>) -> Result<VerifierArg, String> {
     let trained = matches!(kind, VerifierKind::OrmModel | VerifierKind::PrmModel);
     match (kind, dir) {
         (_, Some(dir)) if trained && !dir.is_empty() => Ok(VerifierArg {
@@ -305,6 +339,16 @@ impl SearchArgs {
             }
             Some((_, dir)) => {
                 let prm = ProcessRewardModel::open(&dir, self.backend.threads).await?;
+                if prm.config.step_delimiter != config.step_delimiter {
+                    return Err(UsageError(format!(
+                        "{} was trained on steps ended by {:?}, this search ends them with {:?}: \
+                         pass the same --step-delimiter",
+                        dir.display(),
+                        prm.config.step_delimiter,
+                        config.step_delimiter
+                    ))
+                    .into());
+                }
                 step_model = Some((dir, prm));
             }
             None => {}

@@ -16,10 +16,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use qstar_core::{mix, GenerateRequest, LanguageModel, SamplingParams, Usage};
-use qstar_search::solve::SolveRecord;
+use qstar_core::mix;
 use qstar_search::strategy::Strategy;
-use qstar_search::{Meter, SearchConfig, SearchError, Searcher};
+use qstar_search::{Compute, Meter, NodeId, SearchConfig, SearchError, Searcher, Tree};
 use qstar_tasks::{Problem, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -28,6 +27,9 @@ use crate::job::{open_store, Job};
 use crate::report::{Align, Reporter, Text};
 use crate::solve::{SearchArgs, MAX_BUDGET};
 use crate::{bounded, UsageError};
+
+/// Mixed into the search seed for the rollouts.
+const ROLLOUT_SEED: u64 = 0x7011_0075;
 
 #[derive(Args)]
 pub struct LabelStepsArgs {
@@ -51,7 +53,8 @@ pub struct LabelStepsArgs {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabelledSolution {
     /// The steps as the search wrote them (each but the last ends with the
-    /// step delimiter), so their concatenation is the solution.
+    /// step delimiter; the last as the model ended it), so their
+    /// concatenation is the solution.
     pub steps: Vec<String>,
     pub soft: Vec<f64>,
     pub hard: Vec<bool>,
@@ -66,107 +69,89 @@ struct StepRecord {
     reference: String,
     solutions: Vec<LabelledSolution>,
     rollouts: usize,
-    usage: Usage,
+    /// The sampling's and the rollouts' compute.
+    compute: Compute,
 }
 
-/// The distinct finished solutions of a sampling record, as steps.
-fn sampled_solutions(record: &SolveRecord) -> Vec<Vec<String>> {
-    let mut out: Vec<Vec<String>> = Vec::new();
-    for leaf in record.tree.finished() {
-        let steps: Vec<String> = record
-            .tree
+/// The path (step nodes) of each distinct finished solution in `tree`, in
+/// sampling order.
+fn distinct_solutions(tree: &Tree) -> Vec<Vec<NodeId>> {
+    let mut texts: Vec<Vec<&str>> = Vec::new();
+    let mut out = Vec::new();
+    for leaf in tree.finished() {
+        let path: Vec<NodeId> = tree
             .path(leaf)
             .into_iter()
-            .map(|n| record.tree.node(n).text.clone())
-            .filter(|t| !t.is_empty())
+            .filter(|&n| !tree.node(n).text.is_empty())
             .collect();
-        if !steps.is_empty() && !out.contains(&steps) {
-            out.push(steps);
+        let steps: Vec<&str> = path.iter().map(|&n| tree.node(n).text.as_str()).collect();
+        if !steps.is_empty() && !texts.contains(&steps) {
+            texts.push(steps);
+            out.push(path);
         }
     }
     out
 }
 
-/// Whether `text` reaches the reference answer.
-fn is_right(task: Task, text: &str, reference: &str) -> bool {
-    task.extract(text)
-        .is_some_and(|a| task.is_correct(&a, reference))
+/// Whether the finished node `n` reached the reference answer (no answer
+/// is wrong).
+fn is_right(tree: &Tree, n: NodeId, task: Task, reference: &str) -> bool {
+    tree.node(n)
+        .answer
+        .as_deref()
+        .is_some_and(|a| task.is_correct(a, reference))
 }
 
-/// Labels the steps of `solutions` by rolling out from each step's end.
+/// Labels the steps of every distinct solution in `tree` by `rollouts`
+/// completions from each step's end, through the searcher's own way of
+/// finishing a solution (the budget left after the steps so far, the
+/// answer found as search finds it).
 async fn label(
-    model: &dyn LanguageModel,
     searcher: &Searcher<'_>,
-    solutions: Vec<Vec<String>>,
+    tree: &mut Tree,
     rollouts: usize,
-    seed: u64,
-) -> Result<(Vec<LabelledSolution>, Usage), SearchError> {
-    let problem = searcher.problem;
-    let task = searcher.task;
-    let config = searcher.config;
-    // Every step but each solution's last, in order: (solution, step).
-    let mut places = Vec::new();
-    let mut requests = Vec::new();
-    for (s, steps) in solutions.iter().enumerate() {
-        for i in 0..steps.len().saturating_sub(1) {
-            let prefix: String = steps[..=i].concat();
-            let params = SamplingParams {
-                temperature: config.temperature,
-                top_p: config.top_p,
-                seed: mix(seed ^ mix(problem.line as u64 ^ mix((s * 4096 + i) as u64))),
-                max_tokens: config.max_tokens,
-                ..SamplingParams::default()
-            };
-            let mut request = GenerateRequest::new(searcher.prompt.clone() + &prefix, params);
-            request.n = rollouts;
-            requests.push(request);
-            places.push((s, i, prefix));
-        }
-    }
-    let mut usage = Usage::default();
-    let mut labelled: Vec<LabelledSolution> = solutions
+) -> Result<Vec<LabelledSolution>, SearchError> {
+    let paths = distinct_solutions(tree);
+    let (task, reference) = (searcher.task, searcher.problem.answer.as_str());
+    // Every step but each solution's last, `rollouts` times.
+    let parents: Vec<NodeId> = paths
         .iter()
-        .map(|steps| {
-            let correct = is_right(task, &steps.concat(), &problem.answer);
-            let mut soft = vec![0.0; steps.len()];
-            let mut hard = vec![false; steps.len()];
-            if let (Some(s), Some(h)) = (soft.last_mut(), hard.last_mut()) {
-                *s = f64::from(u8::from(correct));
-                *h = correct;
-            }
-            LabelledSolution {
-                steps: steps.clone(),
-                soft,
-                hard,
-                correct,
-            }
-        })
+        .flat_map(|path| path[..path.len() - 1].iter())
+        .flat_map(|&n| std::iter::repeat_n(n, rollouts))
         .collect();
-    if requests.is_empty() {
-        return Ok((labelled, usage));
-    }
-    let responses = model.generate(requests).await?;
-    if responses.len() != places.len() {
+    let leaves = searcher.complete_from(tree, &parents, false).await?;
+    if leaves.len() != parents.len() {
         return Err(SearchError::Config(format!(
-            "the backend answered {} of {} rollout requests",
-            responses.len(),
-            places.len()
+            "{} rollouts came back of {}",
+            leaves.len(),
+            parents.len()
         )));
     }
-    for ((s, i, prefix), response) in places.into_iter().zip(responses) {
-        usage.prompt_tokens += response.usage.prompt_tokens;
-        usage.prompt_tokens_reused += response.usage.prompt_tokens_reused;
-        usage.completion_tokens += response.usage.completion_tokens;
-        let right = response
-            .completions
-            .iter()
-            .filter(|c| is_right(task, &(prefix.clone() + &c.text), &problem.answer))
-            .count();
-        let n = response.completions.len().max(1);
-        labelled[s].soft[i] = right as f64 / n as f64;
-        labelled[s].hard[i] = right > 0;
+    let mut outcomes = leaves.into_iter();
+    let mut out = Vec::with_capacity(paths.len());
+    for path in paths {
+        let last = path[path.len() - 1];
+        let correct = is_right(tree, last, task, reference);
+        let (mut soft, mut hard) = (Vec::new(), Vec::new());
+        for _ in &path[..path.len() - 1] {
+            let right = outcomes
+                .by_ref()
+                .take(rollouts)
+                .filter(|&leaf| is_right(tree, leaf, task, reference))
+                .count();
+            soft.push(right as f64 / rollouts as f64);
+            hard.push(right > 0);
+        }
+        soft.push(f64::from(u8::from(correct)));
+        hard.push(correct);
+        out.push(LabelledSolution {
+            steps: path.iter().map(|&n| tree.node(n).text.clone()).collect(),
+            soft,
+            hard,
+            correct,
+        });
     }
-    Ok((labelled, usage))
+    Ok(out)
 }
 
 #[derive(Serialize)]
@@ -216,25 +201,25 @@ pub async fn label_steps(args: LabelStepsArgs) -> Result<()> {
             let sampled = setup_ref
                 .solve_one(&p, Strategy::Majority, samples, None)
                 .await?;
-            let meter = Meter::with_parameters(None);
-            let config: &SearchConfig = &setup_ref.config;
+            // The rollouts draw from their own seeds, never the samples'.
+            let config = SearchConfig {
+                seed: mix(setup_ref.config.seed ^ ROLLOUT_SEED),
+                ..setup_ref.config.clone()
+            };
+            let meter = Meter::with_parameters(setup_ref.parameters);
             let model = setup_ref.model.as_ref();
-            let searcher = Searcher::new(model, setup_ref.task, &p, config, &meter)?;
-            let (solutions, usage) = label(
-                model,
-                &searcher,
-                sampled_solutions(&sampled),
-                rollouts,
-                config.seed,
-            )
-            .await?;
+            let searcher = Searcher::new(model, setup_ref.task, &p, &config, &meter)?;
+            let mut tree = sampled.tree;
+            let solutions = label(&searcher, &mut tree, rollouts).await?;
+            let mut compute = sampled.compute;
+            compute.add(&meter.total());
             let record = StepRecord {
                 line: p.line,
                 question: p.question.clone(),
                 reference: p.answer.clone(),
                 solutions,
                 rollouts,
-                usage,
+                compute,
             };
             Ok(serde_json::to_string(&record).unwrap_or_default())
         })
@@ -262,9 +247,10 @@ pub async fn label_steps(args: LabelStepsArgs) -> Result<()> {
     for text in &finished.records {
         let r: StepRecord = serde_json::from_str(text)
             .map_err(|e| anyhow::anyhow!("a stored record is damaged: {e}"))?;
-        summary.prompt_tokens += r.usage.prompt_tokens;
-        summary.prompt_tokens_reused += r.usage.prompt_tokens_reused;
-        summary.completion_tokens += r.usage.completion_tokens;
+        summary.prompt_tokens += r.compute.prompt_tokens;
+        summary.prompt_tokens_computed += r.compute.prompt_tokens_computed;
+        summary.prompt_tokens_reused += r.compute.prompt_tokens_reused;
+        summary.completion_tokens += r.compute.tokens_generated;
         let prompt = setup.task.user_turn(&r.question);
         for s in &r.solutions {
             summary.solutions += 1;
@@ -277,11 +263,17 @@ pub async fn label_steps(args: LabelStepsArgs) -> Result<()> {
                 summary.steps_all_right += usize::from(v == 1.0);
             }
             // TRL's steps carry no separator: the delimiter that ends each
-            // step is taken off (and put back by `train prm`).
+            // step but the last is taken off (and put back by `train prm`);
+            // the last step is kept as the model ended it.
+            let last = s.steps.len().saturating_sub(1);
             let completions: Vec<&str> = s
                 .steps
                 .iter()
-                .map(|t| t.strip_suffix(delimiter.as_str()).unwrap_or(t))
+                .enumerate()
+                .map(|(i, t)| match i < last {
+                    true => t.strip_suffix(delimiter.as_str()).unwrap_or(t),
+                    false => t,
+                })
                 .collect();
             let row = json!({
                 "prompt": prompt,
@@ -295,9 +287,6 @@ pub async fn label_steps(args: LabelStepsArgs) -> Result<()> {
             lines.push(row.to_string());
         }
     }
-    summary.prompt_tokens_computed = summary
-        .prompt_tokens
-        .saturating_sub(summary.prompt_tokens_reused);
     summary.mean_soft_label = (inner > 0).then(|| soft_sum / inner as f64);
     job.export(&args.out, &lines)?;
     let rows: Vec<Vec<String>> = [
@@ -341,7 +330,6 @@ pub async fn label_steps(args: LabelStepsArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qstar_search::tree::Tree;
 
     #[test]
     fn solutions_are_read_as_their_steps_once_each() {
@@ -355,29 +343,6 @@ mod tests {
         for n in [a2, b2, c2] {
             tree.node_mut(n).finished = true;
         }
-        let record = SolveRecord {
-            line: 1,
-            question: "What is 12 + 34 + 5?".into(),
-            reference: "51".into(),
-            answer: None,
-            correct: false,
-            strategy: Strategy::Majority,
-            budget: 3,
-            verifier: None,
-            difficulty: None,
-            candidates: 3,
-            unparsed: 0,
-            compute: Meter::with_parameters(None).total(),
-            solution: String::new(),
-            tree,
-        };
-        let got = sampled_solutions(&record);
-        assert_eq!(
-            got,
-            vec![
-                vec!["12 + 34 = 46\n".to_string(), "46 + 5 = 51".to_string()],
-                vec!["12 + 34 = 47\n".to_string(), "47 + 5 = 52".to_string()],
-            ]
-        );
+        assert_eq!(distinct_solutions(&tree), vec![vec![a, a2], vec![b, b2]]);
     }
 }

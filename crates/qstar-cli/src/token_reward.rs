@@ -198,7 +198,7 @@ fn logprobs(r: &ScoreResponse) -> Vec<f64> {
 
 pub async fn eval_token_reward(args: EvalTokenRewardArgs) -> Result<()> {
     let task = Task::parse(&args.task).map_err(UsageError)?;
-    if args.task != "arithmetic" && args.task != "gsm8k" {
+    if args.task != "arithmetic" {
         return Err(UsageError(format!(
             "first errors are located in additions only (--task arithmetic), not {:?}",
             args.task
@@ -220,7 +220,7 @@ pub async fn eval_token_reward(args: EvalTokenRewardArgs) -> Result<()> {
     let p = score_all(policy.as_ref(), &wrong, &reporter, "policy").await?;
     let r = score_all(&reference, &wrong, &reporter, "reference").await?;
 
-    let mut misaligned = 0;
+    let (mut misaligned, mut at_end) = (0, 0);
     let mut kept: Vec<(usize, NamedScores)> = Vec::new();
     let mut rows = Vec::new();
     for ((w, p), r) in wrong.iter().zip(&p).zip(&r) {
@@ -228,11 +228,14 @@ pub async fn eval_token_reward(args: EvalTokenRewardArgs) -> Result<()> {
         let texts: Vec<&str> = p.tokens.iter().map(|t| t.text.as_str()).collect();
         // The byte of the error is in the solution's text: the tokens must
         // spell it exactly for it to name a token.
-        let error_token = (texts.concat() == w.solution)
-            .then(|| token_at(&texts, w.error_byte))
-            .flatten();
-        let Some(error_token) = error_token else {
+        if texts.concat() != w.solution {
             misaligned += 1;
+            continue;
+        }
+        // An error at the very end ("… is 6" for 68) is in a token the
+        // model did not write: nothing to rank, counted apart.
+        let Some(error_token) = token_at(&texts, w.error_byte) else {
+            at_end += 1;
             continue;
         };
         let scores = [
@@ -270,13 +273,13 @@ pub async fn eval_token_reward(args: EvalTokenRewardArgs) -> Result<()> {
             .collect::<Result<Vec<_>, _>>()?;
         crate::job::write_lines(out, &lines)?;
     }
-    print_report(&reporter, &census, misaligned, &report, args.beta)
+    print_report(&reporter, &census, (misaligned, at_end), &report, args.beta)
 }
 
 fn print_report(
     reporter: &Reporter,
     census: &Census,
-    misaligned: usize,
+    (misaligned, at_end): (usize, usize),
     report: &CreditReport,
     beta: f64,
 ) -> Result<()> {
@@ -295,7 +298,8 @@ fn print_report(
     let text = Text::new()
         .line(format!(
             "{} records, {} distinct finished solutions: {} right, {} wrong with no number to blame, \
-             {misaligned} whose tokens do not spell the text; {} wrong ones measured ({:.1} tokens on average)",
+             {at_end} wrong only in what they did not write, {misaligned} whose tokens do not spell \
+             the text; {} wrong ones measured ({:.1} tokens on average)",
             census.records,
             census.solutions,
             census.correct,
@@ -314,6 +318,7 @@ fn print_report(
         "correct": census.correct,
         "unlocated": census.unlocated,
         "misaligned": misaligned,
+        "error_at_end": at_end,
         "measured": report.solutions,
         "mean_tokens": report.mean_tokens,
         "chance_hit_rate": report.chance_hit_rate,

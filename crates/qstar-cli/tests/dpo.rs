@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
+use qstar_tasks::first_error::{first_addition_error, FirstError};
 use serde_json::Value;
 
 fn qstar() -> Command {
@@ -395,7 +396,11 @@ fn implicit_reward_of(adapter: &Path, dir: &Path) {
     let count = |k: &str| credit[k].as_u64().expect(k);
     assert_eq!(
         count("solutions"),
-        count("correct") + count("unlocated") + count("misaligned") + count("measured"),
+        count("correct")
+            + count("unlocated")
+            + count("misaligned")
+            + count("error_at_end")
+            + count("measured"),
         "{credit}"
     );
     assert!(count("measured") >= 1, "{credit}");
@@ -415,7 +420,15 @@ fn implicit_reward_of(adapter: &Path, dir: &Path) {
             .collect();
         assert_eq!(tokens.concat(), row["solution"].as_str().expect("solution"));
         let at = row["first_error_token"].as_u64().expect("index") as usize;
-        assert!(at <= tokens.len());
+        assert!(at < tokens.len());
+        // The token holds the byte where the solution first goes wrong.
+        let solution = row["solution"].as_str().expect("solution");
+        let question = row["question"].as_str().expect("question");
+        let FirstError::At(byte) = first_addition_error(question, solution) else {
+            panic!("a measured solution has a located error: {row}");
+        };
+        let start = tokens[..at].concat().len();
+        assert!(start <= byte && byte < start + tokens[at].len(), "{row}");
         for (i, r) in row["implicit_reward"]
             .as_array()
             .expect("rewards")

@@ -459,7 +459,7 @@ fn bad_input_is_a_clear_error() {
         ),
         (
             &["--strategy", "greedy", "--verifier", "oracle"],
-            "[possible values: checker, prm, orm, confidence, leco, dpo, agreement]".into(),
+            "[possible values: checker, prm, orm, confidence, leco, dpo, likelihood, orm-model, prm-model, agreement]".into(),
         ),
         (
             &["--strategy", "greedy", "--aggregation", "max"],

@@ -12,8 +12,8 @@
 use serde::Serialize;
 
 /// The index of the token whose text holds byte `at` of the text the
-/// tokens spell out, or the token right after the last when `at` is the
-/// text's end; `None` past it.
+/// tokens spell out; `None` at the text's end or past it (an error there is
+/// the token the model did not write).
 pub fn token_at(token_texts: &[&str], at: usize) -> Option<usize> {
     let mut end = 0;
     for (i, text) in token_texts.iter().enumerate() {

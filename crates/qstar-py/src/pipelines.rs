@@ -352,6 +352,15 @@ pub fn solve<'py>(
             verifier_names()
         )));
     }
+    if matches!(
+        verifier,
+        Some(VerifierKind::OrmModel | VerifierKind::PrmModel)
+    ) {
+        return Err(PyValueError::new_err(
+            "the orm-model and prm-model verifiers read a trained model: use the command line \
+             (qstar solve --verifier orm-model:DIR or prm-model:DIR)",
+        ));
+    }
     if verifier == Some(VerifierKind::Dpo) && ref_model.is_none() {
         return Err(PyValueError::new_err("the dpo verifier needs ref_model"));
     }

@@ -197,7 +197,7 @@ mod tests {
     fn verifier_names_round_trip_through_serde_and_clap() {
         use clap::ValueEnum;
         let variants = VerifierKind::value_variants();
-        assert_eq!(variants.len(), 7);
+        assert_eq!(variants.len(), 10);
         for &v in variants {
             // Records and configurations name verifiers by these strings.
             assert_eq!(
@@ -211,7 +211,7 @@ mod tests {
         }
         assert_eq!(
             verifier_names(),
-            "checker, prm, orm, confidence, leco, dpo, agreement"
+            "checker, prm, orm, confidence, leco, dpo, likelihood, orm-model, prm-model, agreement"
         );
         assert!(VerifierKind::from_str("oracle", false).is_err());
     }

@@ -327,7 +327,9 @@ pub fn implicit_token_rewards(
 
 /// The implicit reward of a DPO policy ("From r to Q*"): β Σ (log π − log
 /// π_ref) over the step's tokens, squashed with a sigmoid into (0, 1).
-/// Both models score the same text, so tokenization cannot differ.
+/// Both models score the same text; with a reference of another tokenizer
+/// the sums are still of the same text, but per-token readings
+/// ([`implicit_token_rewards`]) are refused.
 pub struct DpoVerifier<'m> {
     pub policy: &'m dyn LanguageModel,
     pub reference: &'m dyn LanguageModel,
@@ -486,37 +488,50 @@ impl Verifier for RewardModelVerifier<'_> {
             return Ok(());
         }
         let replies: Vec<String> = nodes.iter().map(|&n| tree.text(n)).collect();
-        let rewards = model
-            .rewards(&s.user_turn, &replies)
-            .await
-            .map_err(|message| {
-                SearchError::Model(ModelError::Backend {
-                    backend: "reward model".into(),
-                    message,
-                })
-            })?;
-        if rewards.len() != nodes.len() {
-            return Err(SearchError::Model(ModelError::Backend {
-                backend: "reward model".into(),
-                message: format!("{} rewards for {} solutions", rewards.len(), nodes.len()),
-            }));
-        }
-        // The reward model's forward passes are its own, not the policy's:
-        // counted as one verifier call, without tokens.
-        s.meter.record(Caller::Verifier, 1, &Usage::default());
-        for (n, r) in nodes.into_iter().zip(rewards) {
-            tree.node_mut(n).score = Some(1.0 / (1.0 + (-r).exp()));
-        }
-        Ok(())
+        let rewards = model.rewards(&s.user_turn, &replies).await;
+        set_logit_scores(s, tree, nodes, rewards, "reward model")
     }
 }
 
-/// A trained process reward model: the logit of each text's last step
-/// (the text is the prompt and the solution so far, exactly as search
-/// wrote it).
+/// Scores `nodes` with σ of a trained model's logits, in order; the
+/// model's error, or a count that does not match, fails the search.
+fn set_logit_scores(
+    s: &Searcher<'_>,
+    tree: &mut Tree,
+    nodes: Vec<NodeId>,
+    logits: Result<Vec<f64>, String>,
+    backend: &str,
+) -> Result<(), SearchError> {
+    let failed = |message| {
+        SearchError::Model(ModelError::Backend {
+            backend: backend.into(),
+            message,
+        })
+    };
+    let logits = logits.map_err(failed)?;
+    if logits.len() != nodes.len() {
+        return Err(failed(format!(
+            "{} scores for {} steps",
+            logits.len(),
+            nodes.len()
+        )));
+    }
+    // A trained model's forward passes are its own, not the policy's:
+    // counted as one verifier call, without tokens.
+    s.meter.record(Caller::Verifier, 1, &Usage::default());
+    for (n, z) in nodes.into_iter().zip(logits) {
+        tree.node_mut(n).score = Some(1.0 / (1.0 + (-z).exp()));
+    }
+    Ok(())
+}
+
+/// A trained process reward model: the logit of the last step of each
+/// partial solution (the steps so far, exactly as search wrote them) after
+/// the user turn. The model frames the user turn itself, as it was trained,
+/// so the policy's own prompt format does not reach it.
 #[async_trait]
 pub trait StepRewarder: Send + Sync {
-    async fn step_logits(&self, texts: &[String]) -> Result<Vec<f64>, String>;
+    async fn step_logits(&self, user_turn: &str, solutions: &[String]) -> Result<Vec<f64>, String>;
 }
 
 /// A process reward model as a verifier: each step's score is σ(logit) at
@@ -552,27 +567,9 @@ impl Verifier for PrmModelVerifier<'_> {
         if nodes.is_empty() {
             return Ok(());
         }
-        let texts: Vec<String> = nodes
-            .iter()
-            .map(|&n| s.prompt.clone() + &tree.text(n))
-            .collect();
-        let logits = model.step_logits(&texts).await.map_err(|message| {
-            SearchError::Model(ModelError::Backend {
-                backend: "process reward model".into(),
-                message,
-            })
-        })?;
-        if logits.len() != nodes.len() {
-            return Err(SearchError::Model(ModelError::Backend {
-                backend: "process reward model".into(),
-                message: format!("{} scores for {} steps", logits.len(), nodes.len()),
-            }));
-        }
-        s.meter.record(Caller::Verifier, 1, &Usage::default());
-        for (n, z) in nodes.into_iter().zip(logits) {
-            tree.node_mut(n).score = Some(1.0 / (1.0 + (-z).exp()));
-        }
-        Ok(())
+        let solutions: Vec<String> = nodes.iter().map(|&n| tree.text(n)).collect();
+        let logits = model.step_logits(&s.user_turn, &solutions).await;
+        set_logit_scores(s, tree, nodes, logits, "process reward model")
     }
 }
 

@@ -10,8 +10,11 @@
 //! left-hand number must be a term of the question not used yet or the
 //! running partial sum, and each right-hand side the sum of its left-hand
 //! side. If every equation holds but the final answer is wrong, the error is
-//! the final answer. Anything else (no answer, a wrong answer with no
-//! number to blame) is reported as not located, never guessed.
+//! the final answer, where its value is first written after the working.
+//! Anything else (no answer at all) is reported as not located, never
+//! guessed. Within the blamed number, the digit is found by comparing it
+//! with what belongs there (the running sum, the next unused term, the
+//! total); an operand with nothing left to compare is blamed from its start.
 
 use crate::numeric::{final_number, numbers, numbers_equal, Found};
 
@@ -72,16 +75,20 @@ fn equations(text: &str) -> Vec<Equation> {
 }
 
 /// The byte where `written` (at `at` in the text) first differs from the
-/// decimal digits of `right`.
+/// decimal digits of `right`; thousands separators are passed over, so
+/// "1,235" against 1234 is blamed at its "5".
 fn first_difference(text: &str, written: &Found, right: u64) -> usize {
-    let digits = &text[written.at..written.end];
     let right = right.to_string();
-    let common = digits
-        .bytes()
-        .zip(right.bytes())
-        .take_while(|(a, b)| a == b)
-        .count();
-    written.at + common
+    let mut want = right.bytes();
+    for (i, b) in text.as_bytes()[written.at..written.end].iter().enumerate() {
+        if *b == b',' {
+            continue;
+        }
+        if want.next() != Some(*b) {
+            return written.at + i;
+        }
+    }
+    written.end
 }
 
 fn whole(n: &Found) -> Option<u64> {
@@ -99,7 +106,11 @@ pub fn first_addition_error(question: &str, solution: &str) -> FirstError {
     // Left-hand sides already worked, so a restated step is not blamed for
     // reusing its terms.
     let mut worked: Vec<Vec<u64>> = Vec::new();
+    // Where the checked working ends: a wrong final answer is blamed where
+    // its value is first written after it.
+    let mut worked_to = 0;
     for eq in equations(solution) {
+        worked_to = eq.result.end;
         let mut values: Option<Vec<u64>> = eq.operands.iter().map(whole).collect();
         if let Some(v) = values.as_mut() {
             v.sort_unstable();
@@ -122,12 +133,15 @@ pub fn first_addition_error(question: &str, solution: &str) -> FirstError {
             } else if let Some(at) = unused.iter().position(|&t| t == value) {
                 unused.remove(at);
             } else {
-                // Blame the digits against what belongs here: the running
-                // sum first, then the next unused term.
-                let expected = if k == 0 { partial } else { None }
-                    .or_else(|| unused.first().copied())
-                    .unwrap_or(value);
-                return FirstError::At(first_difference(solution, operand, expected));
+                // The number is wrong; its digits are compared with what
+                // belongs here when something does (the running sum, else
+                // the next unused term), else it is blamed from its start.
+                let expected =
+                    if k == 0 { partial } else { None }.or_else(|| unused.first().copied());
+                return FirstError::At(match expected {
+                    Some(e) => first_difference(solution, operand, e),
+                    None => operand.at,
+                });
             }
             sum += value;
         }
@@ -138,10 +152,16 @@ pub fn first_addition_error(question: &str, solution: &str) -> FirstError {
     }
     match final_number(solution) {
         Some(answer) if numbers_equal(answer.value, total as f64) => FirstError::None,
-        Some(answer) => match whole(&answer) {
-            Some(_) => FirstError::At(first_difference(solution, &answer, total)),
-            None => FirstError::At(answer.at),
-        },
+        Some(answer) => {
+            let first = numbers(solution)
+                .into_iter()
+                .find(|n| n.at >= worked_to && n.value == answer.value)
+                .unwrap_or(answer);
+            match whole(&first) {
+                Some(_) => FirstError::At(first_difference(solution, &first, total)),
+                None => FirstError::At(first.at),
+            }
+        }
         None => FirstError::Unlocated,
     }
 }
@@ -194,6 +214,18 @@ mod tests {
         );
         // No working, a wrong answer.
         assert_eq!(from_error(q, "The sum is 78.").as_deref(), Some("78."));
+        // A wrong answer written twice is blamed where it is first written.
+        assert_eq!(
+            from_error(q, "Adding them gives 58. The answer is 58.").as_deref(),
+            Some("58. The answer is 58.")
+        );
+        // An operand beyond the question's terms is blamed from its start.
+        assert_eq!(from_error(q, "23 + 45 + 7 = 75").as_deref(), Some("7 = 75"));
+        // Thousands separators are not digits.
+        assert_eq!(
+            from_error("What is 1000 + 234?", "1000 + 234 = 1,235").as_deref(),
+            Some("5")
+        );
         // A number that stops short is blamed just after it.
         assert_eq!(from_error(q, "The answer is 6").as_deref(), Some(""));
         assert_eq!(

@@ -454,9 +454,11 @@ pub trait SolutionRewarder: Send + Sync {
     async fn rewards(&self, user_turn: &str, replies: &[String]) -> Result<Vec<f64>, String>;
 }
 
-/// An outcome reward model as a verifier: each step is scored as if the
-/// solution ended there (the text of its path), σ(r) so that scores lie
-/// in (0, 1); a solution's score is its last step's.
+/// An outcome reward model as a verifier: each leaf it is asked about is
+/// scored as a whole solution (the text of its path; a partial one as if it
+/// ended there), σ(r) so that scores lie in (0, 1); a solution's score is
+/// its last step's. Steps above the leaves are not scored: the model never
+/// saw steps alone.
 pub struct RewardModelVerifier<'m> {
     pub model: Option<&'m dyn SolutionRewarder>,
 }
@@ -483,7 +485,12 @@ impl Verifier for RewardModelVerifier<'_> {
                     .into(),
             )
         })?;
-        let nodes = unscored(tree, leaves);
+        let mut nodes: Vec<NodeId> = Vec::new();
+        for &n in leaves {
+            if tree.node(n).score.is_none() && !nodes.contains(&n) {
+                nodes.push(n);
+            }
+        }
         if nodes.is_empty() {
             return Ok(());
         }

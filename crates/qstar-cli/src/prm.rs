@@ -213,10 +213,21 @@ pub struct PrmConfig {
     pub step_delimiter: String,
     pub width: usize,
     pub labels: String,
-    pub training: HeadTraining,
+    pub training: StepTraining,
     pub train_steps: usize,
     pub eval_steps: usize,
     pub steps_sha256: String,
+}
+
+/// How the step head was trained (the optimizer settings of
+/// [`HeadTraining`] that apply to a pointwise loss).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepTraining {
+    pub epochs: usize,
+    pub batch_steps: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
 }
 
 /// The user turn framed as search frames it (chat, generation prompt on).
@@ -302,7 +313,13 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
         step_delimiter: delimiter,
         width: head.width(),
         labels: if args.soft { "soft" } else { "hard" }.into(),
-        training,
+        training: StepTraining {
+            epochs: training.epochs,
+            batch_steps: training.batch_pairs,
+            lr: training.lr,
+            weight_decay: training.weight_decay,
+            seed: training.seed,
+        },
         train_steps: train.len(),
         eval_steps: eval.len(),
         steps_sha256: sha256(&args.steps)?,

@@ -141,22 +141,8 @@ fn step_row(value: &Value, line: usize) -> Result<StepRow, String> {
 
 /// The rows of a stepwise file; a bad line is an error naming it.
 pub fn read_step_rows(path: &Path, limit: Option<usize>) -> Result<Vec<StepRow>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        if limit.is_some_and(|n| rows.len() >= n) {
-            break;
-        }
-        let value: Value = serde_json::from_str(line)
-            .map_err(|e| UsageError(format!("{}:{}: not JSON: {e}", path.display(), i + 1)))?;
-        let row = step_row(&value, i + 1)
-            .map_err(|e| UsageError(format!("{}:{}: {e}", path.display(), i + 1)))?;
-        rows.push(row);
-    }
+    let rows = qstar_tasks::read_json_rows(path, limit, |value, line| step_row(&value, line))
+        .map_err(|e| UsageError(e.to_string()))?;
     if rows.is_empty() {
         return Err(UsageError(format!("{}: no labelled steps", path.display())).into());
     }

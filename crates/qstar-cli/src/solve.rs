@@ -301,22 +301,12 @@ impl SearchArgs {
             .into());
         }
         let verifier = self.verifier.as_ref().map(|v| v.kind);
-        if verifier == Some(VerifierKind::Dpo)
-            && self.ref_model.is_none()
-            && self.backend.adapter.is_none()
-        {
-            return Err(UsageError(
-                "the dpo verifier needs a reference: --ref-model, or --adapter (the reference \
-                 is then the model without it)"
-                    .into(),
-            )
-            .into());
-        }
         let problems =
             read_problems(&self.input, task, self.limit).map_err(|e| UsageError(e.to_string()))?;
         let (model, parameters) = self.backend.open_with_size().await?;
-        // The dpo verifier's reference; another verifier loads one only
-        // when --ref-model asks for it.
+        // The dpo verifier's reference (`reference_engine` refuses a search
+        // with neither --ref-model nor --adapter); another verifier loads
+        // one only when --ref-model asks for it.
         let reference_model: Option<Arc<dyn LanguageModel>> =
             if verifier == Some(VerifierKind::Dpo) || self.ref_model.is_some() {
                 Some(Arc::new(
@@ -337,7 +327,7 @@ impl SearchArgs {
                 let rm = RewardModel::open(&dir, None, self.backend.threads, None).await?;
                 reward_model = Some((dir, rm));
             }
-            Some((_, dir)) => {
+            Some((VerifierKind::PrmModel, dir)) => {
                 let prm = ProcessRewardModel::open(&dir, self.backend.threads).await?;
                 if prm.config.step_delimiter != config.step_delimiter {
                     return Err(UsageError(format!(
@@ -351,7 +341,8 @@ impl SearchArgs {
                 }
                 step_model = Some((dir, prm));
             }
-            None => {}
+            // The parser gives a directory to those two kinds only.
+            Some(_) | None => {}
         }
         Ok(Setup {
             model,

@@ -84,26 +84,10 @@ struct Census {
 }
 
 fn read_records(path: &Path, limit: Option<usize>) -> Result<Vec<SolveRecord>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| UsageError(format!("cannot read {}: {e}", path.display())))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        if limit.is_some_and(|n| out.len() >= n) {
-            break;
-        }
-        let record: SolveRecord = serde_json::from_str(line).map_err(|e| {
-            UsageError(format!(
-                "{}:{}: not a record of qstar solve: {e}",
-                path.display(),
-                i + 1
-            ))
-        })?;
-        out.push(record);
-    }
-    Ok(out)
+    Ok(qstar_tasks::read_json_rows(path, limit, |value, _| {
+        serde_json::from_value(value).map_err(|e| format!("not a record of qstar solve: {e}"))
+    })
+    .map_err(|e| UsageError(e.to_string()))?)
 }
 
 /// The wrong, located solutions of `records`, each once per question.

@@ -325,6 +325,23 @@ pub fn implicit_token_rewards(
         .collect())
 }
 
+/// What scoring each step with text among `nodes` asks of a model: the
+/// step as the continuation of the prompt and the steps before it. Empty
+/// steps (a root, an empty finish) are left out.
+fn step_requests(s: &Searcher<'_>, tree: &Tree, nodes: &[NodeId]) -> Vec<ScoreRequest> {
+    nodes
+        .iter()
+        .filter(|&&n| !tree.node(n).text.is_empty())
+        .map(|&n| {
+            let parent = tree.node(n).parent.unwrap_or(Tree::ROOT);
+            ScoreRequest {
+                prompt: s.prompt.clone() + &tree.text(parent),
+                continuation: tree.node(n).text.clone(),
+            }
+        })
+        .collect()
+}
+
 /// The implicit reward of a DPO policy ("From r to Q*"): β Σ (log π − log
 /// π_ref) over the step's tokens, squashed with a sigmoid into (0, 1).
 /// Both models score the same text; with a reference of another tokenizer
@@ -353,17 +370,7 @@ impl Verifier for DpoVerifier<'_> {
         leaves: &[NodeId],
     ) -> Result<(), SearchError> {
         let nodes = unscored(tree, leaves);
-        let requests: Vec<ScoreRequest> = nodes
-            .iter()
-            .map(|&n| {
-                let parent = tree.node(n).parent.unwrap_or(Tree::ROOT);
-                ScoreRequest {
-                    prompt: s.prompt.clone() + &tree.text(parent),
-                    continuation: tree.node(n).text.clone(),
-                }
-            })
-            .filter(|r| !r.continuation.is_empty())
-            .collect();
+        let requests = step_requests(s, tree, &nodes);
         let policy = s.score(self.policy, requests.clone()).await?;
         let reference = s.score(self.reference, requests).await?;
         let mut margins = policy
@@ -416,17 +423,7 @@ impl Verifier for LikelihoodVerifier<'_> {
             .into_iter()
             .filter(|&n| !tree.node(n).text.is_empty())
             .collect();
-        let requests: Vec<ScoreRequest> = nodes
-            .iter()
-            .map(|&n| {
-                let parent = tree.node(n).parent.unwrap_or(Tree::ROOT);
-                ScoreRequest {
-                    prompt: s.prompt.clone() + &tree.text(parent),
-                    continuation: tree.node(n).text.clone(),
-                }
-            })
-            .collect();
-        let scored = s.score(self.model, requests).await?;
+        let scored = s.score(self.model, step_requests(s, tree, &nodes)).await?;
         if scored.len() != nodes.len() {
             return Err(SearchError::Model(ModelError::Backend {
                 backend: self.model.backend_name(),

@@ -15,7 +15,7 @@ pub use preference::{
     TrlForm,
 };
 pub use problems::{
-    arithmetic_problem, arithmetic_problem_in, problem_from_row, read_problems, ArithmeticFormat,
-    Problem, Task,
+    arithmetic_problem, arithmetic_problem_in, problem_from_row, read_json_rows, read_problems,
+    ArithmeticFormat, Problem, Task,
 };
 pub use serial::{SerialFormat, SerialKind, SerialProblem, SERIAL_KINDS};

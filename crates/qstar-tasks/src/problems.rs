@@ -138,14 +138,26 @@ pub fn read_problems(
     task: Task,
     limit: Option<usize>,
 ) -> Result<Vec<Problem>, TaskError> {
+    read_json_rows(path, limit, |row, line| problem_from_row(&row, task, line))
+}
+
+/// The rows of a JSONL file, each read by `row` from its JSON and its line
+/// number (1-based): blank lines are passed over, at most `limit` rows are
+/// read, and the first line that is not JSON or that `row` refuses is an
+/// error naming the file and the line.
+pub fn read_json_rows<T>(
+    path: &Path,
+    limit: Option<usize>,
+    mut row: impl FnMut(Value, usize) -> Result<T, String>,
+) -> Result<Vec<T>, TaskError> {
     let io = |source| TaskError::Io {
         path: path.to_path_buf(),
         source,
     };
     let file = std::fs::File::open(path).map_err(io)?;
-    let mut problems = Vec::new();
+    let mut rows = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
-        if limit.is_some_and(|l| problems.len() >= l) {
+        if limit.is_some_and(|l| rows.len() >= l) {
             break;
         }
         let line = line.map_err(io)?;
@@ -157,10 +169,11 @@ pub fn read_problems(
             line: i + 1,
             message,
         };
-        let row: Value = serde_json::from_str(&line).map_err(|e| bad(format!("not JSON: {e}")))?;
-        problems.push(problem_from_row(&row, task, i + 1).map_err(bad)?);
+        let value: Value =
+            serde_json::from_str(&line).map_err(|e| bad(format!("not JSON: {e}")))?;
+        rows.push(row(value, i + 1).map_err(bad)?);
     }
-    Ok(problems)
+    Ok(rows)
 }
 
 /// The problem of one JSON row of `task`, read as [`read_problems`] reads a

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use crate::adapter::{LoraAdapter, LoraPair, Projection};
 use crate::error::EngineError;
 use crate::gguf::GgufFile;
-use crate::kernels::{Activations, Linear, Weights};
+use crate::kernels::{self, Activations, Linear, Weights};
 use crate::numerics;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -474,13 +474,15 @@ impl Llama {
                 .iter()
                 .map(|s| (s.kv.k[li].as_slice(), s.kv.v[li].as_slice()))
                 .collect();
-            // One task per (row, head): decoding one token still uses every core.
-            let hd = c.head_dim;
-            att.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
-                let (r, h) = (i / c.n_head, i % c.n_head);
+            // One task per (row, KV head): decoding one token still uses
+            // every core, and the query heads that share a KV head read its
+            // cached rows once.
+            let span = c.head_dim * (c.n_head / c.n_head_kv);
+            att.par_chunks_mut(span).enumerate().for_each(|(i, out)| {
+                let (r, kvh) = (i / c.n_head_kv, i % c.n_head_kv);
                 let (kc, vc) = caches[row_seq[r]];
-                let qh = &q[r * d + h * hd..r * d + (h + 1) * hd];
-                self.attend_head(qh, h, kc, vc, row_pos[r] + 1, out);
+                let qs = &q[r * d + kvh * span..r * d + (kvh + 1) * span];
+                self.attend_kv_head(qs, kvh, kc, vc, row_pos[r] + 1, out);
             });
             layer.wo.forward(&Activations::new(&att, t), &mut x, true);
             lora_add(layer, Projection::O, &att, t, &mut x);
@@ -568,12 +570,15 @@ impl Llama {
         }
     }
 
-    /// Causal attention of query head `h` of one row over the first `len`
-    /// cached positions (grouped-query: it reads KV head h / group).
-    fn attend_head(
+    /// Causal attention of the query heads that share KV head `kvh`
+    /// (grouped-query attention), for one row over the first `len` cached
+    /// positions. `qs` and `out` hold those heads one after the other. Each
+    /// head's scores, softmax and weighted sum are computed exactly as for a
+    /// head on its own; only the reads of the cache are shared.
+    fn attend_kv_head(
         &self,
-        qh: &[f32],
-        h: usize,
+        qs: &[f32],
+        kvh: usize,
         kc: &[f32],
         vc: &[f32],
         len: usize,
@@ -582,12 +587,28 @@ impl Llama {
         let c = &self.config;
         let hd = c.head_dim;
         let kv_dim = c.kv_dim();
-        let kvh = h / (c.n_head / c.n_head_kv);
+        let heads = qs.len() / hd;
         // Position j's slice of this KV head.
         let head = |j: usize| j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd;
-        let mut scores: Vec<f32> = (0..len).map(|j| numerics::dot(&kc[head(j)], qh)).collect();
-        numerics::softmax_scaled(&mut scores, 1.0 / (hd as f32).sqrt());
-        numerics::weighted_sum(&scores, |j| &vc[head(j)], out);
+        let mut scores = vec![0f32; heads * len];
+        // Rows a few positions on are asked for early: each is a head's
+        // slice of a longer cached row, a stride the prefetcher follows late.
+        const AHEAD: usize = 4;
+        for j in 0..len {
+            for line in (0..hd).step_by(16) {
+                let at = (j + AHEAD) * kv_dim + kvh * hd + line;
+                kernels::prefetch(kc.as_ptr().wrapping_add(at));
+                kernels::prefetch(vc.as_ptr().wrapping_add(at));
+            }
+            let k = &kc[head(j)];
+            for (g, qh) in qs.chunks_exact(hd).enumerate() {
+                scores[g * len + j] = numerics::dot(k, qh);
+            }
+        }
+        for head_scores in scores.chunks_exact_mut(len) {
+            numerics::softmax_scaled(head_scores, 1.0 / (hd as f32).sqrt());
+        }
+        numerics::weighted_sums(&scores, heads, |j| &vc[head(j)], out);
     }
 }
 

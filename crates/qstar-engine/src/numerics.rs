@@ -148,80 +148,111 @@ pub fn softmax_scaled(scores: &mut [f32], scale: f32) {
 /// positions j (the order of llama.cpp's attention · V product). Position j
 /// feeds accumulator slot (j / 16 mod 4, j mod 16); a slot is a whole
 /// vector of `out.len()` values, so the update is one contiguous FMA.
-pub fn weighted_sum<'v>(w: &[f32], mut v_row: impl FnMut(usize) -> &'v [f32], out: &mut [f32]) {
-    let hd = out.len();
+pub fn weighted_sum<'v>(w: &[f32], v_row: impl FnMut(usize) -> &'v [f32], out: &mut [f32]) {
+    weighted_sums(w, 1, v_row, out)
+}
+
+/// [`weighted_sum`] for `heads` weight vectors over the same rows (the query
+/// heads that share one KV head): `w` holds them one after the other, as
+/// `out` does their results. Each row is read once for all of them, and
+/// each head's sum is exactly the one [`weighted_sum`] computes.
+pub fn weighted_sums<'v>(
+    w: &[f32],
+    heads: usize,
+    mut v_row: impl FnMut(usize) -> &'v [f32],
+    out: &mut [f32],
+) {
+    let heads = heads.max(1);
+    let len = w.len() / heads;
+    let hd = out.len() / heads;
+    let per_head = (4 * LANES + LANES + 8 + 4 + 1) * hd;
     thread_local! {
         static SLOTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     SLOTS.with(|slots| {
         let mut slots = slots.borrow_mut();
-        slots.resize((4 * LANES + LANES + 8 + 4 + 1) * hd, 0.0);
+        slots.resize(heads * per_head, 0.0);
         // A slot's first product is stored (an FMA into zero rounds the same),
         // so only slots in use are ever touched.
-        for (j, &wj) in w.iter().enumerate() {
+        for j in 0..len {
             let slot = ((j / LANES) % 4) * LANES + j % LANES;
-            let acc = &mut slots[slot * hd..(slot + 1) * hd];
-            if j < 4 * LANES {
-                for (a, v) in acc.iter_mut().zip(v_row(j)) {
-                    *a = v * wj;
-                }
-            } else {
-                for (a, v) in acc.iter_mut().zip(v_row(j)) {
-                    *a = v.mul_add(wj, *a);
-                }
-            }
-        }
-        let used = w.len().min(4 * LANES);
-        // The fold and the 16-lane reduction, done for all d at once: every
-        // step is elementwise over d, so it vectorizes.
-        let (acc, scratch) = slots.split_at_mut(4 * LANES * hd);
-        let (folded, rest) = scratch.split_at_mut(LANES * hd);
-        let (t8, rest) = rest.split_at_mut(8 * hd);
-        let (t4, zeros) = rest.split_at_mut(4 * hd);
-        let zeros = &zeros[..hd];
-        // Each step is elementwise over d (contiguous), so it vectorizes.
-        let add_into = |dst: &mut [f32], a: &[f32], b: &[f32]| {
-            for ((o, x), y) in dst.iter_mut().zip(a).zip(b) {
-                *o = x + y;
-            }
-        };
-        for l in 0..LANES {
-            // Slots no position reached count as zeros, like ggml's padding.
-            let slot = |group: usize| {
-                let i = group * LANES + l;
-                if i < used {
-                    &acc[i * hd..(i + 1) * hd]
+            let v = &v_row(j)[..hd];
+            for (g, head_slots) in slots.chunks_exact_mut(per_head).enumerate() {
+                let wj = w[g * len + j];
+                let acc = &mut head_slots[slot * hd..(slot + 1) * hd];
+                if j < 4 * LANES {
+                    for (a, v) in acc.iter_mut().zip(v) {
+                        *a = v * wj;
+                    }
                 } else {
-                    zeros
+                    for (a, v) in acc.iter_mut().zip(v) {
+                        *a = v.mul_add(wj, *a);
+                    }
                 }
-            };
-            let (s0, s1, s2, s3) = (slot(0), slot(1), slot(2), slot(3));
-            let dst = &mut folded[l * hd..(l + 1) * hd];
-            for ((((o, a), b), c), e) in dst.iter_mut().zip(s0).zip(s1).zip(s2).zip(s3) {
-                *o = (a + c) + (b + e);
             }
         }
-        for i in 0..8 {
-            add_into(
-                &mut t8[i * hd..(i + 1) * hd],
-                &folded[(8 + i) * hd..(9 + i) * hd],
-                &folded[i * hd..(i + 1) * hd],
-            );
-        }
-        for i in 0..4 {
-            add_into(
-                &mut t4[i * hd..(i + 1) * hd],
-                &t8[(4 + i) * hd..(5 + i) * hd],
-                &t8[i * hd..(i + 1) * hd],
-            );
-        }
-        let (a, b) = t4.split_at(hd);
-        let (b, c) = b.split_at(hd);
-        let (c, e) = c.split_at(hd);
-        for ((((o, a), b), c), e) in out.iter_mut().zip(a).zip(b).zip(c).zip(e) {
-            *o = (a + c) + (b + e);
+        for (head_slots, out) in slots
+            .chunks_exact_mut(per_head)
+            .zip(out.chunks_exact_mut(hd))
+        {
+            fold_slots(head_slots, len, out);
         }
     });
+}
+
+/// The fold and the 16-lane reduction of one head's accumulator slots into
+/// `out`, done for all d at once: every step is elementwise over d, so it
+/// vectorizes.
+fn fold_slots(slots: &mut [f32], len: usize, out: &mut [f32]) {
+    let hd = out.len();
+    let used = len.min(4 * LANES);
+    let (acc, scratch) = slots.split_at_mut(4 * LANES * hd);
+    let (folded, rest) = scratch.split_at_mut(LANES * hd);
+    let (t8, rest) = rest.split_at_mut(8 * hd);
+    let (t4, zeros) = rest.split_at_mut(4 * hd);
+    let zeros = &zeros[..hd];
+    // Each step is elementwise over d (contiguous), so it vectorizes.
+    let add_into = |dst: &mut [f32], a: &[f32], b: &[f32]| {
+        for ((o, x), y) in dst.iter_mut().zip(a).zip(b) {
+            *o = x + y;
+        }
+    };
+    for l in 0..LANES {
+        // Slots no position reached count as zeros, like ggml's padding.
+        let slot = |group: usize| {
+            let i = group * LANES + l;
+            if i < used {
+                &acc[i * hd..(i + 1) * hd]
+            } else {
+                zeros
+            }
+        };
+        let (s0, s1, s2, s3) = (slot(0), slot(1), slot(2), slot(3));
+        let dst = &mut folded[l * hd..(l + 1) * hd];
+        for ((((o, a), b), c), e) in dst.iter_mut().zip(s0).zip(s1).zip(s2).zip(s3) {
+            *o = (a + c) + (b + e);
+        }
+    }
+    for i in 0..8 {
+        add_into(
+            &mut t8[i * hd..(i + 1) * hd],
+            &folded[(8 + i) * hd..(9 + i) * hd],
+            &folded[i * hd..(i + 1) * hd],
+        );
+    }
+    for i in 0..4 {
+        add_into(
+            &mut t4[i * hd..(i + 1) * hd],
+            &t8[(4 + i) * hd..(5 + i) * hd],
+            &t8[i * hd..(i + 1) * hd],
+        );
+    }
+    let (a, b) = t4.split_at(hd);
+    let (b, c) = b.split_at(hd);
+    let (c, e) = c.split_at(hd);
+    for ((((o, a), b), c), e) in out.iter_mut().zip(a).zip(b).zip(c).zip(e) {
+        *o = (a + c) + (b + e);
+    }
 }
 
 #[cfg(test)]
@@ -279,5 +310,39 @@ mod tests {
         let mut out = [0f32; 2];
         weighted_sum(&w, |j| &v[j], &mut out);
         assert!((out[0] - 19.5).abs() < 1e-4 && (out[1] - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn shared_rows_give_each_head_its_own_sum() {
+        // Three heads over 150 positions (past the 64 accumulator slots),
+        // against one weighted_sum per head and against an f64 sum.
+        let (len, hd, heads) = (150, 64, 3);
+        let v: Vec<Vec<f32>> = (0..len)
+            .map(|j| {
+                (0..hd)
+                    .map(|d| ((j * 31 + d * 17) % 97) as f32 / 48.0 - 1.0)
+                    .collect()
+            })
+            .collect();
+        let w: Vec<f32> = (0..heads * len)
+            .map(|i| ((i * 13 % 29) as f32 + 1.0) / (29.0 * len as f32))
+            .collect();
+        let mut together = vec![0f32; heads * hd];
+        weighted_sums(&w, heads, |j| &v[j], &mut together);
+        for g in 0..heads {
+            let mut alone = vec![0f32; hd];
+            weighted_sum(&w[g * len..(g + 1) * len], |j| &v[j], &mut alone);
+            assert_eq!(
+                &together[g * hd..(g + 1) * hd],
+                alone.as_slice(),
+                "head {g}"
+            );
+            for d in 0..hd {
+                let exact: f64 = (0..len)
+                    .map(|j| w[g * len + j] as f64 * v[j][d] as f64)
+                    .sum();
+                assert!((alone[d] as f64 - exact).abs() < 1e-5, "head {g} dim {d}");
+            }
+        }
     }
 }

@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{BLOCK, GROUP};
+use super::{prefetch, BLOCK, GROUP, PREFETCH_AHEAD};
 
 /// Horizontal sum of eight lanes in the order of ggml's `hsum_float_8`.
 #[inline]
@@ -119,6 +119,7 @@ unsafe fn q4_1_strip<const R: usize, const C: usize>(
     let ones = _mm256_set1_epi16(1);
     for b in 0..nb {
         let at = b * GROUP;
+        prefetch(wq.as_ptr().wrapping_add((at + PREFETCH_AHEAD) * 16));
         let mut w = [_mm256_setzero_si256(); R];
         for r in 0..R {
             let raw = _mm_loadu_si128(wq.as_ptr().add((at + r0 + r) * 16) as *const __m128i);
@@ -174,6 +175,8 @@ unsafe fn q8_0_strip<const R: usize, const C: usize>(
     let ones = _mm256_set1_epi16(1);
     for b in 0..nb {
         let at = b * GROUP;
+        prefetch(wq.as_ptr().wrapping_add((at + PREFETCH_AHEAD) * BLOCK));
+        prefetch(wq.as_ptr().wrapping_add((at + PREFETCH_AHEAD) * BLOCK + 64));
         let mut w = [_mm256_setzero_si256(); R];
         let mut wabs = [_mm256_setzero_si256(); R];
         for r in 0..R {

@@ -5,7 +5,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{BLOCK, GROUP};
+use super::{prefetch, BLOCK, GROUP, PREFETCH_AHEAD};
 
 /// ggml's 8-lane sum of each half of a 512-bit register.
 #[inline]
@@ -81,6 +81,7 @@ unsafe fn q4_1_one_col(
     let mut offset = _mm_setzero_ps();
     for b in 0..nb {
         let at = b * GROUP;
+        prefetch(wq.as_ptr().wrapping_add((at + PREFETCH_AHEAD) * 16));
         let v = _mm512_loadu_si512(wq.as_ptr().add(at * 16) as *const __m512i);
         let lo = _mm512_and_si512(v, mask);
         let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
@@ -132,6 +133,7 @@ unsafe fn q4_1_col_pairs<const P: usize>(
     let mut offset = [_mm_setzero_ps(); GROUP];
     for b in 0..nb {
         let at = b * GROUP;
+        prefetch(wq.as_ptr().wrapping_add((at + PREFETCH_AHEAD) * 16));
         let v = _mm512_loadu_si512(wq.as_ptr().add(at * 16) as *const __m512i);
         let lo = _mm512_and_si512(v, mask);
         let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
@@ -204,6 +206,8 @@ unsafe fn q8_0_one_col(
     let mut acc = [_mm512_setzero_ps(); 2];
     for b in 0..nb {
         let at = b * GROUP;
+        prefetch(wq.as_ptr().wrapping_add((at + PREFETCH_AHEAD) * BLOCK));
+        prefetch(wq.as_ptr().wrapping_add((at + PREFETCH_AHEAD) * BLOCK + 64));
         let x = _mm512_broadcast_i64x4(_mm256_loadu_si256(
             xq.as_ptr().add(at * BLOCK) as *const __m256i
         ));
@@ -242,6 +246,8 @@ unsafe fn q8_0_col_pairs<const P: usize>(
     let mut acc = [[_mm512_setzero_ps(); P]; GROUP];
     for b in 0..nb {
         let at = b * GROUP;
+        prefetch(wq.as_ptr().wrapping_add((at + PREFETCH_AHEAD) * BLOCK));
+        prefetch(wq.as_ptr().wrapping_add((at + PREFETCH_AHEAD) * BLOCK + 64));
         let xd4 = _mm_loadu_ps(xd.as_ptr().add(at));
         let mut x = [_mm512_setzero_si512(); P];
         let mut dx = [_mm512_setzero_ps(); P];

@@ -99,6 +99,27 @@ impl Weights {
     }
 }
 
+/// How many block slots ahead the kernels prefetch the weight stream (16
+/// blocks of a row group): a group's rows run on into the next group's, so
+/// this reaches past the current one.
+pub(crate) const PREFETCH_AHEAD: usize = 16 * GROUP;
+
+/// Asks the CPU to bring the cache line holding `p` close, ahead of a read
+/// the hardware prefetcher would see too late (weights streamed block by
+/// block, cached keys and values read a head's slice at a time). Any address
+/// will do: a prefetch has no effect on the program and never faults.
+#[inline(always)]
+pub fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 (SSE, part of x86-64's baseline) reads nothing
+    // architecturally and cannot fault, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Activations rounded to 8-bit blocks as llama.cpp's `quantize_row_q8_1`
 /// does: d = max|x| / 127 kept as f16, q = round-half-even(x · 127 / max|x|),
 /// and s = f16(d · Σq) for Q4_1's offset term. Rows are grouped like the
@@ -108,6 +129,9 @@ pub struct QuantizedRows {
     pub s: Vec<f32>,
     pub qs: Vec<i8>,
 }
+
+/// Below this many values, activations are quantized on the calling thread.
+const PARALLEL_QUANTIZE_VALUES: usize = 1 << 15;
 
 pub fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
     let t = x.len() / k;
@@ -119,36 +143,74 @@ pub fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
         s: vec![0f32; slots],
         qs: vec![0i8; slots * BLOCK],
     };
-    // Groups of rows are independent: one task each.
-    out.d
-        .par_chunks_mut(per_group)
-        .zip(out.s.par_chunks_mut(per_group))
-        .zip(out.qs.par_chunks_mut(per_group * BLOCK))
-        .enumerate()
-        .for_each(|(h, ((d, s), qs))| {
-            let rows = (t - h * GROUP).min(GROUP);
-            for c in 0..rows {
-                let xr = &x[(h * GROUP + c) * k..(h * GROUP + c + 1) * k];
-                for (b, block) in xr.chunks_exact(BLOCK).enumerate() {
-                    let at = b * GROUP + c;
-                    (d[at], s[at]) = quantize_block(block, &mut qs[at * BLOCK..(at + 1) * BLOCK]);
-                }
+    let quantize_group = |h: usize, ((d, s), qs): ((&mut [f32], &mut [f32]), &mut [i8])| {
+        let rows = (t - h * GROUP).min(GROUP);
+        for c in 0..rows {
+            let xr = &x[(h * GROUP + c) * k..(h * GROUP + c + 1) * k];
+            for (b, block) in xr.chunks_exact(BLOCK).enumerate() {
+                let at = b * GROUP + c;
+                (d[at], s[at]) = quantize_block(block, &mut qs[at * BLOCK..(at + 1) * BLOCK]);
             }
-        });
+        }
+    };
+    // Groups of rows are independent: one task each, when there are enough
+    // values to pay for waking the other threads (a decode step's few rows
+    // take microseconds; handing them out took longer than the work).
+    if x.len() < PARALLEL_QUANTIZE_VALUES {
+        out.d
+            .chunks_mut(per_group)
+            .zip(out.s.chunks_mut(per_group))
+            .zip(out.qs.chunks_mut(per_group * BLOCK))
+            .enumerate()
+            .for_each(|(h, parts)| quantize_group(h, parts));
+    } else {
+        out.d
+            .par_chunks_mut(per_group)
+            .zip(out.s.par_chunks_mut(per_group))
+            .zip(out.qs.par_chunks_mut(per_group * BLOCK))
+            .enumerate()
+            .for_each(|(h, parts)| quantize_group(h, parts));
+    }
     out
 }
 
 /// One block: the 8-bit values into `q`, and (d, s) as f16-rounded f32.
+///
+/// Written so that the compiler vectorizes it (a decode step quantizes about
+/// a million values): the maximum of |x| over eight independent lanes (max is
+/// exact, so the order does not matter), and the rounding as an add of
+/// 1.5 · 2²³, which rounds half to even for |v| < 2²², exactly as
+/// `round_ties_even` does (|x · 127 / max| ≤ 127 here; a NaN or infinite
+/// activation has no meaningful rounding on either path).
 #[inline]
 fn quantize_block(block: &[f32], q: &mut [i8]) -> (f32, f32) {
-    let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let block: &[f32; BLOCK] = block.try_into().expect("a whole block");
+    let q: &mut [i8; BLOCK] = q.try_into().expect("a whole block");
+    let mut lanes = [0f32; 8];
+    for chunk in block.chunks_exact(8) {
+        for (m, v) in lanes.iter_mut().zip(chunk) {
+            // Not f32::max: its NaN rule keeps the loop scalar. A NaN
+            // activation is already a broken model; it rounds to 0 either way.
+            let a = v.abs();
+            *m = if a > *m { a } else { *m };
+        }
+    }
+    let amax = lanes.iter().fold(0f32, |m, &v| if v > m { v } else { m });
     let d = amax / 127.0;
     let inv = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    // v + 1.5 · 2²³ has unit spacing, so the addition rounds v to an
+    // integer n (half to even), held in the sum's low mantissa bits: its bit
+    // pattern is MAGIC's plus n. Reading n from the bits avoids a float to
+    // integer conversion, whose saturation checks would not vectorize.
+    const MAGIC: f32 = 12_582_912.0;
+    let mut rounded = [0i32; BLOCK];
+    for (r, v) in rounded.iter_mut().zip(block) {
+        *r = (v * inv + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32;
+    }
     let mut sum = 0i32;
-    for (q, v) in q.iter_mut().zip(block) {
-        let r = (v * inv).round_ties_even() as i32;
+    for (q, r) in q.iter_mut().zip(&rounded) {
         sum += r;
-        *q = r as i8;
+        *q = *r as i8;
     }
     (
         half::f16::from_f32(d).to_f32(),
@@ -206,18 +268,58 @@ impl Kernel {
         use std::sync::OnceLock;
         static BEST: OnceLock<Kernel> = OnceLock::new();
         *BEST.get_or_init(|| {
-            #[cfg(target_arch = "x86_64")]
-            {
-                use std::arch::is_x86_feature_detected as has;
-                if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") && has!("fma") {
-                    return Kernel::Avx512Vnni;
-                }
-                if has!("avx2") && has!("fma") {
-                    return Kernel::Avx2;
-                }
+            // QSTAR_KERNEL=avx2 (or portable) runs a lesser kernel on a
+            // CPU that has a better one, so one machine can measure both;
+            // a kernel the CPU lacks is never chosen.
+            if let Some(wanted) = std::env::var("QSTAR_KERNEL").ok().filter(|v| !v.is_empty()) {
+                let fallback = Self::best_supported();
+                return Self::by_name(&wanted)
+                    .filter(|k| k.runs_under(fallback))
+                    .unwrap_or(fallback);
             }
-            Kernel::Portable
+            Self::best_supported()
         })
+    }
+
+    /// The kernel called `name` ("avx512vnni", "avx2", "portable").
+    pub fn by_name(name: &str) -> Option<Kernel> {
+        [
+            Kernel::Portable,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
+    }
+
+    /// Whether a CPU whose best kernel is `best` has this kernel's
+    /// instructions (each kernel's set contains the ones below it).
+    fn runs_under(self, best: Kernel) -> bool {
+        let rank = |k: Kernel| match k {
+            Kernel::Portable => 0,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => 1,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => 2,
+        };
+        rank(self) <= rank(best)
+    }
+
+    /// The fastest kernel this CPU's features allow.
+    fn best_supported() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") && has!("fma") {
+                return Kernel::Avx512Vnni;
+            }
+            if has!("avx2") && has!("fma") {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Portable
     }
 
     /// Whether this CPU can run the kernel.
@@ -230,7 +332,7 @@ impl Kernel {
                     && std::arch::is_x86_feature_detected!("fma")
             }
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => Kernel::detect() == Kernel::Avx512Vnni,
+            Kernel::Avx512Vnni => Kernel::best_supported() == Kernel::Avx512Vnni,
         }
     }
 
@@ -571,6 +673,87 @@ mod tests {
             n,
             k,
         );
+    }
+
+    /// The block rounding written the plain way: f32::max, round_ties_even
+    /// and a checked conversion.
+    fn reference_block(block: &[f32]) -> (Vec<i8>, f32, f32) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let q: Vec<i32> = block
+            .iter()
+            .map(|v| (v * inv).round_ties_even() as i32)
+            .collect();
+        let sum: i32 = q.iter().sum();
+        (
+            q.iter().map(|&v| i8::try_from(v).unwrap()).collect(),
+            half::f16::from_f32(d).to_f32(),
+            half::f16::from_f32(d * sum as f32).to_f32(),
+        )
+    }
+
+    #[test]
+    fn vectorized_rounding_equals_the_plain_rounding() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut blocks: Vec<Vec<f32>> = Vec::new();
+        // Exact halves: with max |x| = 127, x · 127 / 127 = x, so every
+        // x.5 is a tie, both signs, and -0.0 and 0.0.
+        blocks.push(
+            (0..32)
+                .map(|i| match i {
+                    0 => 127.0,
+                    1 => -0.0,
+                    _ => (i as f32 - 16.0) + 0.5,
+                })
+                .collect(),
+        );
+        blocks.push(vec![0.0; 32]);
+        blocks.push((0..32).map(|i| if i == 5 { -3.0 } else { 1.5 }).collect());
+        for _ in 0..20_000 {
+            let scale = f32::from_bits(0x3000_0000 + (next() % 0x1800_0000) as u32);
+            blocks.push(
+                (0..32)
+                    .map(|_| ((next() % 20001) as f32 - 10000.0) / 10000.0 * scale)
+                    .collect(),
+            );
+        }
+        for block in &blocks {
+            let (want_q, want_d, want_s) = reference_block(block);
+            let mut q = [0i8; BLOCK];
+            let (d, s) = quantize_block(block, &mut q);
+            assert_eq!(q.as_slice(), want_q.as_slice(), "{block:?}");
+            assert_eq!(
+                (d.to_bits(), s.to_bits()),
+                (want_d.to_bits(), want_s.to_bits())
+            );
+        }
+    }
+
+    #[test]
+    fn quantizing_serially_or_in_parallel_gives_the_same_rows() {
+        let k = 64;
+        // Above the parallel threshold, then cut to below it: same rows.
+        let t = PARALLEL_QUANTIZE_VALUES / k + 3;
+        let x: Vec<f32> = (0..t * k)
+            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0)
+            .collect();
+        let big = quantize_rows(&x, k);
+        let few = 9;
+        let small = quantize_rows(&x[..few * k], k);
+        let slots = few.div_ceil(GROUP) * GROUP * (k / BLOCK);
+        // Group 2 holds row 8 only in the small call; compare whole groups.
+        let whole = (few / GROUP) * GROUP * (k / BLOCK);
+        assert_eq!(small.d.len(), slots);
+        assert_eq!(&small.d[..whole], &big.d[..whole]);
+        assert_eq!(&small.s[..whole], &big.s[..whole]);
+        assert_eq!(&small.qs[..whole * BLOCK], &big.qs[..whole * BLOCK]);
     }
 
     #[test]

@@ -21,6 +21,9 @@ use crate::report::{Reporter, Text};
 pub enum BenchCommand {
     /// Training-step speed and memory, against PyTorch when it is installed.
     Train(crate::bench_train::BenchTrainArgs),
+    /// Load on an OpenAI-compatible server (qstar serve), against
+    /// llama-server on the same model when it is on PATH.
+    Serve(crate::bench_serve::BenchServeArgs),
 }
 
 #[derive(Args)]
@@ -151,8 +154,12 @@ fn greedy(max_tokens: usize) -> SamplingParams {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
-    if let Some(BenchCommand::Train(a)) = args.command {
-        return crate::bench_train::run(a, args.backend.model.clone()).await;
+    match args.command {
+        Some(BenchCommand::Train(a)) => {
+            return crate::bench_train::run(a, args.backend.model.clone()).await
+        }
+        Some(BenchCommand::Serve(a)) => return crate::bench_serve::run(a).await,
+        None => {}
     }
     let reporter = Reporter::new(args.json);
     let threads = if args.backend.threads == 0 {
@@ -563,12 +570,12 @@ fn parse_llama_bench(stdout: &[u8]) -> Result<PeerRun> {
 
 /// The BUILD-INFO lines `scripts/build-llama-cpp` writes beside the binary
 /// (version, CMake flags, compiler), when they are there.
-fn build_info(bin: &std::path::Path) -> Option<Vec<String>> {
+pub(crate) fn build_info(bin: &std::path::Path) -> Option<Vec<String>> {
     let text = std::fs::read_to_string(bin.parent()?.join("BUILD-INFO")).ok()?;
     Some(text.lines().map(str::to_string).collect())
 }
 
-fn which(name: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn which(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))

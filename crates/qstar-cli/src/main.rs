@@ -2,6 +2,7 @@
 
 mod backend;
 mod bench;
+mod bench_serve;
 mod bench_train;
 mod commands;
 mod export;

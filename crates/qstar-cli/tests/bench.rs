@@ -136,3 +136,76 @@ fn zero_runs_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--runs"));
 }
+
+fn bench_serve(extra: &[&str]) -> Value {
+    model();
+    let out = Command::cargo_bin("qstar")
+        .expect("binary")
+        .args([
+            "bench",
+            "serve",
+            "--requests-per-client",
+            "2",
+            "--max-tokens",
+            "4",
+        ])
+        .args(["--runs", "1", "--threads", "1", "--json"])
+        .args(extra)
+        .output()
+        .expect("run bench serve");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON summary")
+}
+
+/// `qstar bench serve` against a qstar server it starts (and llama-server,
+/// when it is on PATH): every request answered with exactly the tokens
+/// asked for, no 5xx; and a queue smaller than the load answers 429, never
+/// 5xx, while the rest still complete.
+#[test]
+fn bench_serve_counts_answers_tokens_and_refusals() {
+    let v = bench_serve(&["--concurrency", "1,3", "--prompts", "shared,distinct"]);
+    let levels = v["levels"].as_array().expect("levels");
+    assert_eq!(levels.len(), 4, "{v}");
+    let peer = v["peer"].is_string();
+    for l in levels {
+        let clients = l["concurrency"].as_u64().expect("clients");
+        let mut sides = vec![&l["qstar"]];
+        if peer {
+            sides.push(&l["llama_server"]);
+            assert!(
+                l["ratio_generated_tok_s"].as_f64().is_some_and(|r| r > 0.0),
+                "{l}"
+            );
+        }
+        for side in sides {
+            assert_eq!(side["ok"].as_u64(), Some(clients * 2), "{l}");
+            assert_eq!(side["tokens"].as_u64(), Some(clients * 2 * 4), "{l}");
+            assert_eq!(side["status_5xx"].as_u64(), Some(0), "{l}");
+            assert!(side["generated_tok_s"].as_f64().is_some_and(|x| x > 0.0));
+            let (p50, p99) = (side["p50_ms"].as_f64(), side["p99_ms"].as_f64());
+            assert!(p50.zip(p99).is_some_and(|(a, b)| 0.0 < a && a <= b), "{l}");
+        }
+    }
+    let v = bench_serve(&[
+        "--concurrency",
+        "8",
+        "--prompts",
+        "distinct",
+        "--max-queue",
+        "2",
+        "--no-peer",
+    ]);
+    let q = &v["levels"][0]["qstar"];
+    assert!(q["status_429"].as_u64().is_some_and(|n| n > 0), "{q}");
+    assert_eq!(q["status_5xx"].as_u64(), Some(0), "{q}");
+    assert_eq!(q["other_errors"].as_u64(), Some(0), "{q}");
+    assert!(q["ok"].as_u64().is_some_and(|n| n >= 2), "{q}");
+    assert_eq!(
+        q["ok"].as_u64().unwrap_or(0) + q["status_429"].as_u64().unwrap_or(0),
+        16
+    );
+}

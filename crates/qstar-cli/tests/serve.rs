@@ -781,7 +781,7 @@ fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
 }
 
 #[test]
-fn labeling_through_serve_agrees_with_the_embedded_run() {
+fn labeling_through_one_or_two_servers_agrees_with_the_embedded_run() {
     let server = start(&[], &[]);
     let dir = tempfile::tempdir().expect("tmp");
     let pairs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/pairs.jsonl");
@@ -822,9 +822,32 @@ fn labeling_through_serve_agrees_with_the_embedded_run() {
         "served.jsonl",
         &["--backend", "openai", "--base-url", &server.url],
     );
+    // A fleet of two: the requests are spread over both servers.
+    let second = start(&[], &[]);
+    let before = [&server, &second].map(|s| metric(s, "qstar_prompt_tokens_total"));
+    let fleet = run(
+        "fleet.jsonl",
+        &[
+            "--backend",
+            "openai",
+            "--base-url",
+            &server.url,
+            "--base-url",
+            &second.url,
+        ],
+    );
+    for (s, b) in [&server, &second].iter().zip(before) {
+        let after = metric(s, "qstar_prompt_tokens_total");
+        assert!(after > b, "{} served nothing of the fleet's run", s.url);
+    }
     assert_eq!(embedded.len(), 3);
     assert_eq!(served.len(), 3);
-    for (a, b) in embedded.iter().zip(&served) {
+    assert_eq!(fleet.len(), 3);
+    for (a, b) in embedded
+        .iter()
+        .zip(&served)
+        .chain(embedded.iter().zip(&fleet))
+    {
         let (la, lb) = (a["soft_label"].as_f64(), b["soft_label"].as_f64());
         let (la, lb) = (la.expect("soft label"), lb.expect("soft label"));
         assert!((la - lb).abs() < 1e-4, "{la} vs {lb}");
@@ -1058,4 +1081,417 @@ fn get_reward_serves_a_trained_reward_model() {
         .filter(|r| r["reward_chosen"].as_f64() > r["reward_rejected"].as_f64())
         .count();
     assert!(higher >= 2, "{records:?}");
+}
+
+/// `prompt_logprobs` (vLLM's layout) and echo's alternatives: the prompt's
+/// log-probs are `qstar score`'s, each position lists the token and the k
+/// most likely tokens with consistent ranks, and the alternatives at the
+/// prompt's end are the ones a one-token generation reports there.
+#[test]
+fn prompt_logprobs_list_ranked_alternatives_that_generation_agrees_with() {
+    let server = start(&[], &[]);
+    let k = 5;
+    let next = ok_json(
+        &server,
+        "/v1/completions",
+        json!({"prompt": PROMPT, "max_tokens": 1, "temperature": 0, "logprobs": k}),
+    );
+    let generated = next["choices"][0]["text"].as_str().expect("text");
+    let first_top = next["choices"][0]["logprobs"]["top_logprobs"][0].clone();
+    let text = format!("{PROMPT}{generated}");
+    let cli = cli_json(&["score", "--continuation", &text, "--json"]);
+    let scored = cli["tokens"].as_array().expect("cli tokens");
+    let v = ok_json(
+        &server,
+        "/v1/completions",
+        json!({"prompt": text, "max_tokens": 0, "echo": true, "logprobs": k,
+               "prompt_logprobs": k}),
+    );
+    let choice = &v["choices"][0];
+    let rows = choice["prompt_logprobs"]
+        .as_array()
+        .expect("prompt_logprobs");
+    assert_eq!(rows.len(), scored.len(), "{choice}");
+    assert!(rows[0].is_null());
+    for (i, (row, s)) in rows.iter().zip(scored).enumerate().skip(1) {
+        let map = row.as_object().expect("a map per token");
+        let id = s["id"].as_u64().expect("id").to_string();
+        let own = &map[&id];
+        let want = s["logprob"].as_f64().expect("logprob");
+        let got = own["logprob"].as_f64().expect("logprob");
+        assert!((got - want).abs() < 1e-5, "token {i}: {got} vs {want}");
+        let rank = own["rank"].as_u64().expect("rank");
+        // The token and its k alternatives: k entries when it is among them.
+        let others: Vec<(u64, f64)> = map
+            .iter()
+            .filter(|(key, _)| **key != id)
+            .map(|(_, e)| {
+                (
+                    e["rank"].as_u64().expect("rank"),
+                    e["logprob"].as_f64().expect("lp"),
+                )
+            })
+            .collect();
+        if rank as usize <= k {
+            assert_eq!(map.len(), k, "token {i}: {row}");
+        } else {
+            assert_eq!(map.len(), k + 1, "token {i}: {row}");
+        }
+        for &(r, lp) in &others {
+            assert!(r >= 1 && r as usize <= k && r != rank, "token {i}: {row}");
+            // A token ranked above this one is at least as likely.
+            assert_eq!(r < rank, lp >= got, "token {i}: {row}");
+        }
+    }
+    // Echo's alternatives at the last position are generation's at the end
+    // of the prompt (one path scores, the other samples).
+    let echoed = choice["logprobs"]["top_logprobs"]
+        .as_array()
+        .expect("top_logprobs");
+    let last = echoed.last().expect("tokens").as_object().expect("map");
+    let from_generation = first_top.as_object().expect("map");
+    assert_eq!(
+        last.len(),
+        from_generation.len(),
+        "{last:?} vs {from_generation:?}"
+    );
+    for (token, lp) in from_generation {
+        let other = last[token].as_f64().expect("same alternative");
+        assert!((other - lp.as_f64().expect("lp")).abs() < 1e-4, "{token}");
+    }
+    let bad = post(
+        &server,
+        "/v1/completions",
+        json!({"prompt": PROMPT, "max_tokens": 0, "prompt_logprobs": 21}),
+    );
+    assert_eq!(openai_error(&bad, 400)["param"], "prompt_logprobs");
+}
+
+/// A constitution of two principles, for judgements over all of them.
+fn two_principles(dir: &Path) -> PathBuf {
+    let path = dir.join("constitution.toml");
+    std::fs::write(
+        &path,
+        "principles = [\n  \"Which reply is more helpful and honest?\",\n  \
+         \"Which reply is less harmful?\",\n]\n",
+    )
+    .expect("write constitution");
+    path
+}
+
+/// `/v1/judge` gives `qstar label`'s soft label for the same pair, and
+/// swapping the replies gives its complement.
+#[test]
+fn judge_equals_qstar_label_and_is_symmetric() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let constitution = two_principles(dir.path());
+    let constitution = constitution.display().to_string();
+    let server = start(&["--constitution", &constitution], &[]);
+    let question = "How do I keep basil fresh?";
+    let good = "Trim the stems and keep it in a glass of water on the counter.";
+    let bad = "Basil cannot be kept.";
+    let pairs = dir.path().join("pair.jsonl");
+    std::fs::write(
+        &pairs,
+        format!(
+            "{}\n",
+            json!({"prompt": question, "chosen": good, "rejected": bad})
+        ),
+    )
+    .expect("write pair");
+    let out = Command::new(env!("CARGO_BIN_EXE_qstar"))
+        .current_dir(dir.path())
+        .args(["label", "--input", &pairs.display().to_string()])
+        .args(["--out", "labels.jsonl", "--principles", "all"])
+        .args(["--constitution", &constitution])
+        .output()
+        .expect("run label");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: Value = serde_json::from_str(
+        std::fs::read_to_string(dir.path().join("labels.jsonl"))
+            .expect("labels")
+            .lines()
+            .next()
+            .expect("one record"),
+    )
+    .expect("JSON");
+    let want = record["soft_label"].as_f64().expect("soft label");
+    let ask = |a: &str, b: &str| {
+        ok_json(
+            &server,
+            "/v1/judge",
+            json!({"prompt": question, "response_a": a, "response_b": b,
+                   "principles": "all"}),
+        )
+    };
+    let v = ask(good, bad);
+    let p_a = v["p_a"].as_f64().expect("p_a");
+    assert!((p_a - want).abs() < 1e-4, "judge {p_a} vs label {want}");
+    let judgements = v["judgements"].as_array().expect("judgements");
+    // Two principles, each in both orders.
+    assert_eq!(judgements.len(), 4, "{v}");
+    let mean: f64 = judgements
+        .iter()
+        .map(|j| j["p_a"].as_f64().expect("p_a"))
+        .sum::<f64>()
+        / 4.0;
+    assert!((mean - p_a).abs() < 1e-9);
+    assert!(judgements.iter().any(|j| j["a_first"] == true));
+    assert!(judgements.iter().any(|j| j["a_first"] == false));
+    let swapped = ask(bad, good)["p_a"].as_f64().expect("p_a");
+    assert!(
+        (swapped - (1.0 - p_a)).abs() < 1e-6,
+        "{swapped} vs 1 - {p_a}"
+    );
+    for (body, param) in [
+        (
+            json!({"prompt": question, "response_a": good, "response_b": bad,
+                "principles": 3}),
+            "principles",
+        ),
+        (
+            json!({"prompt": question, "response_a": good, "response_b": bad,
+                "method": "vote"}),
+            "method",
+        ),
+    ] {
+        assert_eq!(
+            openai_error(&post(&server, "/v1/judge", body), 400)["param"],
+            param
+        );
+    }
+}
+
+/// The value of one metric line in `/metrics`.
+fn metric(server: &Server, name: &str) -> f64 {
+    let a = reqwest::blocking_client()
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .expect("metrics");
+    a.text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not in /metrics:\n{}", a.text))
+}
+
+/// Polls until the engine has no sequence left, and returns how many jobs
+/// it cancelled by then.
+fn wait_until_idle(server: &Server, what: &str) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = metric(server, "qstar_engine_sequences_running");
+        let waiting = metric(server, "qstar_engine_sequences_waiting");
+        if running == 0.0 && waiting == 0.0 {
+            return metric(server, "qstar_engine_jobs_cancelled_total");
+        }
+        assert!(Instant::now() < deadline, "{what}: the engine kept working");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A client that goes away cancels its work in the engine: a stream read
+/// for a few chunks, and a plain request whose client gives up.
+#[test]
+fn a_client_that_disconnects_cancels_its_engine_work() {
+    use std::io::{Read, Write};
+    let server = start(&[], &[]);
+    let max_tokens = 3000;
+    let body = |stream: bool| {
+        json!({"prompt": LONG_RUNNER, "max_tokens": max_tokens, "ignore_eos": true,
+               "temperature": 0, "stream": stream})
+        .to_string()
+    };
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut socket = std::net::TcpStream::connect(&addr).expect("connect");
+    let streamed = body(true);
+    write!(
+        socket,
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{streamed}",
+        streamed.len()
+    )
+    .expect("send");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while seen.windows(5).filter(|w| w == b"data:").count() < 3 {
+        let n = socket.read(&mut buf).expect("read the stream");
+        assert!(n > 0, "the stream ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(metric(&server, "qstar_engine_sequences_running") >= 1.0);
+    drop(socket);
+    let cancelled = wait_until_idle(&server, "after the stream's client left");
+    assert_eq!(cancelled, 1.0);
+    let generated = metric(&server, "qstar_engine_tokens_generated_total");
+    assert!(generated < max_tokens as f64 / 2.0, "{generated} tokens");
+
+    // Without streaming: the client's own time limit drops the connection.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let gave_up = rt.block_on(async {
+        ::reqwest::Client::new()
+            .post(format!("{}/v1/completions", server.url))
+            .header("content-type", "application/json")
+            .body(body(false))
+            .timeout(Duration::from_millis(1500))
+            .send()
+            .await
+    });
+    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+    // The client's connection lives in its runtime: dropping it closes it.
+    drop(rt);
+    let cancelled = wait_until_idle(&server, "after the plain client left");
+    assert_eq!(cancelled, 2.0);
+    let more = metric(&server, "qstar_engine_tokens_generated_total") - generated;
+    assert!(more < max_tokens as f64 / 2.0, "{more} tokens");
+    // The server still answers.
+    let v = ok_json(
+        &server,
+        "/v1/completions",
+        json!({"prompt": PROMPT, "max_tokens": 2, "temperature": 0}),
+    );
+    assert_eq!(v["usage"]["completion_tokens"].as_u64(), Some(2));
+}
+
+/// Search through a fleet of two servers: weighted voting over samples
+/// spread across both finds what the embedded run finds, sample for sample.
+/// (Step scoring by prompt log-probs needs a prompt that ends where a
+/// token ends; the plain format's "Assistant: " does not, and the backend
+/// says so instead of guessing: `qstar-openai`'s shape tests.)
+#[test]
+fn search_through_two_servers_agrees_with_the_embedded_run() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = dir.path().join("add.jsonl");
+    let made = Command::new(env!("CARGO_BIN_EXE_qstar"))
+        .args(["tasks", "generate", "--task", "arithmetic", "--count", "2"])
+        .args(["--seed", "7", "--out"])
+        .arg(&input)
+        .output()
+        .expect("tasks");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (a, b) = (start(&[], &[]), start(&[], &[]));
+    let run = |out: &str, extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_qstar"))
+            .current_dir(dir.path())
+            .args(["solve", "--task", "arithmetic", "--input"])
+            .arg(&input)
+            .args([
+                "--strategy",
+                "weighted",
+                "--verifier",
+                "agreement",
+                "--budget",
+                "4",
+            ])
+            .args(["--prompt-format", "plain"])
+            .args([
+                "--max-tokens",
+                "48",
+                "--max-step-tokens",
+                "24",
+                "--max-steps",
+                "3",
+            ])
+            .args(["--out", out])
+            .args(extra)
+            .output()
+            .expect("solve");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(dir.path().join(out))
+            .expect("records")
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
+            .collect::<Vec<_>>()
+    };
+    let embedded = run("embedded.jsonl", &[]);
+    let before = [&a, &b].map(|s| metric(s, "qstar_prompt_tokens_total"));
+    let fleet = run(
+        "fleet.jsonl",
+        &[
+            "--backend",
+            "openai",
+            "--base-url",
+            &a.url,
+            "--base-url",
+            &b.url,
+        ],
+    );
+    for (s, was) in [&a, &b].iter().zip(before) {
+        assert!(
+            metric(s, "qstar_prompt_tokens_total") > was,
+            "{} idle",
+            s.url
+        );
+    }
+    assert_eq!(embedded.len(), 2);
+    assert_eq!(fleet.len(), 2);
+    for (e, f) in embedded.iter().zip(&fleet) {
+        assert_eq!(e["answer"], f["answer"], "{e}\n{f}");
+        assert_eq!(e["solution"], f["solution"]);
+        assert_eq!(e["tree"], f["tree"]);
+    }
+}
+
+/// `serve --inspect DIR` shows the inspector at /inspect/ for every file
+/// of the directory it can show, and passes over the rest.
+#[test]
+fn serve_inspect_shows_a_directory_of_outputs() {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/inspect");
+    let server = start(&["--inspect", &data.display().to_string()], &[]);
+    let client = reqwest::blocking_client();
+    let get = |path: &str| {
+        client
+            .get(format!("{}{path}", server.url))
+            .send()
+            .expect("request")
+    };
+    let page = get("/inspect/");
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert!(page.text.contains("<title>qstar inspect</title>"));
+    // The page's links are relative, so they resolve under /inspect/.
+    assert!(page.text.contains("src=\"assets/app.js\""));
+    assert_eq!(get("/inspect/assets/app.js").status, 200);
+    let files = get("/inspect/api/files").json();
+    let mut shown: Vec<String> = files["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| {
+            let name = f["name"].as_str().expect("name");
+            format!(
+                "{} {}",
+                Path::new(name).file_name().expect("name").to_string_lossy(),
+                f["kind"]
+            )
+        })
+        .collect();
+    shown.sort();
+    let mut want: Vec<String> = std::fs::read_dir(&data)
+        .expect("data")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            (name.ends_with(".jsonl") || name == "sweep.json").then_some(name)
+        })
+        .collect();
+    want.sort();
+    let names: Vec<&str> = shown
+        .iter()
+        .map(|s| s.split(' ').next().unwrap_or(""))
+        .collect();
+    assert_eq!(names, want, "{shown:?}");
+    // The first file's records come through the nested API.
+    let records = get("/inspect/api/files/0/records?offset=0&limit=2").json();
+    assert!(records.is_object(), "{records}");
+    // The OpenAI API is still where it was.
+    assert_eq!(get("/v1/models").status, 200);
 }

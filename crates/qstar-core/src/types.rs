@@ -117,6 +117,10 @@ pub struct TokenLogprob {
     pub text: String,
     /// `None` for a token with no preceding token to condition on.
     pub logprob: Option<f32>,
+    /// 1 + how many tokens were more likely here, where it was computed
+    /// (scoring with alternatives asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
     /// The most likely alternatives at this position, best first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top: Vec<TopLogprob>,

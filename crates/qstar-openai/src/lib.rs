@@ -320,6 +320,15 @@ impl OpenAiBackend {
         let full = format!("{}{}", req.prompt, req.continuation);
         let (tokens, usage) = self.echo_logprobs(&full).await?;
         let start = req.prompt.len();
+        if let Some(t) = straddling(&tokens, start) {
+            return Err(ModelError::InvalidRequest(format!(
+                "the server tokenizes the end of the prompt and the start of the continuation \
+                 as one token ({:?}), so the continuation's log-prob cannot be told apart from \
+                 the prompt's (the embedded engine tokenizes them separately); end the prompt \
+                 where a token ends, e.g. without a trailing space",
+                t.text
+            )));
+        }
         let mut out = Vec::new();
         let mut total = 0.0;
         for t in tokens {
@@ -327,6 +336,11 @@ impl OpenAiBackend {
                 total += t.logprob.unwrap_or(0.0) as f64;
                 out.push(t.into_token_logprob());
             }
+        }
+        if out.is_empty() {
+            return Err(ModelError::InvalidRequest(
+                "the server's echo shows no token of the continuation".into(),
+            ));
         }
         Ok(ScoreResponse {
             tokens: out,
@@ -347,14 +361,20 @@ impl OpenAiBackend {
         });
         let v = self.post("/v1/completions", &body).await?;
         let mut usage = usage_of(&v);
-        let first = parse_logprobs(&v["choices"][0]["logprobs"])
-            .and_then(|t| t.into_iter().next())
-            .ok_or_else(|| self.unsupported("log-probs on /v1/completions"))?;
+        let logprobs = &v["choices"][0]["logprobs"];
+        let tokens = parse_logprobs(logprobs);
+        if tokens.is_none() && !logprobs.is_object() {
+            return Err(self.unsupported("log-probs on /v1/completions"));
+        }
+        // No token at all: the server stopped at once (end of generation)
+        // without reporting that token; the options are then scored in full.
+        let first = tokens.and_then(|t| t.into_iter().next());
         let from_top: Option<Vec<ScoredOption<String>>> = req
             .options
             .iter()
             .map(|o| {
                 first
+                    .as_ref()?
                     .top
                     .iter()
                     .find(|a| &a.text == o)
@@ -407,6 +427,15 @@ impl OpenAiBackend {
             .collect();
         Ok(choose_response(&req.options, &scored, usage))
     }
+}
+
+/// A token of an echoed text that starts before `start` and ends after it:
+/// the server merged the two sides of the boundary into one token.
+fn straddling(tokens: &[WireToken], start: usize) -> Option<&WireToken> {
+    tokens.iter().find(|t| {
+        t.offset
+            .is_some_and(|o| o < start && o + t.text.len() > start)
+    })
 }
 
 /// The usage a server reported: `usage` with OpenAI's
@@ -484,6 +513,7 @@ impl WireToken {
     fn into_token_logprob(self) -> TokenLogprob {
         TokenLogprob {
             id: self.id.unwrap_or(0),
+            rank: None,
             text: self.text,
             logprob: self.logprob,
             top: self

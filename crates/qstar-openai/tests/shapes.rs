@@ -419,3 +419,53 @@ async fn the_parameter_count_comes_from_the_model_card_when_it_has_one() {
     let (backend, _) = serve(|_, _| None).await;
     assert_eq!(backend.model_parameters().await, None);
 }
+
+/// A prompt that ends in a space: the mock, like a BPE server, joins that
+/// space to the next word, so " Yes" starts inside the prompt. Its
+/// log-prob covers part of the prompt, so scoring it is refused with the
+/// reason, and `choose` does not quietly give every option the same mass.
+#[tokio::test]
+async fn a_token_across_the_prompt_boundary_is_an_error_not_a_guess() {
+    let (backend, _) = serve(|_, body| match body["echo"].as_bool() {
+        Some(true) => Some(echo(body, true)),
+        // The server stopped at once and reported no token.
+        _ => Some(json!({
+            "choices": [{"text": "", "finish_reason": "stop",
+                "logprobs": {"tokens": [], "token_logprobs": [], "top_logprobs": [],
+                    "text_offset": []}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 0}
+        })),
+    })
+    .await;
+    let err = backend
+        .score(vec![ScoreRequest {
+            prompt: "Assistant: ".into(),
+            continuation: "Yes".into(),
+        }])
+        .await
+        .expect_err("a straddling token");
+    assert!(err.to_string().contains("one token"), "{err}");
+    let err = backend
+        .choose(vec![ChooseRequest {
+            prompt: "Assistant: ".into(),
+            options: vec!["Yes".into(), "No".into()],
+        }])
+        .await
+        .expect_err("choose over straddling options");
+    assert!(err.to_string().contains("one token"), "{err}");
+    // Without the trailing space the boundary falls between tokens, and an
+    // answer with no next token falls back to scoring each option in full:
+    // " Yes" is token 2 of "Assistant:", " Yes" (log-prob −0.5), as is " No".
+    let out = backend
+        .choose(vec![ChooseRequest {
+            prompt: "Assistant:".into(),
+            options: vec![" Yes".into(), " No".into()],
+        }])
+        .await
+        .expect("choose")
+        .remove(0);
+    for o in &out.options {
+        assert!((o.logprob + 0.5).abs() < 1e-9, "{o:?}");
+        assert!((o.prob - 0.5).abs() < 1e-9, "{o:?}");
+    }
+}

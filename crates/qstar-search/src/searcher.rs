@@ -477,6 +477,7 @@ mod tests {
     fn tokens_go_to_the_step_they_start_in() {
         let tok = |t: &str| TokenLogprob {
             id: 0,
+            rank: None,
             text: t.into(),
             logprob: Some(-1.0),
             top: vec![],

@@ -657,6 +657,7 @@ mod tests {
     fn token(id: u32, lp: f32, top: &[(u32, f32)]) -> TokenLogprob {
         TokenLogprob {
             id,
+            rank: None,
             text: String::new(),
             logprob: Some(lp),
             top: top
@@ -699,6 +700,7 @@ mod tests {
         let (half, quarter) = (0.5f32.ln(), 0.25f32.ln());
         let text = |id: u32, text: &str, lp: f32, top: &[(u32, &str, f32)]| TokenLogprob {
             id,
+            rank: None,
             text: text.into(),
             logprob: Some(lp),
             top: top

@@ -28,6 +28,7 @@ fn step_token(letter: char) -> TokenLogprob {
     let third = (1f32 / 3.0).ln();
     TokenLogprob {
         id: letter as u32,
+        rank: None,
         text: String::new(),
         logprob: Some(third),
         top: "abc"

@@ -311,6 +311,40 @@ pub fn expand(arg: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(vec![arg.to_path_buf()])
 }
 
+/// A file the inspector could not show, and why.
+pub type PassedOver = (PathBuf, String);
+
+/// Every file in `dir` the inspector can show, in name order, and the ones
+/// it passed over with the reason. A directory that does not exist or
+/// cannot be read is an error.
+pub fn scan_dir(dir: &Path) -> anyhow::Result<(Vec<Loaded>, Vec<PassedOver>)> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| UsageError(format!("--inspect {}: {e}", dir.display())))?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    let mut loaded = Vec::new();
+    let mut passed_over = Vec::new();
+    for path in paths {
+        let candidates = if path.is_dir() {
+            expand(&path).unwrap_or_default()
+        } else if path
+            .extension()
+            .is_some_and(|e| e == "jsonl" || e == "json")
+        {
+            vec![path]
+        } else {
+            continue;
+        };
+        for p in candidates {
+            match Loaded::open(&p) {
+                Ok(f) => loaded.push(f),
+                Err(e) => passed_over.push((p, format!("{e:#}"))),
+            }
+        }
+    }
+    Ok((loaded, passed_over))
+}
+
 impl Loaded {
     /// Reads and checks `path`: a `.json` file is a sweep, anything else
     /// JSONL whose first record says its kind.

@@ -28,6 +28,29 @@ pub struct InspectArgs {
     port: u16,
 }
 
+/// The inspector for every file in `dir` it can show (`qstar serve
+/// --inspect DIR`): its JSONL and JSON files, and the run or sweep
+/// directories inside it. Files it cannot show are passed over and named.
+/// The files are read once, when the server starts.
+pub async fn router_for_dir(dir: PathBuf) -> Result<axum::Router> {
+    let (loaded, passed_over) = tokio::task::spawn_blocking(move || files::scan_dir(&dir))
+        .await
+        .context("reading the files")??;
+    let reporter = crate::report::Reporter::default();
+    for (path, why) in &passed_over {
+        reporter.note(&format!("inspect: passing over {}: {why}", path.display()));
+    }
+    for f in &loaded {
+        reporter.note(&format!(
+            "inspect: {} ({}, {} records)",
+            f.path.display(),
+            f.kind.name(),
+            f.count()
+        ));
+    }
+    Ok(routes::router(Arc::new(routes::State { files: loaded })))
+}
+
 pub async fn inspect(args: InspectArgs) -> Result<()> {
     let mut loaded = Vec::new();
     for arg in &args.files {

@@ -147,6 +147,30 @@ impl Metrics {
             "Forward passes the engine ran.",
             engine.forward_passes.to_string(),
         );
+        gauge(
+            "qstar_engine_sequences_running",
+            "gauge",
+            "Sequences the engine is computing now.",
+            engine.sequences_active.to_string(),
+        );
+        gauge(
+            "qstar_engine_sequences_waiting",
+            "gauge",
+            "Sequences queued in the engine, not yet admitted.",
+            engine.sequences_waiting.to_string(),
+        );
+        gauge(
+            "qstar_engine_tokens_generated_total",
+            "counter",
+            "Tokens the engine sampled, answered or not.",
+            engine.tokens_generated.to_string(),
+        );
+        gauge(
+            "qstar_engine_jobs_cancelled_total",
+            "counter",
+            "Engine jobs dropped because their client went away.",
+            engine.jobs_cancelled.to_string(),
+        );
         let name = "qstar_request_duration_seconds";
         let _ = writeln!(
             out,

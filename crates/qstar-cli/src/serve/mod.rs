@@ -58,6 +58,14 @@ pub struct ServeArgs {
     /// rewards instead of d-RLAIF ratings.
     #[arg(long)]
     reward_model: Option<PathBuf>,
+    /// The constitution `/v1/judge` draws its principles from (TOML or
+    /// JSON; default: qstar's own).
+    #[arg(long)]
+    constitution: Option<PathBuf>,
+    /// A directory of qstar outputs (labels, ratings, solve records, runs,
+    /// sweeps) to show at `/inspect/`, as `qstar inspect` shows them.
+    #[arg(long, value_name = "DIR")]
+    inspect: Option<PathBuf>,
     /// SQLite file that keeps the reward model's hidden states (default:
     /// features.sqlite in qstar's cache directory).
     #[arg(long, requires = "reward_model")]
@@ -76,6 +84,7 @@ pub struct AppState {
     max_tokens_limit: usize,
     metrics: metrics::Metrics,
     reward_model: Option<crate::reward::RewardModel>,
+    constitution: qstar_feedback::Constitution,
     next_id: AtomicU64,
     /// Makes response ids and unseeded samples differ between runs.
     id_salt: u64,
@@ -88,12 +97,13 @@ fn no_answer() -> ModelError {
     }
 }
 
-fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+fn router(state: Arc<AppState>, max_body_bytes: usize, inspector: Option<Router>) -> Router {
     let engine_routes = Router::new()
         .route("/v1/completions", post(routes::completions))
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/choose", post(routes::choose))
         .route("/v1/rate", post(routes::rate))
+        .route("/v1/judge", post(routes::judge))
         .route("/get_reward", post(routes::get_reward))
         .layer(from_fn_with_state(state.clone(), limits::queue));
     let protected = Router::new()
@@ -101,9 +111,12 @@ fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/metrics", get(routes::metrics))
         .merge(engine_routes)
         .layer(from_fn_with_state(state.clone(), limits::auth));
-    Router::new()
-        .route("/health", get(routes::health))
-        .merge(protected)
+    let mut open = Router::new().route("/health", get(routes::health));
+    if let Some(inspector) = inspector {
+        // The page's links are relative, so it needs the trailing slash.
+        open = open.nest_service("/inspect", inspector);
+    }
+    open.merge(protected)
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -162,6 +175,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         },
     };
     let addr = listen_addr(&args.host, args.port)?;
+    let constitution = match &args.constitution {
+        Some(p) => qstar_feedback::Constitution::load(p).map_err(UsageError)?,
+        None => qstar_feedback::Constitution::default_constitution(),
+    };
     let backend = BackendArgs {
         model: args.model.clone(),
         adapter: args.adapter.clone(),
@@ -204,15 +221,20 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         max_tokens_limit: args.max_tokens_limit,
         metrics: metrics::Metrics::default(),
         reward_model,
+        constitution,
         next_id: AtomicU64::new(0),
         id_salt: started ^ u64::from(std::process::id()) << 32,
     });
+    let inspector = match args.inspect {
+        Some(dir) => Some(crate::inspect::router_for_dir(dir).await?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| UsageError(format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr().context("the listening address")?;
     crate::report::Reporter::default().note(&format!("qstar serve: listening on http://{local}"));
-    axum::serve(listener, router(state, args.max_body_bytes))
+    axum::serve(listener, router(state, args.max_body_bytes, inspector))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("the server stopped")?;

@@ -1,5 +1,6 @@
 //! The endpoints: OpenAI's completions, chat completions and models, and
-//! qstar's own (`/v1/choose`, `/v1/rate`, OpenRLHF's `/get_reward`).
+//! qstar's own (`/v1/choose`, `/v1/rate`, `/v1/judge`, OpenRLHF's
+//! `/get_reward`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use super::metrics::Tokens;
 use super::stream::{live, Head};
 use super::wire::{
     message_text, usage_json, ApiError, ApiJson, ChatMessage, ChatRequest, ChooseBody,
-    CompletionRequest, RateBody, RewardBody, Sampling,
+    CompletionRequest, JudgeBody, RateBody, RewardBody, Sampling,
 };
 use super::AppState;
 use crate::commands::MAX_SAMPLES;
@@ -169,7 +170,7 @@ fn sampling(
             seed,
             max_tokens,
             stop,
-            ignore_eos: false,
+            ignore_eos: s.ignore_eos.unwrap_or(false),
         },
         n as usize,
     ))
@@ -233,21 +234,24 @@ impl LegacyLogprobs {
     }
 }
 
-/// The prompt's tokens with their log-probs, first one unconditioned
-/// (`None`), as `echo` reports them; and what scoring them used.
+/// The prompt's tokens with their log-probs and `top` alternatives, first
+/// one unconditioned (`None`), as `echo` and `prompt_logprobs` report them;
+/// and what scoring them used.
 async fn prompt_logprobs(
     state: &AppState,
     prompt: &str,
+    top: usize,
 ) -> Result<(Vec<TokenLogprob>, Usage), ApiError> {
     if prompt.is_empty() {
         return Ok((Vec::new(), Usage::default()));
     }
+    let request = ScoreRequest {
+        prompt: String::new(),
+        continuation: prompt.to_string(),
+    };
     let scored = state
         .engine
-        .score(vec![ScoreRequest {
-            prompt: String::new(),
-            continuation: prompt.to_string(),
-        }])
+        .score_with_top(vec![request], top)
         .await?
         .pop()
         .ok_or_else(|| ApiError::from(super::no_answer()))?;
@@ -259,6 +263,7 @@ async fn prompt_logprobs(
             0,
             TokenLogprob {
                 id: all[0],
+                rank: None,
                 text: String::new(),
                 logprob: None,
                 top: Vec::new(),
@@ -266,6 +271,29 @@ async fn prompt_logprobs(
         );
     }
     Ok((tokens, scored.usage))
+}
+
+/// vLLM's `prompt_logprobs`: per prompt token, null for the first, else a
+/// map from token id to `{logprob, rank, decoded_token}` holding the token
+/// itself and the `k` most likely tokens there.
+fn vllm_prompt_logprobs(tokens: &[TokenLogprob], k: usize) -> Value {
+    let entry = |logprob: f32, rank: Option<u32>, text: &str| json!({"logprob": logprob, "rank": rank, "decoded_token": text});
+    let rows: Vec<Value> = tokens
+        .iter()
+        .map(|t| match t.logprob {
+            None => Value::Null,
+            Some(lp) => {
+                let mut m = Map::new();
+                m.insert(t.id.to_string(), entry(lp, t.rank, &t.text));
+                for (r, a) in t.top.iter().take(k).enumerate() {
+                    m.entry(a.id.to_string())
+                        .or_insert_with(|| entry(a.logprob, Some(r as u32 + 1), &a.text));
+                }
+                Value::Object(m)
+            }
+        })
+        .collect();
+    Value::Array(rows)
 }
 
 /// The head of a live stream's chunks.
@@ -315,8 +343,17 @@ pub async fn completions(
         }
         other => other.map(|k| k as usize),
     };
+    let prompt_top = match body.prompt_logprobs {
+        Some(k) if k > MAX_TOP_LOGPROBS => {
+            return Err(ApiError::bad_param(
+                "prompt_logprobs",
+                format!("prompt_logprobs must be from 0 to {MAX_TOP_LOGPROBS}"),
+            ))
+        }
+        other => other.map(|k| k as usize),
+    };
     let echo = body.echo.unwrap_or(false);
-    let only_prompt = echo && params.max_tokens == 0;
+    let only_prompt = (echo || prompt_top.is_some()) && params.max_tokens == 0;
     let requests: Vec<GenerateRequest> = prompts
         .iter()
         .map(|p| GenerateRequest {
@@ -327,12 +364,15 @@ pub async fn completions(
             messages: None,
         })
         .collect();
-    if stream && logprobs.is_none() && !echo {
+    if stream && logprobs.is_none() && !echo && prompt_top.is_none() {
         let head = stream_head(&state, false);
         return Ok(live(state.clone(), requests, n, head, slot_of(slot)));
     }
-    let echoes = if echo {
-        let all = prompts.iter().map(|p| prompt_logprobs(&state, p));
+    // One scoring pass serves both echo's alternatives and prompt_logprobs.
+    let echo_top = if echo { logprobs.unwrap_or(0) } else { 0 };
+    let top = echo_top.max(prompt_top.unwrap_or(0));
+    let echoes = if echo || prompt_top.is_some() {
+        let all = prompts.iter().map(|p| prompt_logprobs(&state, p, top));
         Some(futures::future::try_join_all(all).await?)
     } else {
         None
@@ -368,10 +408,10 @@ pub async fn completions(
         for (j, c) in completions.iter().enumerate() {
             let mut text = String::new();
             let mut legacy = LegacyLogprobs::default();
-            if let Some((tokens, _)) = echoed {
+            if let (true, Some((tokens, _))) = (echo, echoed) {
                 text.push_str(prompt);
                 for t in tokens {
-                    legacy.push(t, 0);
+                    legacy.push(t, echo_top);
                 }
                 // Generated text starts after the whole prompt.
                 legacy.chars = prompt.chars().count();
@@ -386,14 +426,18 @@ pub async fn completions(
                     legacy.into_json()
                 }
             };
-            choices.push(json!({
+            let mut choice = json!({
                 "index": i * n + j,
                 "text": text,
                 "logprobs": lp,
                 "finish_reason": finish_reason(c.finish_reason),
                 "stop_reason": stop_reason(c, &params.stop),
                 "token_ids": c.token_ids,
-            }));
+            });
+            if let (Some(k), Some((tokens, _))) = (prompt_top, echoed) {
+                choice["prompt_logprobs"] = vllm_prompt_logprobs(tokens, k);
+            }
+            choices.push(choice);
         }
     }
     let body = json!({
@@ -555,19 +599,114 @@ fn prompt_format(format: Option<&str>) -> Result<PromptFormat, ApiError> {
     }
 }
 
+/// The conversation of a request that gives it as `prompt` (one user turn)
+/// or `messages`, never both.
+fn conversation_of(
+    prompt: &Option<String>,
+    messages: &Option<Vec<ChatMessage>>,
+) -> Result<Vec<Message>, ApiError> {
+    match (prompt, messages) {
+        (Some(p), None) => Ok(vec![Message::user(p.clone())]),
+        (None, Some(m)) => messages_of(m),
+        _ => Err(ApiError::bad_request(
+            "give the conversation as either `prompt` (one user turn) or `messages`",
+        )),
+    }
+}
+
+fn server_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        e.to_string(),
+    )
+}
+
+/// Constitutional-AI judgement of two replies, as `qstar label` makes it:
+/// `p_a` is the probability that `response_a` is the better one, averaged
+/// over the drawn principles and (by default) both orders.
+pub async fn judge(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<JudgeBody>,
+) -> Result<Response, ApiError> {
+    use qstar_feedback::cai::{CaiConfig, CaiLabeler, Method, PrincipleChoice};
+    let conversation = conversation_of(&body.prompt, &body.messages)?;
+    let method = match body.method.as_deref().unwrap_or("cai") {
+        "cai" => Method::Cai,
+        "rlaif" => Method::Rlaif,
+        "cot" => Method::Cot,
+        other => {
+            return Err(ApiError::bad_param(
+                "method",
+                format!("method is {other:?}; use \"cai\", \"rlaif\" or \"cot\""),
+            ))
+        }
+    };
+    let count = state.constitution.principles.len();
+    let principles = match &body.principles {
+        None => PrincipleChoice::Sample(1),
+        Some(Value::String(s)) if s == "all" => PrincipleChoice::All,
+        Some(v) => match v.as_u64() {
+            Some(k) if k >= 1 && k as usize <= count => PrincipleChoice::Sample(k as usize),
+            _ => {
+                return Err(ApiError::bad_param(
+                    "principles",
+                    format!("principles must be \"all\" or a count from 1 to {count}"),
+                ))
+            }
+        },
+    };
+    let config = CaiConfig {
+        method,
+        principles,
+        debias: body.debias.unwrap_or(true),
+        seed: body.seed.unwrap_or(0),
+        format: prompt_format(body.format.as_deref())?,
+        ..CaiConfig::default()
+    };
+    let model: &dyn LanguageModel = &state.engine;
+    let labeler = CaiLabeler::new(model, &state.constitution, config)?;
+    // Reply A plays the source's "chosen" reply, so P(chosen) is P(A).
+    let pair = qstar_tasks::PreferencePair {
+        line: 0,
+        conversation,
+        chosen: body.response_a,
+        rejected: body.response_b,
+        soft_label: None,
+    };
+    let label = labeler
+        .label(std::slice::from_ref(&pair))
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::from(super::no_answer()))?;
+    let judgements: Vec<Value> = label
+        .judgements
+        .iter()
+        .map(|j| {
+            json!({
+                "principle": j.principle,
+                "principle_text": state.constitution.principles.get(j.principle),
+                "a_first": j.human_chosen_first,
+                "p_first": j.p_a,
+                "p_a": j.p_human_chosen(),
+                "option_mass": j.option_mass,
+                "rationale": j.rationale,
+            })
+        })
+        .collect();
+    let body = json!({
+        "p_a": label.p_human_chosen,
+        "p_b": 1.0 - label.p_human_chosen,
+        "judgements": judgements,
+    });
+    Ok(answer(body, &Usage::default()))
+}
+
 pub async fn rate(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<RateBody>,
 ) -> Result<Response, ApiError> {
-    let conversation = match (&body.prompt, &body.messages) {
-        (Some(p), None) => vec![Message::user(p.clone())],
-        (None, Some(m)) => messages_of(m)?,
-        _ => {
-            return Err(ApiError::bad_request(
-                "give the conversation as either `prompt` (one user turn) or `messages`",
-            ))
-        }
-    };
+    let conversation = conversation_of(&body.prompt, &body.messages)?;
     let format = prompt_format(body.format.as_deref())?;
     let model: &dyn LanguageModel = &state.engine;
     let rater = Rater::new(model, format)?;
@@ -576,13 +715,7 @@ pub async fn rate(
         .await?
         .pop()
         .ok_or_else(|| ApiError::from(super::no_answer()))?;
-    let body = serde_json::to_value(&rating).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            e.to_string(),
-        )
-    })?;
+    let body = serde_json::to_value(&rating).map_err(server_error)?;
     Ok(answer(body, &Usage::default()))
 }
 

@@ -182,8 +182,14 @@ pub fn live(
                         sent[k] = safe.to_string();
                     }
                 }
-                result = &mut done => break result,
+                result = &mut done => break Some(result),
+                // The client went away: dropping the engine's futures
+                // cancels their work there.
+                _ = done_events.closed() => break None,
             }
+        };
+        let Some(result) = result else {
+            return;
         };
         match result {
             Ok(answers) => {

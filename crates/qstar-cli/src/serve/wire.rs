@@ -150,6 +150,10 @@ pub struct Sampling {
     pub stop: Option<OneOrMany>,
     #[serde(default)]
     pub stream: Option<bool>,
+    /// vLLM's: keep sampling past the end-of-generation token (fixed-length
+    /// answers, for load tests).
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,6 +166,10 @@ pub struct CompletionRequest {
     pub logprobs: Option<u64>,
     #[serde(default)]
     pub echo: Option<bool>,
+    /// vLLM's: the prompt's tokens with this many alternatives each, as
+    /// `choices[i].prompt_logprobs`.
+    #[serde(default)]
+    pub prompt_logprobs: Option<u64>,
 }
 
 /// A chat message; `content` is a string or a list of text parts.
@@ -198,6 +206,33 @@ pub struct RateBody {
     pub messages: Option<Vec<ChatMessage>>,
     pub response: String,
     /// "chat" (the model's template, the default) or "plain".
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// A pairwise judgement: the conversation (`prompt` or `messages`), the two
+/// replies, and how the constitution's principles judge them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeBody {
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub messages: Option<Vec<ChatMessage>>,
+    pub response_a: String,
+    pub response_b: String,
+    /// "cai" (the default), "rlaif" or "cot".
+    #[serde(default)]
+    pub method: Option<String>,
+    /// How many principles to draw (seeded), or "all"; default 1.
+    #[serde(default)]
+    pub principles: Option<Value>,
+    /// Ask in both orders and average (default true).
+    #[serde(default)]
+    pub debias: Option<bool>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// "chat" (the default) or "plain".
     #[serde(default)]
     pub format: Option<String>,
 }

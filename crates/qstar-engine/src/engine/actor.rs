@@ -63,6 +63,7 @@ impl Actor {
             while let Ok(job) = rx.try_recv() {
                 self.intake(job);
             }
+            self.drop_abandoned();
             if let Err(reason) = guarded(|| self.admit()) {
                 self.recover(&reason);
             }
@@ -86,6 +87,21 @@ impl Actor {
         });
         for h in released {
             self.in_flight.remove(&h);
+        }
+    }
+
+    /// Drops the jobs whose callers stopped waiting (a client that
+    /// disconnected), with their sequences, so no pass computes for nobody.
+    pub(super) fn drop_abandoned(&mut self) {
+        let gone: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|(_, p)| p.state.is_abandoned())
+            .map(|(&id, _)| id)
+            .collect();
+        for job in gone {
+            self.stats.jobs_cancelled += 1;
+            self.fail_job(job, internal_error("the caller stopped waiting"));
         }
     }
 
@@ -137,6 +153,8 @@ impl Actor {
             kv: KvCache::new(self.model.llama.config.n_layer),
             wants: Vec::new(),
             results: Vec::new(),
+            top_k: 0,
+            top: Vec::new(),
             generation: None,
             hidden_state: false,
             reused: 0,
@@ -163,6 +181,8 @@ impl Actor {
             Job::Stats(tx) => {
                 let mut s = self.stats;
                 s.prefix_cache_bytes = self.cache.bytes();
+                s.sequences_active = self.active.len();
+                s.sequences_waiting = self.waiting.len();
                 let _ = tx.send(s);
             }
             Job::SetPrefixCache(on, tx) => {
@@ -177,27 +197,30 @@ impl Actor {
             Job::GenerateWithProgress(req, reply, sink) => {
                 self.start_generate(id, req, reply, Some(sink))
             }
-            Job::Score(req, reply) => match self.guarded_intake(id, |a| a.intake_score(id, &req)) {
-                Ok(state) => {
-                    let state = JobState::Score {
-                        reply,
-                        ids: state.0,
-                        first_unconditioned: state.1,
-                        logprobs: Vec::new(),
-                    };
-                    self.jobs.insert(
-                        id,
-                        PendingJob {
-                            state,
-                            remaining: 1,
-                            usage: Usage::default(),
-                        },
-                    );
+            Job::Score(req, top, reply) => {
+                match self.guarded_intake(id, |a| a.intake_score(id, &req, top)) {
+                    Ok(state) => {
+                        let state = JobState::Score {
+                            reply,
+                            ids: state.0,
+                            first_unconditioned: state.1,
+                            logprobs: Vec::new(),
+                            tops: Vec::new(),
+                        };
+                        self.jobs.insert(
+                            id,
+                            PendingJob {
+                                state,
+                                remaining: 1,
+                                usage: Usage::default(),
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
+            }
             Job::Embed(text, reply) => match self.guarded_intake(id, |a| a.intake_embed(id, &text))
             {
                 Ok(()) => {
@@ -351,6 +374,7 @@ impl Actor {
         &mut self,
         id: u64,
         req: &ScoreRequest,
+        top: usize,
     ) -> Result<(Vec<u32>, bool), ModelError> {
         let tok = &self.model.tokenizer;
         let prompt = tok.encode(&req.prompt, true);
@@ -375,6 +399,7 @@ impl Actor {
         tokens.extend_from_slice(&continuation);
         self.check_length(tokens.len(), 0)?;
         let mut seq = self.new_seq(id, 0, tokens);
+        seq.top_k = top;
         let p = prompt.len();
         for (i, &t) in continuation.iter().enumerate() {
             if p + i > 0 {
@@ -704,7 +729,7 @@ impl Actor {
                         logprobs: g.top_logprobs.map(|_| g.logprobs),
                     })
                 }
-                None => SeqOutput::Logprobs(seq.results),
+                None => SeqOutput::Logprobs(seq.results, seq.top),
             };
             match (&mut pending.state, output) {
                 (JobState::Generate { completions, .. }, SeqOutput::Completion(c)) => {
@@ -712,7 +737,7 @@ impl Actor {
                         *slot = Some(c);
                     }
                 }
-                (JobState::Choose { scored, .. }, SeqOutput::Logprobs(rows)) => {
+                (JobState::Choose { scored, .. }, SeqOutput::Logprobs(rows, _)) => {
                     if seq.tag == PROMPT_TAG {
                         if let Some(first) = rows.first() {
                             for (o, lp) in scored.iter_mut().zip(first) {
@@ -725,10 +750,11 @@ impl Actor {
                         }
                     }
                 }
-                (JobState::Score { logprobs, .. }, SeqOutput::Logprobs(rows)) => {
+                (JobState::Score { logprobs, tops, .. }, SeqOutput::Logprobs(rows, top)) => {
                     *logprobs = rows.iter().map(|r| r[0]).collect();
+                    *tops = top;
                 }
-                (JobState::Embed { hidden, .. }, SeqOutput::Logprobs(mut rows)) => {
+                (JobState::Embed { hidden, .. }, SeqOutput::Logprobs(mut rows, _)) => {
                     *hidden = rows.pop().unwrap_or_default();
                 }
                 _ => {}
@@ -777,25 +803,29 @@ impl Actor {
                 ids,
                 first_unconditioned,
                 logprobs,
+                tops,
             } => {
                 let tokenizer = &self.model.tokenizer;
                 let mut values = logprobs.into_iter();
+                let mut alternatives = tops.into_iter();
                 let mut total = 0f64;
                 let tokens = ids
                     .iter()
                     .enumerate()
                     .map(|(i, &id)| {
-                        let logprob = if i == 0 && first_unconditioned {
-                            None
+                        let (logprob, (rank, top)) = if i == 0 && first_unconditioned {
+                            (None, (None, Vec::new()))
                         } else {
-                            values.next()
+                            let alt = alternatives.next().map(|(r, t)| (Some(r), t));
+                            (values.next(), alt.unwrap_or_default())
                         };
                         total += logprob.unwrap_or(0.0) as f64;
                         TokenLogprob {
                             id,
+                            rank,
                             text: tokenizer.token_text(id),
                             logprob,
-                            top: Vec::new(),
+                            top,
                         }
                     })
                     .collect();

@@ -96,6 +96,17 @@ impl Engine {
         rx.await.map_err(|_| Self::stopped())?
     }
 
+    /// Scoring that also lists the `top` most likely tokens at every scored
+    /// position (an echoed prompt's alternatives), most likely first.
+    pub async fn score_with_top(
+        &self,
+        requests: Vec<ScoreRequest>,
+        top: usize,
+    ) -> Result<Vec<ScoreResponse>, ModelError> {
+        self.submit(requests, |r, reply| Job::Score(r, top, reply))
+            .await
+    }
+
     /// Each text's last hidden state (see [`Embedding`]), computed together
     /// and sharing cached prefixes, like scoring.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>, ModelError> {
@@ -170,7 +181,8 @@ impl LanguageModel for Engine {
     }
 
     async fn score(&self, requests: Vec<ScoreRequest>) -> Result<Vec<ScoreResponse>, ModelError> {
-        self.submit(requests, Job::Score).await
+        self.submit(requests, |r, reply| Job::Score(r, 0, reply))
+            .await
     }
 
     async fn choose(

@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use qstar_core::{
     ChooseRequest, ChooseResponse, Completion, GenerateRequest, GenerateResponse, ModelError,
-    ScoreRequest, ScoreResponse, ScoredOption, Usage,
+    ScoreRequest, ScoreResponse, ScoredOption, TopLogprob, Usage,
 };
 use tokio::sync::oneshot;
 
@@ -30,6 +30,12 @@ impl<T> Reply<T> {
             Some(tx) => tx.send(answer),
             None => Ok(()),
         }
+    }
+
+    /// Whether the caller stopped waiting (its future was dropped: a client
+    /// that disconnected), so the work would go nowhere.
+    pub(super) fn is_abandoned(&self) -> bool {
+        self.0.as_ref().is_none_or(|tx| tx.is_closed())
     }
 }
 
@@ -72,7 +78,8 @@ pub(super) enum Job {
     Generate(GenerateRequest, Reply<GenerateResponse>),
     /// A generation whose tokens also go to the sink as they are sampled.
     GenerateWithProgress(GenerateRequest, Reply<GenerateResponse>, TokenSink),
-    Score(ScoreRequest, Reply<ScoreResponse>),
+    /// Scoring, with this many alternatives per scored token (0: none).
+    Score(ScoreRequest, usize, Reply<ScoreResponse>),
     Choose(ChooseRequest, Reply<ChooseResponse>),
     /// The final hidden state of a text's last token.
     Embed(String, Reply<Embedding>),
@@ -92,6 +99,9 @@ pub(super) enum JobState {
         first_unconditioned: bool,
         /// Log-prob of each conditioned token, filled when the sequence ends.
         logprobs: Vec<f32>,
+        /// The own token's rank and the most likely tokens at each
+        /// conditioned position, when asked.
+        tops: Vec<(u32, Vec<TopLogprob>)>,
     },
     Embed {
         reply: Reply<Embedding>,
@@ -107,6 +117,16 @@ pub(super) enum JobState {
 }
 
 impl JobState {
+    /// Whether nobody waits for this job's answer any more.
+    pub(super) fn is_abandoned(&self) -> bool {
+        match self {
+            JobState::Generate { reply, .. } => reply.is_abandoned(),
+            JobState::Score { reply, .. } => reply.is_abandoned(),
+            JobState::Choose { reply, .. } => reply.is_abandoned(),
+            JobState::Embed { reply, .. } => reply.is_abandoned(),
+        }
+    }
+
     /// Answers the job with an error instead of its result.
     pub(super) fn fail(self, error: ModelError) {
         let _ = match self {

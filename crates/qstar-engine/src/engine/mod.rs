@@ -70,4 +70,9 @@ pub struct EngineStats {
     pub tokens_generated: usize,
     pub forward_passes: usize,
     pub prefix_cache_bytes: usize,
+    /// Jobs dropped because their caller stopped waiting.
+    pub jobs_cancelled: usize,
+    /// Sequences in the engine now (decoding or prefilling, and queued).
+    pub sequences_active: usize,
+    pub sequences_waiting: usize,
 }

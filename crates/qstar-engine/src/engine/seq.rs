@@ -6,12 +6,14 @@ use qstar_core::{Completion, FinishReason, SamplingParams, TokenLogprob, TopLogp
 use crate::llama::KvCache;
 use crate::model::LoadedModel;
 use crate::sampling::{log_softmax, sample, top_k_indices, Rng};
+use crate::tokenizer::Tokenizer;
 
 /// What a finished sequence reports to its job.
 pub(super) enum SeqOutput {
     Completion(Completion),
-    /// Log-probs of the wanted ids, per wanted row, in order.
-    Logprobs(Vec<Vec<f32>>),
+    /// Log-probs of the wanted ids, per wanted row, in order, and the
+    /// alternatives at those rows when they were asked for.
+    Logprobs(Vec<Vec<f32>>, Vec<(u32, Vec<TopLogprob>)>),
 }
 
 pub(super) struct Generation {
@@ -39,6 +41,10 @@ pub(super) struct Seq {
     /// Rows whose next-token log-probs are wanted, with the ids wanted.
     pub(super) wants: Vec<(usize, Vec<u32>)>,
     pub(super) results: Vec<Vec<f32>>,
+    /// Alternatives to report at each wanted row (0: none), and them with
+    /// the rank of the row's own next token.
+    pub(super) top_k: usize,
+    pub(super) top: Vec<(u32, Vec<TopLogprob>)>,
     pub(super) generation: Option<Generation>,
     /// The sequence wants its last token's final hidden state, not logits.
     pub(super) hidden_state: bool,
@@ -135,6 +141,12 @@ pub(super) fn absorb(model: &LoadedModel, seq: &mut Seq, start: usize, rows: Vec
             for (_, ids) in seq.wants.iter().filter(|w| w.0 == abs) {
                 seq.results
                     .push(ids.iter().map(|&id| lsm[id as usize]).collect());
+                if let (true, Some(&id)) = (seq.top_k > 0, ids.first()) {
+                    let own = lsm[id as usize];
+                    let rank = 1 + lsm.iter().filter(|&&v| v > own).count() as u32;
+                    seq.top
+                        .push((rank, top_alternatives(tokenizer, &lsm, seq.top_k)));
+                }
             }
         }
         return outcome;
@@ -153,16 +165,10 @@ pub(super) fn absorb(model: &LoadedModel, seq: &mut Seq, start: usize, rows: Vec
     }
     if let Some(k) = g.top_logprobs {
         let lsm = log_softmax(row);
-        let top = top_k_indices(&lsm, k)
-            .into_iter()
-            .map(|id| TopLogprob {
-                id: id as u32,
-                text: tokenizer.token_text(id as u32),
-                logprob: lsm[id],
-            })
-            .collect();
+        let top = top_alternatives(tokenizer, &lsm, k);
         g.logprobs.push(TokenLogprob {
             id: token,
+            rank: None,
             text: tokenizer.token_text(token),
             logprob: Some(lsm[token as usize]),
             top,
@@ -194,6 +200,18 @@ pub(super) fn absorb(model: &LoadedModel, seq: &mut Seq, start: usize, rows: Vec
         g.finish = Some(FinishReason::Length);
     }
     outcome
+}
+
+/// The `k` most likely tokens of a log-softmax row, most likely first.
+fn top_alternatives(tokenizer: &Tokenizer, lsm: &[f32], k: usize) -> Vec<TopLogprob> {
+    top_k_indices(lsm, k)
+        .into_iter()
+        .map(|id| TopLogprob {
+            id: id as u32,
+            text: tokenizer.token_text(id as u32),
+            logprob: lsm[id],
+        })
+        .collect()
 }
 
 /// Takes in the hidden states of a sequence that wants its last one: the

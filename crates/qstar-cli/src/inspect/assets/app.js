@@ -62,7 +62,7 @@ let current = null;
 
 async function main() {
   try {
-    files = (await api("/api/files")).files;
+    files = (await api("api/files")).files;
   } catch (e) {
     view().replaceChildren(el("p", { class: "error" }, "cannot list the files: " + e.message));
     return;
@@ -167,7 +167,7 @@ async function showPairs(f) {
     if (state.disagree) params.set("filter", "disagree");
     if (state.bias) params.set("sort", "bias");
     if (state.q.trim()) params.set("q", state.q.trim());
-    const page = await api(`/api/files/${f.id}/records?${params}`);
+    const page = await api(`api/files/${f.id}/records?${params}`);
     if (mine !== seq || current !== f.id) return;
     list.replaceChildren(...page.items.map((item) => (f.kind === "labels" ? labelCard(item, f.principles || []) : ratingCard(item))));
     shown.replaceChildren(
@@ -400,7 +400,7 @@ async function showSearch(f) {
     const mine = ++seq;
     const params = new URLSearchParams({ offset: state.offset, limit: SEARCH_PAGE });
     if (state.q.trim()) params.set("q", state.q.trim());
-    const page = await api(`/api/files/${f.id}/records?${params}`);
+    const page = await api(`api/files/${f.id}/records?${params}`);
     if (mine !== seq || current !== f.id) return;
     list.replaceChildren(...page.items.map(questionCard));
     shown.replaceChildren(page.matched === page.total ? "" : `${page.matched} of ${page.total} questions match`);
@@ -509,7 +509,7 @@ async function fetchAll(f) {
   const rows = [];
   const limit = 5000;
   for (let offset = 0; ; offset += limit) {
-    const page = await api(`/api/files/${f.id}/records?offset=${offset}&limit=${limit}`);
+    const page = await api(`api/files/${f.id}/records?offset=${offset}&limit=${limit}`);
     rows.push(...page.items.map((i) => i.record));
     if (page.items.length < limit || rows.length >= page.matched) break;
   }
@@ -555,7 +555,7 @@ async function showMetrics(f) {
 }
 
 async function showSweep(f) {
-  const doc = await api(`/api/files/${f.id}/document`);
+  const doc = await api(`api/files/${f.id}/document`);
   if (current !== f.id) return;
   const rows = doc.rows || [];
   const hasFlops = rows.length > 0 && rows.every((r) => Number.isFinite(Number(r.flops_per_question)) && r.flops_per_question !== null && r.flops_per_question > 0);

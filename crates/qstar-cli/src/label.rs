@@ -202,6 +202,15 @@ pub enum Keys {
     Openrlhf,
 }
 
+impl From<Keys> for qstar_feedback::SftKeys {
+    fn from(k: Keys) -> Self {
+        match k {
+            Keys::Trl => qstar_feedback::SftKeys::Trl,
+            Keys::Openrlhf => qstar_feedback::SftKeys::Openrlhf,
+        }
+    }
+}
+
 /// What evaluation reads back from a label record.
 #[derive(Debug, Deserialize)]
 struct StoredLabel {
@@ -216,20 +225,6 @@ fn layout(keys: Keys, form: RowForm) -> RowLayout {
         Keys::Trl => RowLayout::Trl(form.trl_form()),
         Keys::Openrlhf => RowLayout::Openrlhf,
     }
-}
-
-/// Each pair's opening human turn, keyed by its input line.
-fn opening_prompts(pairs: &[PreferencePair]) -> Vec<(u64, String)> {
-    pairs
-        .iter()
-        .map(|p| {
-            let opening = p.conversation.iter().find(|m| m.role == "user");
-            (
-                p.line as u64,
-                opening.map(|m| m.content.clone()).unwrap_or_default(),
-            )
-        })
-        .collect()
 }
 
 /// A judged prompt's record holds a DPO pair (only those are exported).
@@ -645,17 +640,6 @@ pub struct ReviseArgs {
     keys: Keys,
 }
 
-/// One SFT example in the chosen key layout.
-fn sft_row(keys: Keys, prompt: &str, reply: &str) -> serde_json::Value {
-    match keys {
-        Keys::Trl => json!({"messages": [
-            {"role": "user", "content": prompt},
-            {"role": "assistant", "content": reply},
-        ]}),
-        Keys::Openrlhf => json!({"input": prompt, "output": reply}),
-    }
-}
-
 /// `qstar revise`: SL-CAI examples from the opening human turn of each pair.
 pub async fn revise(args: ReviseArgs) -> Result<()> {
     let constitution = match &args.constitution {
@@ -680,29 +664,19 @@ pub async fn revise(args: ReviseArgs) -> Result<()> {
         |_| true,
         |chunk| {
             Box::pin(async move {
-                let prompts = opening_prompts(&chunk);
+                let prompts = qstar_feedback::opening_prompts(&chunk);
                 let revisions =
                     qstar_feedback::critique_and_revise(model_ref, constitution, config, &prompts)
                         .await?;
+                // The input's preferred reply, when mixed in, is a second
+                // line of the same record (so both resume together).
                 chunk
                     .iter()
                     .zip(revisions)
                     .map(|(pair, rev)| {
-                        let mut row = sft_row(keys, &rev.prompt, rev.final_reply());
-                        row["line"] = json!(pair.line);
-                        row["source"] = json!("revision");
-                        row["chain"] = json!(rev);
-                        let mut text = row.to_string();
-                        // The input's preferred reply, as a second line of
-                        // the same record (so both resume together).
-                        if mix && !pair.chosen.is_empty() {
-                            let mut input = sft_row(keys, &rev.prompt, &pair.chosen);
-                            input["line"] = json!(pair.line);
-                            input["source"] = json!("input");
-                            text.push('\n');
-                            text.push_str(&input.to_string());
-                        }
-                        Ok(text)
+                        let rows = qstar_feedback::revision_rows(pair, &rev, keys.into(), mix);
+                        let lines: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+                        Ok(lines.join("\n"))
                     })
                     .collect()
             })
@@ -765,36 +739,15 @@ pub async fn judge(args: JudgeArgs) -> Result<()> {
     // Every prompt's record is stored; only formed pairs are exported.
     let finished = run_pair_job(&args.job, true, "judge", &resolved, is_dpo_pair, |chunk| {
         Box::pin(async move {
-            let prompts = opening_prompts(&chunk);
+            let prompts = qstar_feedback::opening_prompts(&chunk);
             let judged =
                 qstar_feedback::judge_prompts_with(model_ref, templates, config, &prompts).await?;
+            let trl_form = form.trl_form();
             chunk
                 .iter()
                 .zip(judged)
                 .map(|(pair, j)| {
-                    let unparsed = j.samples.iter().filter(|s| s.score.is_none()).count();
-                    let standard = form == RowForm::Standard;
-                    let prompt = match standard {
-                        true => json!(j.prompt),
-                        false => json!([{"role": "user", "content": j.prompt}]),
-                    };
-                    let reply = |text: &str| match standard {
-                        true => json!(text),
-                        false => json!([{"role": "assistant", "content": text}]),
-                    };
-                    let mut record = json!({
-                        "line": pair.line,
-                        "prompt": prompt,
-                        "unparsed": unparsed,
-                        "samples": j.samples,
-                    });
-                    if let Some((best, worst)) = j.pair {
-                        record["chosen"] = reply(&j.samples[best].response);
-                        record["rejected"] = reply(&j.samples[worst].response);
-                        record["score_chosen"] = json!(j.samples[best].score);
-                        record["score_rejected"] = json!(j.samples[worst].score);
-                    }
-                    Ok(record.to_string())
+                    Ok(qstar_feedback::judged_record(pair.line, &j, trl_form).to_string())
                 })
                 .collect()
         })

@@ -17,7 +17,9 @@ pub use judge::{judge_prompts, judge_prompts_with, JudgeConfig, JudgedPrompt};
 pub use prompts::Prompts;
 pub use qstar_core::PromptFormat;
 pub use rate::{Rater, Rating};
-pub use records::{rated_pair_record, LabelRecord};
+pub use records::{
+    judged_record, opening_prompts, rated_pair_record, revision_rows, sft_row, LabelRecord, SftKeys,
+};
 pub use revise::{critique_and_revise, ReviseConfig, Revision};
 
 pub(crate) use qstar_core::mix;

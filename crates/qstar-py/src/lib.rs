@@ -329,6 +329,8 @@ fn qstar_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_function(wrap_pyfunction!(pipelines::label, m)?)?;
     m.add_function(wrap_pyfunction!(pipelines::rate, m)?)?;
+    m.add_function(wrap_pyfunction!(pipelines::revise, m)?)?;
+    m.add_function(wrap_pyfunction!(pipelines::judge, m)?)?;
     m.add_function(wrap_pyfunction!(pipelines::solve, m)?)?;
     Ok(())
 }

@@ -11,7 +11,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 use qstar_core::{LanguageModel, Message, PromptFormat};
 use qstar_feedback::{
-    rated_pair_record, CaiConfig, CaiLabeler, Constitution, LabelRecord, PrincipleChoice, Rater,
+    critique_and_revise, judge_prompts, judged_record, opening_prompts, rated_pair_record,
+    revision_rows, CaiConfig, CaiLabeler, Constitution, JudgeConfig, LabelRecord, PrincipleChoice,
+    Rater, ReviseConfig, SftKeys,
 };
 use qstar_search::verifier::Aggregation;
 use qstar_search::{
@@ -182,6 +184,126 @@ pub fn label<'py>(
             for (pair, label) in chunk.iter().zip(labels) {
                 let record = LabelRecord::new(pair, label, layout);
                 records.push(serde_json::to_value(record).map_err(qstar_error)?);
+            }
+        }
+        Ok::<_, PyErr>(records)
+    })??;
+    records_to_py(py, &records)
+}
+
+/// Constitutional AI's supervised stage, as `qstar revise` writes it: for
+/// each pair's opening human turn, a sampled reply critiqued and revised
+/// under sampled critique/revision pairs, `rounds` times; each row is an
+/// SFT example (`keys`: TRL `messages` or OpenRLHF `input`/`output`) of the
+/// final revision with its `chain`, and with `mix_input_replies` the pair's
+/// own preferred reply as a second row.
+#[pyfunction]
+#[pyo3(signature = (pairs, *, model=None, rounds=1, seed=0, temperature=0.7, max_tokens=128, constitution=None, keys="trl", mix_input_replies=false, batch=8))]
+#[allow(clippy::too_many_arguments)] // Python's keyword arguments
+pub fn revise<'py>(
+    py: Python<'py>,
+    pairs: &Bound<'py, PyAny>,
+    model: Option<&Bound<'py, Model>>,
+    rounds: usize,
+    seed: u64,
+    temperature: f32,
+    max_tokens: usize,
+    constitution: Option<PathBuf>,
+    keys: &str,
+    mix_input_replies: bool,
+    batch: usize,
+) -> PyResult<Bound<'py, PyList>> {
+    let rows = read_rows("pairs", pairs)?;
+    let pairs = read_pairs("pairs", &rows)?;
+    let keys: SftKeys = named("keys", keys, "trl or openrlhf")?;
+    if !(temperature.is_finite() && temperature >= 0.0) {
+        return Err(PyValueError::new_err("temperature is a number ≥ 0"));
+    }
+    let constitution = match &constitution {
+        Some(path) => Constitution::load(path).map_err(PyValueError::new_err)?,
+        None => Constitution::default_constitution(),
+    };
+    let config = ReviseConfig {
+        rounds,
+        seed,
+        temperature,
+        max_tokens,
+    };
+    if pairs.is_empty() {
+        return Ok(PyList::empty(py));
+    }
+    let opened = model_or_default(py, model)?;
+    let batch = batch.max(1);
+    let records = wait_with(py, move || async move {
+        let mut records = Vec::new();
+        for chunk in pairs.chunks(batch) {
+            let prompts = opening_prompts(chunk);
+            let revisions =
+                critique_and_revise(opened.model.as_ref(), &constitution, &config, &prompts)
+                    .await
+                    .map_err(model_error)?;
+            for (pair, rev) in chunk.iter().zip(&revisions) {
+                records.extend(revision_rows(pair, rev, keys, mix_input_replies));
+            }
+        }
+        Ok::<_, PyErr>(records)
+    })??;
+    records_to_py(py, &records)
+}
+
+/// Self-rewarding preference pairs, as `qstar judge` writes them: for each
+/// pair's opening human turn, `samples` replies, each judged by the model
+/// on a 0–5 scale; every record has the samples with their judgements and
+/// `unparsed` (scores that could not be read), and those whose scores
+/// differ carry the best and worst reply as `chosen`/`rejected` in
+/// `row_form`.
+#[pyfunction]
+#[pyo3(signature = (pairs, *, model=None, samples=4, seed=0, temperature=0.8, max_tokens=128, row_form="auto", batch=8))]
+#[allow(clippy::too_many_arguments)] // Python's keyword arguments
+pub fn judge<'py>(
+    py: Python<'py>,
+    pairs: &Bound<'py, PyAny>,
+    model: Option<&Bound<'py, Model>>,
+    samples: usize,
+    seed: u64,
+    temperature: f32,
+    max_tokens: usize,
+    row_form: &str,
+    batch: usize,
+) -> PyResult<Bound<'py, PyList>> {
+    let rows = read_rows("pairs", pairs)?;
+    let pairs = read_pairs("pairs", &rows)?;
+    if !(2..=crate::MAX_SAMPLES).contains(&samples) {
+        return Err(PyValueError::new_err(format!(
+            "samples is from 2 to {}",
+            crate::MAX_SAMPLES
+        )));
+    }
+    if !(temperature.is_finite() && temperature >= 0.0) {
+        return Err(PyValueError::new_err("temperature is a number ≥ 0"));
+    }
+    let form = self::row_form(row_form, &rows)?;
+    let config = JudgeConfig {
+        samples,
+        seed,
+        temperature,
+        max_tokens,
+        ..JudgeConfig::default()
+    };
+    if pairs.is_empty() {
+        return Ok(PyList::empty(py));
+    }
+    let opened = model_or_default(py, model)?;
+    let batch = batch.max(1);
+    let records = wait_with(py, move || async move {
+        let mut records = Vec::new();
+        for chunk in pairs.chunks(batch) {
+            let prompts = opening_prompts(chunk);
+            let judged = judge_prompts(opened.model.as_ref(), &config, &prompts)
+                .await
+                .map_err(model_error)?;
+            for (pair, j) in chunk.iter().zip(&judged) {
+                records.push(judged_record(pair.line, j, form));
             }
         }
         Ok::<_, PyErr>(records)

@@ -166,3 +166,62 @@ def test_bad_rows_raise_value_error_with_their_index(model, pairs):
     with pytest.raises(ValueError, match="n must be"):
         qstar.solve([], model=model, n=0)
     assert qstar.label([], model=model) == []
+
+
+def cli_records(tmp_path, command, pairs, *args):
+    """The records `qstar COMMAND` writes for `pairs`, read back."""
+    import json
+    import subprocess
+
+    from conftest import qstar_binary
+
+    src = tmp_path / f"{command}-in.jsonl"
+    src.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    out = tmp_path / f"{command}-out.jsonl"
+    run = subprocess.run(
+        [str(qstar_binary()), command, "--input", str(src), "--out", str(out), *args],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    return read_jsonl(out)
+
+
+def test_revise_gives_the_command_line_programs_sft_rows(model, pairs, tmp_path):
+    records = qstar.revise(pairs[:2], model=model, seed=5, max_tokens=24,
+                           mix_input_replies=True)
+    want = cli_records(tmp_path, "revise", pairs[:2], "--seed", "5", "--max-tokens", "24",
+                       "--mix-input-replies")
+    assert records == want
+    # A revision row and the input's own reply for each pair, TRL messages.
+    assert [(r["line"], r["source"]) for r in records] == [
+        (1, "revision"), (1, "input"), (2, "revision"), (2, "input")]
+    for r in records:
+        assert is_messages(r["messages"])
+    chain = records[0]["chain"]
+    assert records[0]["messages"][1]["content"] == chain["rounds"][-1]["revision"]
+    openrlhf = qstar.revise(pairs[:1], model=model, seed=5, max_tokens=24, keys="openrlhf")
+    assert set(openrlhf[0]) >= {"input", "output", "chain"}
+    as_dataset(records)
+    with pytest.raises(ValueError, match="keys"):
+        qstar.revise(pairs[:1], model=model, keys="alpaca")
+
+
+def test_judge_gives_the_command_line_programs_pairs(model, pairs, tmp_path):
+    # Seed 8 forms pairs on two of the three prompts (most of the default
+    # model's judgements do not parse, so many seeds form none).
+    records = qstar.judge(pairs, model=model, samples=4, seed=8, max_tokens=48)
+    want = cli_records(tmp_path, "judge", pairs, "--samples", "4", "--seed", "8",
+                       "--max-tokens", "48")
+    # The command exports only the prompts that formed a pair.
+    assert len(want) == 2
+    assert [r for r in records if "chosen" in r] == want
+    assert len(records) == len(pairs)
+    for r in records:
+        assert len(r["samples"]) == 4
+        unparsed = sum(1 for s in r["samples"] if s["score"] is None)
+        assert r["unparsed"] == unparsed
+        if "chosen" in r:
+            assert r["score_chosen"] > r["score_rejected"]
+            assert dpo_form(r) == "conversational"
+    with pytest.raises(ValueError, match="samples"):
+        qstar.judge(pairs[:1], model=model, samples=1)

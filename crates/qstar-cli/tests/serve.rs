@@ -1490,8 +1490,32 @@ fn serve_inspect_shows_a_directory_of_outputs() {
         .collect();
     assert_eq!(names, want, "{shown:?}");
     // The first file's records come through the nested API.
-    let records = get("/inspect/api/files/0/records?offset=0&limit=2").json();
-    assert!(records.is_object(), "{records}");
+    let response = get("/inspect/api/files/0/records?offset=0&limit=2");
+    assert_eq!(response.status, 200);
+    let records = response.json();
+    let items = records["items"].as_array().expect("items");
+    assert!(!items.is_empty(), "{records}");
+    assert!(items.iter().all(|i| i["record"].is_object()), "{records}");
     // The OpenAI API is still where it was.
     assert_eq!(get("/v1/models").status, 200);
+    drop(server);
+    // With a key, the page asks for it as the API does.
+    let keyed = start(
+        &[
+            "--inspect",
+            &data.display().to_string(),
+            "--api-key-env",
+            "QSTAR_TEST_INSPECT_KEY",
+        ],
+        &[("QSTAR_TEST_INSPECT_KEY", "s3cret")],
+    );
+    let page = |key: Option<&str>| {
+        let mut request = client.get(format!("{}/inspect/", keyed.url));
+        if let Some(key) = key {
+            request = request.bearer(key);
+        }
+        request.send().expect("request").status
+    };
+    assert_eq!(page(None), 401);
+    assert_eq!(page(Some("s3cret")), 200);
 }

@@ -106,16 +106,17 @@ fn router(state: Arc<AppState>, max_body_bytes: usize, inspector: Option<Router>
         .route("/v1/judge", post(routes::judge))
         .route("/get_reward", post(routes::get_reward))
         .layer(from_fn_with_state(state.clone(), limits::queue));
-    let protected = Router::new()
+    let mut protected = Router::new()
         .route("/v1/models", get(routes::models))
         .route("/metrics", get(routes::metrics))
-        .merge(engine_routes)
-        .layer(from_fn_with_state(state.clone(), limits::auth));
-    let mut open = Router::new().route("/health", get(routes::health));
+        .merge(engine_routes);
     if let Some(inspector) = inspector {
         // The page's links are relative, so it needs the trailing slash.
-        open = open.nest_service("/inspect", inspector);
+        // It shows the directory's records, so it asks for the key too.
+        protected = protected.nest_service("/inspect", inspector);
     }
+    let protected = protected.layer(from_fn_with_state(state.clone(), limits::auth));
+    let open = Router::new().route("/health", get(routes::health));
     open.merge(protected)
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

@@ -667,8 +667,10 @@ pub async fn judge(
     let model: &dyn LanguageModel = &state.engine;
     let labeler = CaiLabeler::new(model, &state.constitution, config)?;
     // Reply A plays the source's "chosen" reply, so P(chosen) is P(A).
+    // Line 1, as the first pair of a file: the principles drawn for a seed
+    // and the order asked first are `qstar label`'s for that pair.
     let pair = qstar_tasks::PreferencePair {
-        line: 0,
+        line: 1,
         conversation,
         chosen: body.response_a,
         rejected: body.response_b,

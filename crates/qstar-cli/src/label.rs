@@ -518,7 +518,7 @@ async fn rate_with_reward_model(args: &RateArgs, dir: &Path) -> Result<()> {
         |chunk| {
             Box::pin(async move {
                 let items = reply_items(&chunk);
-                let rewards = rm.rewards(&items, Some(reporter)).await?;
+                let (rewards, _) = rm.rewards(&items, Some(reporter)).await?;
                 chunk
                     .iter()
                     .zip(rewards.chunks(2))

@@ -11,6 +11,7 @@ mod job;
 mod label;
 mod pairs;
 mod prm;
+mod prm800k;
 mod prompts;
 mod report;
 mod reward;

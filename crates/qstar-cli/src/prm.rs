@@ -1,6 +1,6 @@
 //! `qstar train prm`: a process reward model, a scalar head on the
 //! backbone's state at the end of each step, trained on step labels
-//! (`qstar label-steps`, or TRL's stepwise rows such as PRM800K's), with
+//! (`qstar label-steps`, TRL's stepwise rows, or PRM800K's raw records), with
 //! cross-entropy on the soft labels or the hard ones. In search it is the
 //! `prm-model:DIR` verifier: a step's score is σ(head(state)), read at the
 //! end of the same text the search has written, so training and use see the
@@ -24,8 +24,9 @@ pub const PRM_CONFIG_FILE: &str = "prm_model.json";
 
 #[derive(Args)]
 pub struct TrainPrmArgs {
-    /// Labelled steps (JSONL): `qstar label-steps` output, or TRL stepwise
-    /// rows (`prompt`, `completions`, `labels`).
+    /// Labelled steps (JSONL): `qstar label-steps` output, TRL stepwise
+    /// rows (`prompt`, `completions`, `labels`), or PRM800K's raw records
+    /// (every rated step; see the README).
     #[arg(long)]
     pub steps: PathBuf,
     /// The model's directory: reward_head.safetensors, prm_model.json,
@@ -40,7 +41,7 @@ pub struct TrainPrmArgs {
     /// question, so no step of a held-out question is trained on).
     #[arg(long)]
     pub holdout: Option<usize>,
-    /// Read at most this many rows.
+    /// Read at most this many rows (PRM800K: records).
     #[arg(long)]
     pub limit: Option<usize>,
     /// What joins the steps into the solution text (the search's step
@@ -139,10 +140,21 @@ fn step_row(value: &Value, line: usize) -> Result<StepRow, String> {
     })
 }
 
-/// The rows of a stepwise file; a bad line is an error naming it.
+/// The rows of a stepwise file, or of PRM800K's raw records (each giving
+/// several rows, see [`crate::prm800k`]; `limit` then counts records); a bad
+/// line is an error naming it.
 pub fn read_step_rows(path: &Path, limit: Option<usize>) -> Result<Vec<StepRow>> {
-    let rows = qstar_tasks::read_json_rows(path, limit, |value, line| step_row(&value, line))
-        .map_err(|e| UsageError(e.to_string()))?;
+    let rows: Vec<StepRow> = qstar_tasks::read_json_rows(path, limit, |value, line| {
+        if crate::prm800k::is_prm800k_record(&value) {
+            crate::prm800k::rows_from_record(&value, line)
+        } else {
+            step_row(&value, line).map(|row| vec![row])
+        }
+    })
+    .map_err(|e| UsageError(e.to_string()))?
+    .into_iter()
+    .flatten()
+    .collect();
     if rows.is_empty() {
         return Err(UsageError(format!("{}: no labelled steps", path.display())).into());
     }
@@ -375,7 +387,7 @@ impl ProcessRewardModel {
     pub async fn open(dir: &Path, threads: usize) -> Result<Self> {
         let config: PrmConfig = read_config(&dir.join(PRM_CONFIG_FILE))?;
         let head = load_head(dir, config.width)?;
-        let features = Features::open(
+        let mut features = Features::open(
             Some(&config.base_model),
             threads,
             None,
@@ -383,6 +395,8 @@ impl ProcessRewardModel {
             Some(&config.base_model_sha256),
         )
         .await?;
+        // Search scores steps that never recur.
+        features.stop_caching_new_states();
         Ok(ProcessRewardModel {
             config,
             head,
@@ -403,23 +417,32 @@ impl ProcessRewardModel {
 
 #[async_trait::async_trait]
 impl qstar_search::StepRewarder for ProcessRewardModel {
-    async fn step_logits(&self, user_turn: &str, solutions: &[String]) -> Result<Vec<f64>, String> {
+    async fn step_logits(
+        &self,
+        user_turn: &str,
+        solutions: &[String],
+    ) -> Result<(Vec<f64>, qstar_core::Usage), String> {
         // Framed as in training: the prompt this model's chat template
         // renders, then the steps exactly as search wrote them.
         let prompt = framed_prompt(&self.features, user_turn).map_err(|e| format!("{e:#}"))?;
         let texts: Vec<String> = solutions.iter().map(|s| prompt.clone() + s).collect();
-        let states = self
+        let (states, usage) = self
             .features
-            .states(&texts, None)
+            .states_metered(&texts, None)
             .await
             .map_err(|e| format!("{e:#}"))?;
-        states
+        let logits = states
             .iter()
             .map(|h| {
                 self.head.check_width(h)?;
                 Ok(self.head.reward(h))
             })
-            .collect()
+            .collect::<Result<_, String>>()?;
+        Ok((logits, usage))
+    }
+
+    fn parameters(&self) -> Option<u64> {
+        Some(self.features.parameters())
     }
 }
 

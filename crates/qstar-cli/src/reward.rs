@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use qstar_core::{LanguageModel, Message};
+use qstar_core::{LanguageModel, Message, Usage};
 use qstar_engine::{Engine, EngineOptions};
 use qstar_store::Store;
 use qstar_tasks::preference::{read_pairs, PreferencePair};
@@ -189,6 +189,11 @@ pub struct Features {
     pub framing: Framing,
     pub model_path: PathBuf,
     pub model_sha256: String,
+    /// Whether computed states are written to the cache. Training and
+    /// evaluation reread the same texts, so they keep them; a verifier in
+    /// search or behind a server sees texts that never recur (every sampled
+    /// step), and writing them would grow the cache without bound.
+    keep_new_states: bool,
 }
 
 /// Texts sent to the engine at once: enough to fill its batch, few enough
@@ -257,7 +262,14 @@ impl Features {
             framing,
             model_path,
             model_sha256,
+            keep_new_states: true,
         })
+    }
+
+    /// States computed from now on are used but not written to the cache
+    /// (see `keep_new_states`); states already there are still read.
+    pub fn stop_caching_new_states(&mut self) {
+        self.keep_new_states = false;
     }
 
     /// The state of each text, in order: read from the cache or computed
@@ -268,6 +280,26 @@ impl Features {
         texts: &[String],
         reporter: Option<&Reporter>,
     ) -> Result<Vec<Vec<f32>>> {
+        Ok(self.states_metered(texts, reporter).await?.0)
+    }
+
+    /// [`Features::states`], with the tokens they took: every text's
+    /// prompt tokens, of which those the engine did not run (its prefix
+    /// cache, a state already in the feature cache, a text given twice)
+    /// count as reused.
+    pub async fn states_metered(
+        &self,
+        texts: &[String],
+        reporter: Option<&Reporter>,
+    ) -> Result<(Vec<Vec<f32>>, Usage)> {
+        let mut usage = Usage {
+            prompt_tokens: texts
+                .iter()
+                .map(|t| self.engine.tokenize(t, true).len())
+                .sum(),
+            ..Usage::default()
+        };
+        let mut computed = 0;
         let key = |t: &str| {
             let hex = qstar_store::sha256_hex(t.as_bytes());
             u64::from_str_radix(&hex[..16], 16).unwrap_or(0)
@@ -314,21 +346,29 @@ impl Features {
                 let states = self.engine.embed(batch).await?;
                 let store = self.store();
                 for (&i, state) in chunk.iter().zip(states) {
-                    store.put(&self.job, keys[i], &serde_json::to_string(&state.hidden)?)?;
+                    computed += state
+                        .usage
+                        .prompt_tokens
+                        .saturating_sub(state.usage.prompt_tokens_reused);
+                    if self.keep_new_states {
+                        store.put(&self.job, keys[i], &serde_json::to_string(&state.hidden)?)?;
+                    }
                     known.insert(keys[i], state.hidden);
                 }
                 bar.inc(chunk.len() as u64);
             }
             bar.finish_and_clear();
         }
-        keys.iter()
-            .map(|k| {
-                known
-                    .get(k)
-                    .cloned()
-                    .ok_or_else(|| anyhow::anyhow!("a hidden state went missing from the cache"))
-            })
-            .collect()
+        usage.prompt_tokens_reused = usage.prompt_tokens.saturating_sub(computed);
+        let states =
+            keys.iter()
+                .map(|k| {
+                    known.get(k).cloned().ok_or_else(|| {
+                        anyhow::anyhow!("a hidden state went missing from the cache")
+                    })
+                })
+                .collect::<Result<_>>()?;
+        Ok((states, usage))
     }
 
     /// The engine the states come from (to frame prompts as it renders
@@ -343,17 +383,23 @@ impl Features {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Each reply's state after its conversation, in order.
+    /// Each reply's state after its conversation, in order, with the
+    /// tokens they took.
     pub async fn reply_states(
         &self,
         items: &[(&[Message], &str)],
         reporter: Option<&Reporter>,
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<(Vec<Vec<f32>>, Usage)> {
         let texts = items
             .iter()
             .map(|(conversation, reply)| framed(&self.engine, self.framing, conversation, reply))
             .collect::<Result<Vec<_>>>()?;
-        self.states(&texts, reporter).await
+        self.states_metered(&texts, reporter).await
+    }
+
+    /// The backbone's parameter count.
+    pub fn parameters(&self) -> u64 {
+        self.engine.info().parameters as u64
     }
 
     /// Each pair's (chosen, rejected) states, in order.
@@ -659,20 +705,22 @@ impl RewardModel {
         })
     }
 
-    /// The reward of each reply after its conversation.
+    /// The reward of each reply after its conversation, and the tokens
+    /// they took.
     pub async fn rewards(
         &self,
         items: &[(&[Message], &str)],
         reporter: Option<&Reporter>,
-    ) -> Result<Vec<f64>> {
-        let states = self.features.reply_states(items, reporter).await?;
-        states
+    ) -> Result<(Vec<f64>, Usage)> {
+        let (states, usage) = self.features.reply_states(items, reporter).await?;
+        let rewards = states
             .iter()
             .map(|h| {
                 self.head.check_width(h).map_err(UsageError)?;
                 Ok(self.head.reward(h))
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((rewards, usage))
     }
 
     /// What records scored by this model depend on: the head's and the
@@ -707,7 +755,11 @@ impl RewardModel {
 /// assistant's reply to the user turn, framed as the model was trained.
 #[async_trait::async_trait]
 impl qstar_search::SolutionRewarder for RewardModel {
-    async fn rewards(&self, user_turn: &str, replies: &[String]) -> Result<Vec<f64>, String> {
+    async fn rewards(
+        &self,
+        user_turn: &str,
+        replies: &[String],
+    ) -> Result<(Vec<f64>, Usage), String> {
         let conversation = [Message::user(user_turn)];
         let items: Vec<(&[Message], &str)> = replies
             .iter()
@@ -716,6 +768,10 @@ impl qstar_search::SolutionRewarder for RewardModel {
         RewardModel::rewards(self, &items, None)
             .await
             .map_err(|e| format!("{e:#}"))
+    }
+
+    fn parameters(&self) -> Option<u64> {
+        Some(self.features.parameters())
     }
 }
 

@@ -324,7 +324,8 @@ impl SearchArgs {
         let (mut reward_model, mut step_model) = (None, None);
         match trained {
             Some((VerifierKind::OrmModel, dir)) => {
-                let rm = RewardModel::open(&dir, None, self.backend.threads, None).await?;
+                let mut rm = RewardModel::open(&dir, None, self.backend.threads, None).await?;
+                rm.features.stop_caching_new_states();
                 reward_model = Some((dir, rm));
             }
             Some((VerifierKind::PrmModel, dir)) => {

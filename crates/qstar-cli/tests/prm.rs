@@ -170,30 +170,50 @@ fn steps_are_labelled_by_rollouts_a_step_head_trains_and_search_uses_it() {
 
     // Search with it: every step scored in (0, 1), and best-of-n keeps the
     // solution whose weakest step scores highest.
+    // It runs in a qstar home of its own, to see that search adds nothing
+    // to the feature cache (its steps never recur).
     let solved = dir.path().join("solved.jsonl");
     let verifier = format!("prm-model:{}", prm.display());
-    ok(&[
-        "solve",
-        "--task",
-        "arithmetic",
-        "--input",
-        path(&input),
-        "--strategy",
-        "best-of-n",
-        "--budget",
-        "3",
-        "--verifier",
-        &verifier,
-        "--step-delimiter",
-        "\\n",
-        "--temperature",
-        "1.0",
-        "--max-tokens",
-        "40",
-        "--out",
-        path(&solved),
-        "--json",
-    ]);
+    let info = ok(&["model", "info", "--json"]);
+    let model = info["path"].as_str().expect("model path").to_string();
+    let home = dir.path().join("home");
+    let search = qstar()
+        .env("QSTAR_HOME", &home)
+        .args([
+            "solve",
+            "--model",
+            &model,
+            "--task",
+            "arithmetic",
+            "--input",
+            path(&input),
+            "--strategy",
+            "best-of-n",
+            "--budget",
+            "3",
+            "--verifier",
+            &verifier,
+            "--step-delimiter",
+            "\\n",
+            "--temperature",
+            "1.0",
+            "--max-tokens",
+            "40",
+            "--out",
+            path(&solved),
+            "--json",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        search.status.success(),
+        "{}",
+        String::from_utf8_lossy(&search.stderr)
+    );
+    let cache = qstar_store::Store::open(&home.join("features.sqlite")).expect("the feature cache");
+    for job in cache.jobs().expect("jobs") {
+        assert!(cache.records(&job).expect("records").is_empty(), "{job}");
+    }
     for record in rows(&solved) {
         let nodes = record["tree"]["nodes"].as_array().expect("nodes");
         let score = |i: usize| nodes[i]["score"].as_f64();
@@ -219,6 +239,49 @@ fn steps_are_labelled_by_rollouts_a_step_head_trains_and_search_uses_it() {
         }
         let (_, leaf) = best.expect("a finished solution");
         assert_eq!(record["answer"], nodes[leaf]["answer"], "{record}");
+    }
+
+    // The step head's forward passes are metered: the same search with the
+    // checker (free) samples the same solutions, so the difference in prompt
+    // tokens is the PRM's, and FLOPs are 2 × parameters × tokens computed
+    // (one backbone for both, the default model).
+    let checked = dir.path().join("checked.jsonl");
+    ok(&[
+        "solve",
+        "--task",
+        "arithmetic",
+        "--input",
+        path(&input),
+        "--strategy",
+        "best-of-n",
+        "--budget",
+        "3",
+        "--verifier",
+        "checker",
+        "--step-delimiter",
+        "\\n",
+        "--temperature",
+        "1.0",
+        "--max-tokens",
+        "40",
+        "--out",
+        path(&checked),
+        "--json",
+    ]);
+    let parameters = info["parameters"].as_f64().expect("parameters");
+    for (with_prm, with_checker) in rows(&solved).iter().zip(rows(&checked).iter()) {
+        let (p, c) = (&with_prm["compute"], &with_checker["compute"]);
+        let n = |v: &Value, k: &str| v[k].as_f64().expect(k);
+        assert_eq!(p["tokens_generated"], c["tokens_generated"], "{p} {c}");
+        assert!(n(p, "prompt_tokens") > n(c, "prompt_tokens"), "{p} {c}");
+        assert!(n(p, "verifier_calls") >= 1.0, "{p}");
+        assert_eq!(
+            n(p, "prompt_tokens"),
+            n(p, "prompt_tokens_computed") + n(p, "prompt_tokens_reused"),
+            "{p}"
+        );
+        let flops = 2.0 * parameters * (n(p, "tokens_generated") + n(p, "prompt_tokens_computed"));
+        assert!((n(p, "flops") - flops).abs() <= 1e-9 * flops, "{p}");
     }
 
     // Bad rows: exit 2 naming the file and the line.
@@ -262,4 +325,68 @@ fn steps_are_labelled_by_rollouts_a_step_head_trains_and_search_uses_it() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("soft_labels"));
+}
+
+#[test]
+fn a_step_head_trains_on_prm800k_human_labels() {
+    let test = "a_step_head_trains_on_prm800k_human_labels";
+    let Some(records) = qstar_core::shared_data::shared_file_or_skip(
+        test,
+        "data/prm800k/prm800k_examples_dev.jsonl",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let prm = dir.path().join("prm");
+    // The first record (phase 1) has six steps in its walk; the labeller
+    // rewrote step 2 after rejecting 5 candidates and chose the fifth of 5
+    // candidates at step 6. So: 5 rows of 2 steps, 4 rows of 6 steps and the
+    // walk of 6 steps — 10 rows, 40 steps.
+    let trained = ok(&[
+        "train",
+        "prm",
+        "--steps",
+        path(&records),
+        "--limit",
+        "1",
+        "--out",
+        path(&prm),
+        "--step-delimiter",
+        "\\n",
+        "--epochs",
+        "30",
+        "--lr",
+        "0.01",
+        "--soft",
+        "--feature-cache",
+        path(&dir.path().join("features.sqlite")),
+        "--json",
+    ]);
+    assert_eq!(trained["train_solutions"].as_u64(), Some(10), "{trained}");
+    assert_eq!(trained["train_steps"].as_u64(), Some(40), "{trained}");
+    let epochs = rows(&prm.join("metrics.jsonl"));
+    let loss = |r: &Value| r["train_loss"].as_f64().expect("loss");
+    assert!(loss(&epochs[29]) < loss(&epochs[0]), "{epochs:?}");
+    // A record that is not PRM800K's layout nor a stepwise row names its line.
+    let bad = dir.path().join("bad.jsonl");
+    let first = std::fs::read_to_string(&records).expect("records");
+    let first = first.lines().next().expect("a record");
+    std::fs::write(
+        &bad,
+        format!(
+            "{first}\n{}\n",
+            first.replace("\"rating\": 1", "\"rating\": 7")
+        ),
+    )
+    .expect("write");
+    let out = qstar()
+        .args(["train", "prm", "--steps", path(&bad), "--out", path(&prm)])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.jsonl:2") && err.contains("rating 7"),
+        "{err}"
+    );
 }

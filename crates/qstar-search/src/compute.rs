@@ -87,6 +87,19 @@ impl Meter {
     }
 
     pub fn record(&self, caller: Caller, calls: usize, usage: &Usage) {
+        self.record_model(caller, calls, usage, self.parameters);
+    }
+
+    /// Records work done by another model than the meter's (a trained
+    /// verifier's backbone), whose FLOPs are reckoned on its own parameter
+    /// count; unknown when that is.
+    pub fn record_model(
+        &self,
+        caller: Caller,
+        calls: usize,
+        usage: &Usage,
+        parameters: Option<u64>,
+    ) {
         let computed = usage
             .prompt_tokens
             .saturating_sub(usage.prompt_tokens_reused);
@@ -102,7 +115,7 @@ impl Meter {
         let tokens = (usage.completion_tokens + computed) as f64;
         t.flops = t
             .flops
-            .zip(self.parameters)
+            .zip(parameters)
             .map(|(f, p)| f + 2.0 * p as f64 * tokens);
     }
 

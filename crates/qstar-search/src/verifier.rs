@@ -446,9 +446,16 @@ impl Verifier for LikelihoodVerifier<'_> {
 /// the model is built or where its states come from.
 #[async_trait]
 pub trait SolutionRewarder: Send + Sync {
-    /// One reward per reply after the user turn; higher is better, any
-    /// real number.
-    async fn rewards(&self, user_turn: &str, replies: &[String]) -> Result<Vec<f64>, String>;
+    /// One reward per reply after the user turn (higher is better, any
+    /// real number), and the tokens its forward passes took.
+    async fn rewards(
+        &self,
+        user_turn: &str,
+        replies: &[String],
+    ) -> Result<(Vec<f64>, Usage), String>;
+
+    /// The backbone's parameter count, for its FLOPs (`None`: unknown).
+    fn parameters(&self) -> Option<u64>;
 }
 
 /// An outcome reward model as a verifier: each leaf it is asked about is
@@ -493,7 +500,7 @@ impl Verifier for RewardModelVerifier<'_> {
         }
         let replies: Vec<String> = nodes.iter().map(|&n| tree.text(n)).collect();
         let rewards = model.rewards(&s.user_turn, &replies).await;
-        set_logit_scores(s, tree, nodes, rewards, "reward model")
+        set_logit_scores(s, tree, nodes, rewards, model.parameters(), "reward model")
     }
 }
 
@@ -503,7 +510,8 @@ fn set_logit_scores(
     s: &Searcher<'_>,
     tree: &mut Tree,
     nodes: Vec<NodeId>,
-    logits: Result<Vec<f64>, String>,
+    logits: Result<(Vec<f64>, Usage), String>,
+    parameters: Option<u64>,
     backend: &str,
 ) -> Result<(), SearchError> {
     let failed = |message| {
@@ -512,7 +520,7 @@ fn set_logit_scores(
             message,
         })
     };
-    let logits = logits.map_err(failed)?;
+    let (logits, usage) = logits.map_err(failed)?;
     if logits.len() != nodes.len() {
         return Err(failed(format!(
             "{} scores for {} steps",
@@ -520,9 +528,11 @@ fn set_logit_scores(
             nodes.len()
         )));
     }
-    // A trained model's forward passes are its own, not the policy's:
-    // counted as one verifier call, without tokens.
-    s.meter.record(Caller::Verifier, 1, &Usage::default());
+    // A trained model's forward passes are verifier work: one call, its
+    // prompt tokens (computed or reused from its caches), and FLOPs on its
+    // own backbone's size.
+    s.meter
+        .record_model(Caller::Verifier, 1, &usage, parameters);
     for (n, z) in nodes.into_iter().zip(logits) {
         tree.node_mut(n).score = Some(1.0 / (1.0 + (-z).exp()));
     }
@@ -535,7 +545,15 @@ fn set_logit_scores(
 /// so the policy's own prompt format does not reach it.
 #[async_trait]
 pub trait StepRewarder: Send + Sync {
-    async fn step_logits(&self, user_turn: &str, solutions: &[String]) -> Result<Vec<f64>, String>;
+    /// The logits, and the tokens their forward passes took.
+    async fn step_logits(
+        &self,
+        user_turn: &str,
+        solutions: &[String],
+    ) -> Result<(Vec<f64>, Usage), String>;
+
+    /// The backbone's parameter count, for its FLOPs (`None`: unknown).
+    fn parameters(&self) -> Option<u64>;
 }
 
 /// A process reward model as a verifier: each step's score is σ(logit) at
@@ -573,7 +591,14 @@ impl Verifier for PrmModelVerifier<'_> {
         }
         let solutions: Vec<String> = nodes.iter().map(|&n| tree.text(n)).collect();
         let logits = model.step_logits(&s.user_turn, &solutions).await;
-        set_logit_scores(s, tree, nodes, logits, "process reward model")
+        set_logit_scores(
+            s,
+            tree,
+            nodes,
+            logits,
+            model.parameters(),
+            "process reward model",
+        )
     }
 }
 

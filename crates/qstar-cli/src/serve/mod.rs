@@ -66,8 +66,9 @@ pub struct ServeArgs {
     /// sweeps) to show at `/inspect/`, as `qstar inspect` shows them.
     #[arg(long, value_name = "DIR")]
     inspect: Option<PathBuf>,
-    /// SQLite file that keeps the reward model's hidden states (default:
-    /// features.sqlite in qstar's cache directory).
+    /// SQLite file of reward-model hidden states to read (default:
+    /// features.sqlite in qstar's cache directory); requests add nothing
+    /// to it.
     #[arg(long, requires = "reward_model")]
     feature_cache: Option<PathBuf>,
 }
@@ -195,15 +196,19 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let path = backend.ensure_model().await?;
     let engine = backend.engine().await?;
     let reward_model = match &args.reward_model {
-        Some(dir) => Some(
-            crate::reward::RewardModel::open(
+        Some(dir) => {
+            let mut rm = crate::reward::RewardModel::open(
                 dir,
                 None,
                 args.threads,
                 args.feature_cache.as_deref(),
             )
-            .await?,
-        ),
+            .await?;
+            // Requests bring texts that rarely recur; a long-running server
+            // must not grow the cache with each one.
+            rm.features.stop_caching_new_states();
+            Some(rm)
+        }
         None => None,
     };
     let model_id = path

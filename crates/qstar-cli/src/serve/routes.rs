@@ -774,8 +774,8 @@ pub async fn get_reward(
         .map(|(c, r)| (c.as_slice(), r.as_str()))
         .collect();
     if let Some(rm) = &state.reward_model {
-        let rewards = if items.is_empty() {
-            Vec::new()
+        let (rewards, usage) = if items.is_empty() {
+            (Vec::new(), Usage::default())
         } else {
             rm.rewards(&items, None).await.map_err(|e| {
                 ApiError::new(
@@ -791,7 +791,7 @@ pub async fn get_reward(
             "scores": scores,
             "extra_logs": {"reward_model": rm.config.labels},
         });
-        return Ok(answer(body, &Usage::default()));
+        return Ok(answer(body, &usage));
     }
     let model: &dyn LanguageModel = &state.engine;
     let rater = Rater::new(model, PromptFormat::Chat)?;

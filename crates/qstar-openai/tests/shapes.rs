@@ -455,17 +455,20 @@ async fn a_token_across_the_prompt_boundary_is_an_error_not_a_guess() {
     assert!(err.to_string().contains("one token"), "{err}");
     // Without the trailing space the boundary falls between tokens, and an
     // answer with no next token falls back to scoring each option in full:
-    // " Yes" is token 2 of "Assistant:", " Yes" (log-prob −0.5), as is " No".
+    // " Yes" is token 1 after "Assistant:" (log-prob −0.5); " No, not
+    // really" is tokens 1–3 (−0.5 − 1.0 − 1.5 = −3.0). So P(" Yes") =
+    // 1 / (1 + e^−2.5).
     let out = backend
         .choose(vec![ChooseRequest {
             prompt: "Assistant:".into(),
-            options: vec![" Yes".into(), " No".into()],
+            options: vec![" Yes".into(), " No, not really".into()],
         }])
         .await
         .expect("choose")
         .remove(0);
-    for o in &out.options {
-        assert!((o.logprob + 0.5).abs() < 1e-9, "{o:?}");
-        assert!((o.prob - 0.5).abs() < 1e-9, "{o:?}");
+    let p_yes = 1.0 / (1.0 + (-2.5f64).exp());
+    for (o, (logprob, prob)) in out.options.iter().zip([(-0.5, p_yes), (-3.0, 1.0 - p_yes)]) {
+        assert!((o.logprob - logprob).abs() < 1e-9, "{o:?}");
+        assert!((o.prob - prob).abs() < 1e-9, "{o:?}");
     }
 }

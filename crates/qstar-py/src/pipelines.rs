@@ -174,7 +174,7 @@ pub fn label<'py>(
         return Ok(PyList::empty(py));
     }
     let opened = model_or_default(py, model)?;
-    let batch = batch_pairs.max(1);
+    let batch = positive_batch("batch_pairs", batch_pairs)?;
     let records = wait_with(py, move || async move {
         let labeler =
             CaiLabeler::new(opened.model.as_ref(), &constitution, config).map_err(model_error)?;
@@ -233,7 +233,7 @@ pub fn revise<'py>(
         return Ok(PyList::empty(py));
     }
     let opened = model_or_default(py, model)?;
-    let batch = batch.max(1);
+    let batch = positive_batch("batch", batch)?;
     let records = wait_with(py, move || async move {
         let mut records = Vec::new();
         for chunk in pairs.chunks(batch) {
@@ -294,7 +294,7 @@ pub fn judge<'py>(
         return Ok(PyList::empty(py));
     }
     let opened = model_or_default(py, model)?;
-    let batch = batch.max(1);
+    let batch = positive_batch("batch", batch)?;
     let records = wait_with(py, move || async move {
         let mut records = Vec::new();
         for chunk in pairs.chunks(batch) {
@@ -382,7 +382,7 @@ pub fn rate<'py>(
         return Ok(PyList::empty(py));
     }
     let opened = model_or_default(py, model)?;
-    let batch = batch.max(1);
+    let batch = positive_batch("batch", batch)?;
     let ratings = wait_with(py, move || async move {
         let rater = Rater::new(opened.model.as_ref(), format).map_err(model_error)?;
         let mut ratings = Vec::with_capacity(items.len());
@@ -579,4 +579,12 @@ fn search_error(e: SearchError) -> PyErr {
     } else {
         QstarError::new_err(e.to_string())
     }
+}
+
+/// A batch size the caller gave: 0 is refused, never read as 1.
+fn positive_batch(name: &str, batch: usize) -> PyResult<usize> {
+    if batch == 0 {
+        return Err(PyValueError::new_err(format!("{name} must be at least 1")));
+    }
+    Ok(batch)
 }

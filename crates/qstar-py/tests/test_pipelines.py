@@ -153,6 +153,10 @@ def test_bad_rows_raise_value_error_with_their_index(model, pairs):
         qstar.label(pairs, model=model, principles=0)
     with pytest.raises(ValueError, match="unknown method"):
         qstar.label(pairs, model=model, method="vibes")
+    with pytest.raises(ValueError, match="batch_pairs must be at least 1"):
+        qstar.label(pairs, model=model, batch_pairs=0)
+    with pytest.raises(ValueError, match="batch must be at least 1"):
+        qstar.rate(pairs, model=model, batch=0)
     with pytest.raises(ValueError, match=r"pairs_or_rows\[1\]: a prompt–completion row"):
         qstar.rate([pairs[0], {"prompt": "q", "completion": "a"}], model=model)
     with pytest.raises(ValueError, match=r"questions\[0\]: missing string field"):

@@ -177,9 +177,9 @@ fn steps_are_labelled_by_rollouts_a_step_head_trains_and_search_uses_it() {
     let info = ok(&["model", "info", "--json"]);
     let model = info["path"].as_str().expect("model path").to_string();
     let home = dir.path().join("home");
-    let search = qstar()
-        .env("QSTAR_HOME", &home)
-        .args([
+    // Best-of-3 over the same seeded samples, with the verifier named.
+    let best_of_3 = |verifier: &str, out: &Path| -> Vec<String> {
+        [
             "solve",
             "--model",
             &model,
@@ -192,7 +192,7 @@ fn steps_are_labelled_by_rollouts_a_step_head_trains_and_search_uses_it() {
             "--budget",
             "3",
             "--verifier",
-            &verifier,
+            verifier,
             "--step-delimiter",
             "\\n",
             "--temperature",
@@ -200,9 +200,16 @@ fn steps_are_labelled_by_rollouts_a_step_head_trains_and_search_uses_it() {
             "--max-tokens",
             "40",
             "--out",
-            path(&solved),
+            path(out),
             "--json",
-        ])
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let search = qstar()
+        .env("QSTAR_HOME", &home)
+        .args(best_of_3(&verifier, &solved))
         .output()
         .expect("run");
     assert!(
@@ -246,28 +253,8 @@ fn steps_are_labelled_by_rollouts_a_step_head_trains_and_search_uses_it() {
     // tokens is the PRM's, and FLOPs are 2 × parameters × tokens computed
     // (one backbone for both, the default model).
     let checked = dir.path().join("checked.jsonl");
-    ok(&[
-        "solve",
-        "--task",
-        "arithmetic",
-        "--input",
-        path(&input),
-        "--strategy",
-        "best-of-n",
-        "--budget",
-        "3",
-        "--verifier",
-        "checker",
-        "--step-delimiter",
-        "\\n",
-        "--temperature",
-        "1.0",
-        "--max-tokens",
-        "40",
-        "--out",
-        path(&checked),
-        "--json",
-    ]);
+    let args = best_of_3("checker", &checked);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let parameters = info["parameters"].as_f64().expect("parameters");
     for (with_prm, with_checker) in rows(&solved).iter().zip(rows(&checked).iter()) {
         let (p, c) = (&with_prm["compute"], &with_checker["compute"]);

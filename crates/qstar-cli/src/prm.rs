@@ -74,6 +74,10 @@ pub struct StepRow {
     pub completions: Vec<String>,
     pub labels: Vec<bool>,
     pub soft_labels: Option<Vec<f64>>,
+    /// Steps before this one are context only, not training targets (a
+    /// PRM800K branch repeats the walk that led to it, which its own row
+    /// already trains on).
+    pub scored_from: usize,
 }
 
 /// Reads one stepwise row; the error says what is wrong with it.
@@ -137,6 +141,7 @@ fn step_row(value: &Value, line: usize) -> Result<StepRow, String> {
         completions,
         labels,
         soft_labels,
+        scored_from: 0,
     })
 }
 
@@ -244,9 +249,14 @@ async fn feature_steps(
     let mut targets = Vec::new();
     for row in rows {
         let prompt = framed_prompt(features, &row.prompt)?;
-        texts.extend(step_texts(&prompt, &row.completions, delimiter));
+        let from = row.scored_from;
+        texts.extend(
+            step_texts(&prompt, &row.completions, delimiter)
+                .into_iter()
+                .skip(from),
+        );
         match (&row.soft_labels, soft) {
-            (Some(s), true) => targets.extend(s.iter().copied()),
+            (Some(s), true) => targets.extend(s.iter().skip(from).copied()),
             (None, true) => {
                 return Err(UsageError(format!(
                     "line {}: --soft needs \"soft_labels\" (qstar label-steps writes them)",
@@ -254,7 +264,12 @@ async fn feature_steps(
                 ))
                 .into())
             }
-            (_, false) => targets.extend(row.labels.iter().map(|&l| f64::from(u8::from(l)))),
+            (_, false) => targets.extend(
+                row.labels
+                    .iter()
+                    .skip(from)
+                    .map(|&l| f64::from(u8::from(l))),
+            ),
         }
     }
     let states = features.states(&texts, Some(reporter)).await?;

@@ -9,10 +9,10 @@
 //! walk ends at a step with neither (a found error, a give-up, the end).
 //!
 //! Every rated candidate that the walk did not continue with becomes a row
-//! of its own: the walk so far, then that candidate. The walk itself is the
-//! last row. So each rating of the record is used once as a row's last step,
-//! and the steps of the walk recur as the prefixes they were in the labeller's
-//! view.
+//! of its own: the walk so far (as context, not trained on), then that
+//! candidate, its one target. The walk itself is the last row, every step a
+//! target. So each rating of the record is trained on exactly once, and a
+//! candidate is scored after the steps the labeller saw before it.
 //!
 //! Labels: the hard label says "not an error" (rating ≥ 0: neutral steps are
 //! not mistakes); the soft label grades it, (rating + 1) / 2, so neutral is
@@ -57,8 +57,16 @@ fn rated(candidate: &Value, rating_required: bool) -> Result<Option<Rated>, Stri
 }
 
 /// The rows of one PRM800K record (see the module's doc). A record with no
-/// rated step gives none.
+/// rated step gives none, and so does one whose labeller called the
+/// problem itself bad (`finish_reason` "bad_problem").
 pub fn rows_from_record(value: &Value, line: usize) -> Result<Vec<StepRow>, String> {
+    if value
+        .pointer("/label/finish_reason")
+        .and_then(Value::as_str)
+        == Some("bad_problem")
+    {
+        return Ok(Vec::new());
+    }
     let problem = value
         .pointer("/question/problem")
         .and_then(Value::as_str)
@@ -77,6 +85,7 @@ pub fn rows_from_record(value: &Value, line: usize) -> Result<Vec<StepRow>, Stri
             completions: all.iter().map(|r| r.text.clone()).collect(),
             labels: all.iter().map(|r| r.hard).collect(),
             soft_labels: Some(all.iter().map(|r| r.soft).collect()),
+            scored_from: if last.is_some() { walk.len() } else { 0 },
         }
     };
     for (i, step) in steps.iter().enumerate() {
@@ -207,6 +216,9 @@ mod tests {
         assert!(rows
             .iter()
             .all(|r| r.line == 7 && r.prompt == "What is 2 + 3 + 4?"));
+        // Branches train on their last step only, the walk on all of its.
+        let scored: Vec<usize> = rows.iter().map(|r| r.scored_from).collect();
+        assert_eq!(scored, vec![1, 1, 2, 0]);
         assert!(!is_prm800k_record(
             &json!({"prompt": "q", "completions": [], "labels": []})
         ));

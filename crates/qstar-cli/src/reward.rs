@@ -280,7 +280,7 @@ impl Features {
         texts: &[String],
         reporter: Option<&Reporter>,
     ) -> Result<Vec<Vec<f32>>> {
-        Ok(self.states_metered(texts, reporter).await?.0)
+        Ok(self.states_counted(texts, reporter, false).await?.0)
     }
 
     /// [`Features::states`], with the tokens they took: every text's
@@ -292,13 +292,24 @@ impl Features {
         texts: &[String],
         reporter: Option<&Reporter>,
     ) -> Result<(Vec<Vec<f32>>, Usage)> {
-        let mut usage = Usage {
-            prompt_tokens: texts
+        self.states_counted(texts, reporter, true).await
+    }
+
+    /// The states, and with `count` the tokens they took (tokenizing every
+    /// text, which callers that discard the count need not pay for).
+    async fn states_counted(
+        &self,
+        texts: &[String],
+        reporter: Option<&Reporter>,
+        count: bool,
+    ) -> Result<(Vec<Vec<f32>>, Usage)> {
+        let mut usage = Usage::default();
+        if count {
+            usage.prompt_tokens = texts
                 .iter()
                 .map(|t| self.engine.tokenize(t, true).len())
-                .sum(),
-            ..Usage::default()
-        };
+                .sum();
+        }
         let mut computed = 0;
         let key = |t: &str| {
             let hex = qstar_store::sha256_hex(t.as_bytes());
@@ -397,9 +408,13 @@ impl Features {
         self.states_metered(&texts, reporter).await
     }
 
-    /// The backbone's parameter count.
+    /// The parameters a hidden state runs through, for its FLOPs: the
+    /// layers' weights only (the embedding is a lookup, and the output
+    /// projection is never applied to a state).
     pub fn parameters(&self) -> u64 {
-        self.engine.info().parameters as u64
+        let c = &self.engine.info().config;
+        let per_layer = 2 * c.n_embd * c.n_embd + 2 * c.n_embd * c.kv_dim() + 3 * c.n_embd * c.n_ff;
+        (c.n_layer * per_layer) as u64
     }
 
     /// Each pair's (chosen, rejected) states, in order.

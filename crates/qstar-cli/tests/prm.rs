@@ -218,7 +218,12 @@ fn steps_are_labelled_by_rollouts_a_step_head_trains_and_search_uses_it() {
         String::from_utf8_lossy(&search.stderr)
     );
     let cache = qstar_store::Store::open(&home.join("features.sqlite")).expect("the feature cache");
-    for job in cache.jobs().expect("jobs") {
+    let jobs = cache.jobs().expect("jobs");
+    assert!(
+        jobs.iter().any(|j| j.starts_with("last-hidden-state/")),
+        "the search used this cache: {jobs:?}"
+    );
+    for job in jobs {
         assert!(cache.records(&job).expect("records").is_empty(), "{job}");
     }
     for record in rows(&solved) {
@@ -250,25 +255,36 @@ fn steps_are_labelled_by_rollouts_a_step_head_trains_and_search_uses_it() {
 
     // The step head's forward passes are metered: the same search with the
     // checker (free) samples the same solutions, so the difference in prompt
-    // tokens is the PRM's, and FLOPs are 2 × parameters × tokens computed
-    // (one backbone for both, the default model).
+    // tokens and FLOPs is the PRM's.
     let checked = dir.path().join("checked.jsonl");
     let args = best_of_3("checker", &checked);
     ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let parameters = info["parameters"].as_f64().expect("parameters");
+    // A hidden state runs through the layers only (no output projection,
+    // and the embedding is a lookup), so the PRM's tokens cost 2 × the
+    // layers' parameters each, the policy's 2 × all of them.
+    let config = &info["config"];
+    let dim = |k: &str| config[k].as_f64().expect(k);
+    let (d, kv) = (dim("n_embd"), dim("n_head_kv") * dim("head_dim"));
+    let layer_parameters = dim("n_layer") * (2.0 * d * d + 2.0 * d * kv + 3.0 * d * dim("n_ff"));
+    assert!(layer_parameters < info["parameters"].as_f64().expect("parameters"));
     for (with_prm, with_checker) in rows(&solved).iter().zip(rows(&checked).iter()) {
         let (p, c) = (&with_prm["compute"], &with_checker["compute"]);
         let n = |v: &Value, k: &str| v[k].as_f64().expect(k);
         assert_eq!(p["tokens_generated"], c["tokens_generated"], "{p} {c}");
         assert!(n(p, "prompt_tokens") > n(c, "prompt_tokens"), "{p} {c}");
+        assert!(
+            n(p, "prompt_tokens_computed") > n(c, "prompt_tokens_computed"),
+            "{p} {c}"
+        );
         assert!(n(p, "verifier_calls") >= 1.0, "{p}");
         assert_eq!(
             n(p, "prompt_tokens"),
             n(p, "prompt_tokens_computed") + n(p, "prompt_tokens_reused"),
             "{p}"
         );
-        let flops = 2.0 * parameters * (n(p, "tokens_generated") + n(p, "prompt_tokens_computed"));
-        assert!((n(p, "flops") - flops).abs() <= 1e-9 * flops, "{p}");
+        let verifier_computed = n(p, "prompt_tokens_computed") - n(c, "prompt_tokens_computed");
+        let flops = n(c, "flops") + 2.0 * layer_parameters * verifier_computed;
+        assert!((n(p, "flops") - flops).abs() <= 1e-9 * flops, "{p} {c}");
     }
 
     // Bad rows: exit 2 naming the file and the line.
@@ -327,8 +343,9 @@ fn a_step_head_trains_on_prm800k_human_labels() {
     let prm = dir.path().join("prm");
     // The first record (phase 1) has six steps in its walk; the labeller
     // rewrote step 2 after rejecting 5 candidates and chose the fifth of 5
-    // candidates at step 6. So: 5 rows of 2 steps, 4 rows of 6 steps and the
-    // walk of 6 steps — 10 rows, 40 steps.
+    // candidates at step 6. So: 5 branch rows at step 2 and 4 at step 6,
+    // each trained on its last step only, and the walk of 6 steps — 10 rows,
+    // 15 steps.
     let trained = ok(&[
         "train",
         "prm",
@@ -350,11 +367,11 @@ fn a_step_head_trains_on_prm800k_human_labels() {
         "--json",
     ]);
     assert_eq!(trained["train_solutions"].as_u64(), Some(10), "{trained}");
-    assert_eq!(trained["train_steps"].as_u64(), Some(40), "{trained}");
+    assert_eq!(trained["train_steps"].as_u64(), Some(15), "{trained}");
     let epochs = rows(&prm.join("metrics.jsonl"));
     let loss = |r: &Value| r["train_loss"].as_f64().expect("loss");
     assert!(loss(&epochs[29]) < loss(&epochs[0]), "{epochs:?}");
-    // A record that is not PRM800K's layout nor a stepwise row names its line.
+    // A PRM800K record with a rating outside -1, 0, 1 names its line.
     let bad = dir.path().join("bad.jsonl");
     let first = std::fs::read_to_string(&records).expect("records");
     let first = first.lines().next().expect("a record");

@@ -466,6 +466,7 @@ async fn a_token_across_the_prompt_boundary_is_an_error_not_a_guess() {
         .await
         .expect("choose")
         .remove(0);
+    assert_eq!(out.options.len(), 2, "{out:?}");
     let p_yes = 1.0 / (1.0 + (-2.5f64).exp());
     for (o, (logprob, prob)) in out.options.iter().zip([(-0.5, p_yes), (-3.0, 1.0 - p_yes)]) {
         assert!((o.logprob - logprob).abs() < 1e-9, "{o:?}");

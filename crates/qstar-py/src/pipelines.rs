@@ -170,11 +170,11 @@ pub fn label<'py>(
         principle_last,
         ..CaiConfig::default()
     };
+    let batch = positive_batch("batch_pairs", batch_pairs)?;
     if pairs.is_empty() {
         return Ok(PyList::empty(py));
     }
     let opened = model_or_default(py, model)?;
-    let batch = positive_batch("batch_pairs", batch_pairs)?;
     let records = wait_with(py, move || async move {
         let labeler =
             CaiLabeler::new(opened.model.as_ref(), &constitution, config).map_err(model_error)?;
@@ -229,11 +229,11 @@ pub fn revise<'py>(
         temperature,
         max_tokens,
     };
+    let batch = positive_batch("batch", batch)?;
     if pairs.is_empty() {
         return Ok(PyList::empty(py));
     }
     let opened = model_or_default(py, model)?;
-    let batch = positive_batch("batch", batch)?;
     let records = wait_with(py, move || async move {
         let mut records = Vec::new();
         for chunk in pairs.chunks(batch) {
@@ -290,11 +290,11 @@ pub fn judge<'py>(
         max_tokens,
         ..JudgeConfig::default()
     };
+    let batch = positive_batch("batch", batch)?;
     if pairs.is_empty() {
         return Ok(PyList::empty(py));
     }
     let opened = model_or_default(py, model)?;
-    let batch = positive_batch("batch", batch)?;
     let records = wait_with(py, move || async move {
         let mut records = Vec::new();
         for chunk in pairs.chunks(batch) {
@@ -378,11 +378,11 @@ pub fn rate<'py>(
         }
         (items, TrlForm::Conversational)
     };
+    let batch = positive_batch("batch", batch)?;
     if items.is_empty() {
         return Ok(PyList::empty(py));
     }
     let opened = model_or_default(py, model)?;
-    let batch = positive_batch("batch", batch)?;
     let ratings = wait_with(py, move || async move {
         let rater = Rater::new(opened.model.as_ref(), format).map_err(model_error)?;
         let mut ratings = Vec::with_capacity(items.len());

@@ -20,8 +20,10 @@ pub struct Compute {
     pub model_calls: usize,
     /// Calls made to score or judge (verifier work).
     pub verifier_calls: usize,
-    /// 2 × parameters × (tokens generated + prompt tokens computed); `None`
-    /// (null in JSON) when the parameter count is unknown, never a made-up 0.
+    /// 2 × parameters × (tokens generated + prompt tokens computed), each
+    /// model's work on its own parameter count (a trained verifier's
+    /// backbone may differ from the policy); `None` (null in JSON) when a
+    /// parameter count is unknown, never a made-up 0.
     pub flops: Option<f64>,
 }
 

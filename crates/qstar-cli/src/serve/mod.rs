@@ -67,8 +67,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     inspect: Option<PathBuf>,
     /// SQLite file of reward-model hidden states to read (default:
-    /// features.sqlite in qstar's cache directory); requests add nothing
-    /// to it.
+    /// features.sqlite in qstar's cache directory); requests add no
+    /// states to it.
     #[arg(long, requires = "reward_model")]
     feature_cache: Option<PathBuf>,
 }

@@ -412,9 +412,7 @@ impl Features {
     /// layers' weights only (the embedding is a lookup, and the output
     /// projection is never applied to a state).
     pub fn parameters(&self) -> u64 {
-        let c = &self.engine.info().config;
-        let per_layer = 2 * c.n_embd * c.n_embd + 2 * c.n_embd * c.kv_dim() + 3 * c.n_embd * c.n_ff;
-        (c.n_layer * per_layer) as u64
+        self.engine.info().config.layer_parameters() as u64
     }
 
     /// Each pair's (chosen, rejected) states, in order.

@@ -36,6 +36,16 @@ impl LlamaConfig {
         self.n_head_kv * self.head_dim
     }
 
+    /// Weights of the transformer layers alone (attention and MLP
+    /// projections), without the embedding and the output projection: what
+    /// a hidden state runs through.
+    pub fn layer_parameters(&self) -> usize {
+        let per_layer = 2 * self.n_embd * self.n_embd
+            + 2 * self.n_embd * self.kv_dim()
+            + 3 * self.n_embd * self.n_ff;
+        self.n_layer * per_layer
+    }
+
     pub fn from_gguf(g: &GgufFile) -> Result<Self, EngineError> {
         let arch = g.string("general.architecture")?;
         if arch != "llama" {
@@ -414,8 +424,7 @@ impl Llama {
     /// Number of parameters (for FLOP estimates: 2 × params per token).
     pub fn parameter_count(&self) -> usize {
         let c = &self.config;
-        let per_layer = 2 * c.n_embd * c.n_embd + 2 * c.n_embd * c.kv_dim() + 3 * c.n_embd * c.n_ff;
-        c.n_layer * per_layer + c.n_vocab * c.n_embd * if self.output.is_some() { 2 } else { 1 }
+        c.layer_parameters() + c.n_vocab * c.n_embd * if self.output.is_some() { 2 } else { 1 }
     }
 
     /// Runs the new tokens of every sequence through the model, appending to

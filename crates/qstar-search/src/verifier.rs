@@ -454,7 +454,8 @@ pub trait SolutionRewarder: Send + Sync {
         replies: &[String],
     ) -> Result<(Vec<f64>, Usage), String>;
 
-    /// The backbone's parameter count, for its FLOPs (`None`: unknown).
+    /// The parameters its forward passes run through, for their FLOPs
+    /// (`None`: unknown).
     fn parameters(&self) -> Option<u64>;
 }
 
@@ -529,8 +530,8 @@ fn set_logit_scores(
         )));
     }
     // A trained model's forward passes are verifier work: one call, its
-    // prompt tokens (computed or reused from its caches), and FLOPs on its
-    // own backbone's size.
+    // prompt tokens (computed or reused from its caches), and FLOPs on the
+    // parameters it runs through, not the policy's.
     s.meter
         .record_model(Caller::Verifier, 1, &usage, parameters);
     for (n, z) in nodes.into_iter().zip(logits) {
@@ -552,7 +553,8 @@ pub trait StepRewarder: Send + Sync {
         solutions: &[String],
     ) -> Result<(Vec<f64>, Usage), String>;
 
-    /// The backbone's parameter count, for its FLOPs (`None`: unknown).
+    /// The parameters its forward passes run through, for their FLOPs
+    /// (`None`: unknown).
     fn parameters(&self) -> Option<u64>;
 }
 

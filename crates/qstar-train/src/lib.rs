@@ -10,6 +10,7 @@ pub mod export;
 // The call into the GEMM crate: the one module where `unsafe` is allowed.
 #[allow(unsafe_code)]
 pub mod gemm;
+pub mod head_objectives;
 pub mod model;
 pub mod ops;
 pub mod optim;
@@ -18,6 +19,7 @@ pub mod real;
 pub mod reward;
 pub mod rng;
 pub mod run;
+pub mod score_head;
 pub mod weights;
 
 pub use config::ModelConfig;

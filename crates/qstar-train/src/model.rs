@@ -14,6 +14,7 @@ use crate::gemm::matmul;
 use crate::ops::{self, AttnShape, RopeTable};
 use crate::real::Real;
 use crate::rng::SplitMix;
+use crate::score_head::{HeadParams, ScoreHead};
 use crate::weights::{projection_shape, Lora, Weights};
 
 /// One training sequence. `predict[i]` asks for log p(tokens[i + 1]) at
@@ -50,6 +51,9 @@ pub struct Model<T> {
     pub config: ModelConfig,
     pub base: Weights<T>,
     pub lora: Option<Lora<T>>,
+    /// A scalar head on the final-normed state (reward and process-reward
+    /// models); when present it learns with whatever else trains.
+    pub head: Option<ScoreHead<T>>,
     rope: RopeTable<T>,
 }
 
@@ -57,6 +61,7 @@ pub struct Model<T> {
 pub struct Grads<T> {
     pub base: Option<Weights<T>>,
     pub lora: Option<Lora<T>>,
+    pub head: Option<HeadParams<T>>,
 }
 
 impl<T: Real> Grads<T> {
@@ -66,6 +71,9 @@ impl<T: Real> Grads<T> {
         }
         if let Some(l) = &mut self.lora {
             l.fill_zero();
+        }
+        if let Some(h) = &mut self.head {
+            h.fill_zero();
         }
     }
 
@@ -77,6 +85,9 @@ impl<T: Real> Grads<T> {
         if let Some(l) = &mut self.lora {
             out.extend(l.tensors_mut());
         }
+        if let Some(h) = &mut self.head {
+            out.extend(h.tensors_mut());
+        }
         out
     }
 
@@ -87,6 +98,9 @@ impl<T: Real> Grads<T> {
         }
         if let Some(l) = &self.lora {
             out.extend(l.tensors());
+        }
+        if let Some(h) = &self.head {
+            out.extend(h.tensors());
         }
         out
     }
@@ -129,16 +143,38 @@ pub struct Tape<T> {
     rows: Vec<usize>,
     targets: Vec<u32>,
     h_rows: Vec<T>,
+    /// The final-normed state of every stacked row.
+    final_rows: Vec<T>,
     /// softmax of the logits of `rows`.
     probs: Vec<T>,
 }
 
 impl<T> Tape<T> {
     /// The final-normed hidden states of the predicted rows, in the order
-    /// `forward` returned their log-probs (`n_embd` each): what a reward or
-    /// value head on this model reads.
+    /// `forward` returned their log-probs (`n_embd` each).
     pub fn hidden_rows(&self) -> &[T] {
         &self.h_rows
+    }
+
+    /// Rows of the batch, every sequence's positions stacked.
+    pub fn stacked_rows(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The stacked row of position `pos` of sequence `seq` of the batch.
+    pub fn row(&self, seq: usize, pos: usize) -> Option<usize> {
+        self.seqs
+            .get(seq)
+            .filter(|&&(_, len)| pos < len)
+            .map(|&(from, _)| from + pos)
+    }
+
+    /// The final-normed state after position `pos` of sequence `seq`: what
+    /// a score head reads (at a reply's last token, or at a step's end).
+    pub fn final_state(&self, seq: usize, pos: usize) -> Option<&[T]> {
+        let d = self.final_rows.len() / self.tokens.len().max(1);
+        self.row(seq, pos)
+            .map(|r| &self.final_rows[r * d..(r + 1) * d])
     }
 }
 
@@ -171,8 +207,22 @@ impl<T: Real> Model<T> {
             config,
             base,
             lora,
+            head: None,
             rope,
         })
+    }
+
+    /// The model with a score head on its final-normed state.
+    pub fn with_head(mut self, head: ScoreHead<T>) -> Result<Self, String> {
+        if head.width() != self.config.n_embd {
+            return Err(format!(
+                "the head reads {} features, the model's states have {}",
+                head.width(),
+                self.config.n_embd
+            ));
+        }
+        self.head = Some(head);
+        Ok(self)
     }
 
     /// Zero gradients for what `trainable` trains.
@@ -181,10 +231,12 @@ impl<T: Real> Model<T> {
             Trainable::Full => Grads {
                 base: Some(Weights::zeros(&self.config)),
                 lora: None,
+                head: self.head.as_ref().map(ScoreHead::zero_params),
             },
             Trainable::Lora => Grads {
                 base: None,
                 lora: self.lora.as_ref().map(Lora::zeros_like),
+                head: self.head.as_ref().map(ScoreHead::zero_params),
             },
         }
     }
@@ -450,6 +502,7 @@ impl<T: Real> Model<T> {
         for &r in &rows {
             h_rows.extend_from_slice(&hf[r * d..(r + 1) * d]);
         }
+        let final_rows = hf;
         let mut probs = vec![T::ZERO; rows.len() * c.n_vocab];
         matmul(
             &mut probs,
@@ -475,6 +528,7 @@ impl<T: Real> Model<T> {
                 rows,
                 targets,
                 h_rows,
+                final_rows,
                 probs,
             },
         ))
@@ -483,6 +537,28 @@ impl<T: Real> Model<T> {
     /// Adds the gradients of the loss into `grads`, given d(loss)/d(log p) of
     /// each predicted token (in the order `forward` returned them).
     pub fn backward(&self, tape: Tape<T>, dlogp: &[T], grads: &mut Grads<T>) -> Result<(), String> {
+        self.backward_with_states(tape, dlogp, None, grads)
+    }
+
+    /// [`Model::backward`] for a loss that also reads final-normed states:
+    /// `dstates` is d(loss)/d(state) of every stacked row (t × n_embd, in
+    /// the order of [`Tape::row`]).
+    pub fn backward_with_states(
+        &self,
+        tape: Tape<T>,
+        dlogp: &[T],
+        dstates: Option<&[T]>,
+        grads: &mut Grads<T>,
+    ) -> Result<(), String> {
+        if let Some(ds) = dstates {
+            if ds.len() != tape.final_rows.len() {
+                return Err(format!(
+                    "{} state gradients for {} state values",
+                    ds.len(),
+                    tape.final_rows.len()
+                ));
+            }
+        }
         if dlogp.len() != tape.rows.len() {
             return Err(format!(
                 "{} gradients for {} predicted tokens",
@@ -504,6 +580,7 @@ impl<T: Real> Model<T> {
             rows,
             targets,
             h_rows,
+            final_rows: _,
             mut probs,
         } = tape;
         let full = grads.base.is_some();
@@ -523,14 +600,24 @@ impl<T: Real> Model<T> {
             false,
             false,
         );
-        if let Some(g) = grads.base.as_mut() {
+        // A batch that only reads states (a reward model's) predicts no
+        // token: the output projection then has no gradient.
+        if let Some(g) = grads.base.as_mut().filter(|_| !rows.is_empty()) {
             let dout = g.output.as_deref_mut().unwrap_or(&mut g.embed);
             matmul(dout, &dlogits, &h_rows, v, d, rows.len(), true, false, true);
         }
         drop(dlogits);
-        let mut dhf = vec![T::ZERO; t * d];
+        let mut dhf = match dstates {
+            Some(ds) => ds.to_vec(),
+            None => vec![T::ZERO; t * d],
+        };
         for (i, &r) in rows.iter().enumerate() {
-            dhf[r * d..(r + 1) * d].copy_from_slice(&dh_rows[i * d..(i + 1) * d]);
+            for (a, &b) in dhf[r * d..(r + 1) * d]
+                .iter_mut()
+                .zip(&dh_rows[i * d..(i + 1) * d])
+            {
+                *a += b;
+            }
         }
         let mut dx = vec![T::ZERO; t * d];
         ops::rms_norm_backward(

@@ -238,18 +238,30 @@ struct RunState {
     optimizer_steps: u64,
 }
 
+/// What the optimizer updates, in the order of [`Grads::tensors`]: every
+/// weight or the adapters, then the score head when the model has one.
 fn trainable_tensors(
     model: &mut Model<f32>,
     trainable: Trainable,
 ) -> Vec<(String, Vec<usize>, &mut [f32])> {
-    match trainable {
+    let mut out = match trainable {
         Trainable::Full => model.base.tensors_mut(),
         Trainable::Lora => model
             .lora
             .as_mut()
             .map(|l| l.tensors_mut())
             .unwrap_or_default(),
+    };
+    if let Some(h) = model.head.as_mut() {
+        out.extend(h.params.tensors_mut());
     }
+    out
+}
+
+/// Whether a trainable tensor takes weight decay: matrices do; norms and
+/// the score head's bias do not.
+fn decays(name: &str) -> bool {
+    !name.ends_with("norm.weight") && name != "score.bias"
 }
 
 /// Forward and backward of one pass: adds the gradient of the pass's share
@@ -300,7 +312,7 @@ pub fn update(
 pub fn decay_mask(model: &mut Model<f32>, trainable: Trainable) -> Vec<bool> {
     trainable_tensors(model, trainable)
         .iter()
-        .map(|(n, _, _)| !n.ends_with("norm.weight"))
+        .map(|(n, _, _)| decays(n))
         .collect()
 }
 
@@ -435,10 +447,7 @@ pub fn train_objective(
         .map(|(n, _, t)| (n.clone(), t.len()))
         .collect();
     let sizes: Vec<usize> = names.iter().map(|(_, n)| *n).collect();
-    let decay: Vec<bool> = names
-        .iter()
-        .map(|(n, _)| !n.ends_with("norm.weight"))
-        .collect();
+    let decay: Vec<bool> = names.iter().map(|(n, _)| decays(n)).collect();
     let mut optimizer = AdamW::new(config.adamw, &sizes);
 
     // Continue from the last checkpoint, forgetting metrics written after it.

@@ -6,6 +6,7 @@ mod bench_serve;
 mod bench_train;
 mod commands;
 mod export;
+mod head_lora;
 mod inspect;
 mod job;
 mod label;

@@ -11,13 +11,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use qstar_core::PromptFormat;
+use qstar_train::head_objectives::ScoredSteps;
 use qstar_train::process_reward::{train_step_head, FeatureStep};
 use qstar_train::reward::{HeadTraining, RewardHead};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::report::{Reporter, Text};
-use crate::reward::{load_head, read_config, sha256, FeatureArgs, Features};
+use crate::reward::{
+    adapter_sha256, check_adapter, load_head, read_config, sha256, FeatureArgs, Features, RmMode,
+};
 use crate::{non_empty, UsageError};
 
 pub const PRM_CONFIG_FILE: &str = "prm_model.json";
@@ -59,8 +62,14 @@ pub struct TrainPrmArgs {
     pub batch_steps: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// head: only the head learns, on cached states; lora: the head is
+    /// fitted so, then learns together with LoRA adapters (--lora-*).
+    #[arg(long, value_enum, default_value = "head")]
+    pub mode: RmMode,
     #[command(flatten)]
     pub features: FeatureArgs,
+    #[command(flatten)]
+    pub lora: crate::head_lora::LoraPhaseArgs,
     #[arg(long)]
     pub json: bool,
 }
@@ -220,6 +229,21 @@ pub struct PrmConfig {
     pub train_steps: usize,
     pub eval_steps: usize,
     pub steps_sha256: String,
+    #[serde(default = "head_mode")]
+    pub mode: RmMode,
+    /// With `mode: lora`: the adapter's directory inside the model's, the
+    /// hash of its files, and how it was trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<Value>,
+}
+
+/// Models written before the LoRA mode are head-only.
+fn head_mode() -> RmMode {
+    RmMode::Head
 }
 
 /// How the step head was trained (the optimizer settings of
@@ -238,6 +262,28 @@ fn framed_prompt(features: &Features, user_turn: &str) -> Result<String> {
     Ok(PromptFormat::Chat.frame(features.engine(), user_turn, "")?)
 }
 
+/// The targets of a row's scored steps (from `scored_from` on): its soft
+/// labels or its hard ones.
+fn row_targets(row: &StepRow, soft: bool) -> Result<Vec<f64>> {
+    let from = row.scored_from;
+    Ok(match (&row.soft_labels, soft) {
+        (Some(s), true) => s.iter().skip(from).copied().collect(),
+        (None, true) => {
+            return Err(UsageError(format!(
+                "line {}: --soft needs \"soft_labels\" (qstar label-steps writes them)",
+                row.line
+            ))
+            .into())
+        }
+        (_, false) => row
+            .labels
+            .iter()
+            .skip(from)
+            .map(|&l| f64::from(u8::from(l)))
+            .collect(),
+    })
+}
+
 async fn feature_steps(
     features: &Features,
     rows: &[StepRow],
@@ -249,28 +295,12 @@ async fn feature_steps(
     let mut targets = Vec::new();
     for row in rows {
         let prompt = framed_prompt(features, &row.prompt)?;
-        let from = row.scored_from;
         texts.extend(
             step_texts(&prompt, &row.completions, delimiter)
                 .into_iter()
-                .skip(from),
+                .skip(row.scored_from),
         );
-        match (&row.soft_labels, soft) {
-            (Some(s), true) => targets.extend(s.iter().skip(from).copied()),
-            (None, true) => {
-                return Err(UsageError(format!(
-                    "line {}: --soft needs \"soft_labels\" (qstar label-steps writes them)",
-                    row.line
-                ))
-                .into())
-            }
-            (_, false) => targets.extend(
-                row.labels
-                    .iter()
-                    .skip(from)
-                    .map(|&l| f64::from(u8::from(l))),
-            ),
-        }
+        targets.extend(row_targets(row, soft)?);
     }
     let states = features.states(&texts, Some(reporter)).await?;
     Ok(states
@@ -299,6 +329,7 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
         args.features.feature_cache.as_deref(),
         None,
         None,
+        None,
     )
     .await?;
     let delimiter = args.step_delimiter.replace("\\n", "\n");
@@ -319,11 +350,11 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
     })
     .map_err(UsageError)?;
     bar.finish_and_clear();
-    head.save(&args.out).map_err(anyhow::Error::new)?;
-    let config = PrmConfig {
+    qstar_train::checkpoint::write_atomic(&args.out.join("metrics.jsonl"), log.as_bytes())?;
+    let mut config = PrmConfig {
         base_model: features.model_path.clone(),
         base_model_sha256: features.model_sha256.clone(),
-        step_delimiter: delimiter,
+        step_delimiter: delimiter.clone(),
         width: head.width(),
         labels: if args.soft { "soft" } else { "hard" }.into(),
         training: StepTraining {
@@ -336,27 +367,132 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
         train_steps: train.len(),
         eval_steps: eval.len(),
         steps_sha256: sha256(&args.steps)?,
+        mode: args.mode,
+        adapter: None,
+        adapter_sha256: None,
+        lora: None,
     };
-    qstar_train::checkpoint::write_atomic(
-        &args.out.join(PRM_CONFIG_FILE),
-        serde_json::to_string_pretty(&config)?.as_bytes(),
-    )?;
-    qstar_train::checkpoint::write_atomic(&args.out.join("metrics.jsonl"), log.as_bytes())?;
-    let curve = |f: &dyn Fn(&qstar_train::reward::EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
-        records
-            .iter()
-            .filter_map(|r| f(r).map(|l| (r.epoch as f64, l)))
-            .collect()
-    };
-    reporter.before_plot();
-    qstar_eval::plot::loss_curve(
-        &args.out.join("loss.png"),
-        "process reward model: step cross-entropy per epoch",
-        &curve(&|r| Some(r.train_loss)),
-        &curve(&|r| r.eval_loss),
-    )?;
     let last = records.last();
+    let head_figures = (
+        last.map(|r| r.train_accuracy),
+        last.and_then(|r| r.eval_loss),
+        last.and_then(|r| r.eval_accuracy),
+    );
+    let (train_accuracy, eval_loss, eval_accuracy, lora_figures) = match args.mode {
+        RmMode::Head => {
+            head.save(&args.out).map_err(anyhow::Error::new)?;
+            let curve =
+                |f: &dyn Fn(&qstar_train::reward::EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
+                    records
+                        .iter()
+                        .filter_map(|r| f(r).map(|l| (r.epoch as f64, l)))
+                        .collect()
+                };
+            reporter.before_plot();
+            qstar_eval::plot::loss_curve(
+                &args.out.join("loss.png"),
+                "process reward model: step cross-entropy per epoch",
+                &curve(&|r| Some(r.train_loss)),
+                &curve(&|r| r.eval_loss),
+            )?;
+            (head_figures.0, head_figures.1, head_figures.2, None)
+        }
+        RmMode::Lora => {
+            let data = crate::head_lora::ScoredData::Steps {
+                train: scored_steps(&features, &rows, &delimiter, args.soft, &args, &reporter)?,
+                eval: scored_steps(
+                    &features, &eval_rows, &delimiter, args.soft, &args, &reporter,
+                )?,
+            };
+            let resolved = json!({
+                "command": "train prm --mode lora",
+                "steps_sha256": config.steps_sha256,
+                "limit": args.limit,
+                "holdout": args.holdout,
+                "labels": config.labels,
+                "step_delimiter": delimiter,
+                "head_training": config.training,
+            });
+            let model_path = features.model_path.clone();
+            drop(features);
+            let phase = crate::head_lora::train(
+                &args.lora,
+                &model_path,
+                head,
+                data,
+                args.weight_decay,
+                args.seed,
+                &args.out,
+                resolved,
+                &reporter,
+            )
+            .await?;
+            phase.head.save(&args.out).map_err(anyhow::Error::new)?;
+            crate::head_lora::plot(
+                &args.out,
+                "process reward model with LoRA: step cross-entropy per step",
+                &phase.records,
+            )?;
+            config.adapter = Some(crate::head_lora::ADAPTER_DIR.into());
+            config.adapter_sha256 = Some(adapter_sha256(&phase.adapter)?);
+            config.lora = Some(json!({
+                "rank": args.lora.lora_rank,
+                "alpha": args.lora.lora_alpha.unwrap_or(2.0 * args.lora.lora_rank as f32),
+                "targets": args.lora.lora_targets,
+                "epochs": args.lora.lora_epochs,
+                "lr": args.lora.lora_lr,
+                "steps": phase.summary.steps,
+            }));
+            write_config(&args.out, &config)?;
+            // The figures are the engine's, with the adapter applied, as
+            // search sees the model.
+            let prm = ProcessRewardModel::open(&args.out, args.features.threads).await?;
+            let measure = |steps: &[FeatureStep]| -> (f64, f64) {
+                let refs: Vec<&FeatureStep> = steps.iter().collect();
+                let (loss, _, _) = qstar_train::process_reward::step_batch_loss(&prm.head, &refs);
+                let right: f64 = steps
+                    .iter()
+                    .map(|s| {
+                        let z = prm.head.reward(&s.state);
+                        if z == 0.0 {
+                            0.5
+                        } else {
+                            f64::from(u8::from((z > 0.0) == (s.target >= 0.5)))
+                        }
+                    })
+                    .sum();
+                (loss, right / steps.len().max(1) as f64)
+            };
+            let train_after =
+                feature_steps(&prm.features, &rows, &delimiter, args.soft, &reporter).await?;
+            let eval_after =
+                feature_steps(&prm.features, &eval_rows, &delimiter, args.soft, &reporter).await?;
+            let (_, train_accuracy) = measure(&train_after);
+            let (eval_loss, eval_accuracy) = if eval_after.is_empty() {
+                (None, None)
+            } else {
+                let (l, a) = measure(&eval_after);
+                (Some(l), Some(a))
+            };
+            let figures = json!({
+                "steps": phase.summary.steps,
+                "tokens": phase.summary.tokens,
+                "tok_s": phase.summary.tok_s,
+                "resumed_from": phase.summary.resumed_from,
+                "final_loss": phase.summary.final_loss,
+                "head_only_eval_accuracy": head_figures.2,
+            });
+            (
+                Some(train_accuracy),
+                eval_loss,
+                eval_accuracy,
+                Some(figures),
+            )
+        }
+    };
+    write_config(&args.out, &config)?;
     let figures = json!({
+        "mode": args.mode,
         "train_solutions": rows.len(),
         "train_steps": train.len(),
         "eval_solutions": eval_rows.len(),
@@ -364,31 +500,105 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
         "labels": config.labels,
         "epochs": args.epochs,
         "final_train_loss": last.map(|r| r.train_loss),
-        "train_accuracy": last.map(|r| r.train_accuracy),
-        "eval_loss": last.and_then(|r| r.eval_loss),
-        "eval_accuracy": last.and_then(|r| r.eval_accuracy),
+        "train_accuracy": train_accuracy,
+        "eval_loss": eval_loss,
+        "eval_accuracy": eval_accuracy,
+        "lora": lora_figures,
         "out": args.out,
     });
     let fmt = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.4}"));
+    let mut lines = vec![
+        ("final train loss (head)", fmt(last.map(|r| r.train_loss))),
+        ("train step accuracy", fmt(train_accuracy)),
+        ("eval steps", eval.len().to_string()),
+        ("eval loss", fmt(eval_loss)),
+        ("eval step accuracy", fmt(eval_accuracy)),
+    ];
+    if args.mode == RmMode::Lora {
+        lines.push(("eval step accuracy, head only", fmt(head_figures.2)));
+    }
     let text = Text::new()
         .line(format!(
-            "trained a step head on {} steps of {} solutions ({} labels) → {}",
+            "trained a step head{} on {} steps of {} solutions ({} labels) → {}",
+            if args.mode == RmMode::Lora {
+                " and LoRA adapter"
+            } else {
+                ""
+            },
             train.len(),
             rows.len(),
             config.labels,
             args.out.display()
         ))
-        .metrics(&[
-            ("final train loss", fmt(last.map(|r| r.train_loss))),
-            ("train step accuracy", fmt(last.map(|r| r.train_accuracy))),
-            ("eval steps", eval.len().to_string()),
-            ("eval loss", fmt(last.and_then(|r| r.eval_loss))),
-            (
-                "eval step accuracy",
-                fmt(last.and_then(|r| r.eval_accuracy)),
-            ),
-        ]);
+        .metrics(&lines);
     reporter.summary(&figures, &text)
+}
+
+fn write_config(out: &Path, config: &PrmConfig) -> Result<()> {
+    qstar_train::checkpoint::write_atomic(
+        &out.join(PRM_CONFIG_FILE),
+        serde_json::to_string_pretty(config)?.as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// Each row's solution as one token sequence for the LoRA phase, scored at
+/// the last token of each of its scored steps. A step whose text does not
+/// tokenize to a prefix of the whole solution's tokens (a token spanning
+/// the step's end) is scored in a sequence of its own, so every state is
+/// the one search reads at the end of that text. A solution too long to
+/// train on is an error naming its line.
+fn scored_steps(
+    features: &Features,
+    rows: &[StepRow],
+    delimiter: &str,
+    soft: bool,
+    args: &TrainPrmArgs,
+    reporter: &Reporter,
+) -> Result<Vec<ScoredSteps>> {
+    let engine = features.engine();
+    let context = engine.info().config.context_length;
+    let mut out = Vec::new();
+    let mut apart = 0;
+    for row in rows {
+        let at = |why: String| UsageError(format!("{}:{}: {why}", args.steps.display(), row.line));
+        let prompt = framed_prompt(features, &row.prompt)?;
+        let texts = step_texts(&prompt, &row.completions, delimiter);
+        let targets = row_targets(row, soft)?;
+        let Some(whole_text) = texts.last() else {
+            continue;
+        };
+        let whole = engine.tokenize(whole_text, true);
+        let mut ends = Vec::new();
+        for (text, target) in texts.iter().skip(row.scored_from).zip(targets) {
+            let tokens = engine.tokenize(text, true);
+            if tokens.is_empty() {
+                return Err(at("a step's text has no tokens".into()).into());
+            }
+            if whole.starts_with(&tokens) {
+                ends.push((tokens.len() - 1, target));
+            } else {
+                apart += 1;
+                let n = tokens.len();
+                out.push(ScoredSteps {
+                    sequence: args.lora.sequence(tokens, context).map_err(at)?,
+                    ends: vec![(n - 1, target)],
+                });
+            }
+        }
+        if !ends.is_empty() {
+            out.push(ScoredSteps {
+                sequence: args.lora.sequence(whole, context).map_err(at)?,
+                ends,
+            });
+        }
+    }
+    if apart > 0 {
+        reporter.note(&format!(
+            "{apart} steps end inside a token of the text after them; each is scored in a sequence of its own"
+        ));
+    }
+    Ok(out)
 }
 
 /// A trained process reward model ready to score steps.
@@ -402,14 +612,17 @@ impl ProcessRewardModel {
     pub async fn open(dir: &Path, threads: usize) -> Result<Self> {
         let config: PrmConfig = read_config(&dir.join(PRM_CONFIG_FILE))?;
         let head = load_head(dir, config.width)?;
+        let adapter = config.adapter.as_ref().map(|a| dir.join(a));
         let mut features = Features::open(
             Some(&config.base_model),
             threads,
             None,
             None,
             Some(&config.base_model_sha256),
+            adapter.as_deref(),
         )
         .await?;
+        check_adapter(dir, &config.adapter_sha256, &features)?;
         // Search scores steps that never recur.
         features.stop_caching_new_states();
         Ok(ProcessRewardModel {
@@ -421,12 +634,14 @@ impl ProcessRewardModel {
 
     /// What records scored by this model depend on.
     pub fn fingerprint(&self, dir: &Path) -> Result<Value> {
-        Ok(json!({
+        let mut f = json!({
             "dir": dir,
             "head_sha256": sha256(&dir.join(qstar_train::reward::HEAD_FILE))?,
             "base_model_sha256": self.config.base_model_sha256,
             "step_delimiter": self.config.step_delimiter,
-        }))
+        });
+        self.features.add_adapter_to(&mut f);
+        Ok(f)
     }
 }
 

@@ -28,6 +28,9 @@ use crate::UsageError;
 pub enum RmMode {
     /// Only the head learns, on states the engine computes once.
     Head,
+    /// The head is fitted as in `head` mode, then learns together with
+    /// LoRA adapters on the backbone (the --lora-* settings).
+    Lora,
 }
 
 /// Where the states come from and where they are kept.
@@ -100,6 +103,8 @@ pub struct TrainRmArgs {
     pub seed: u64,
     #[command(flatten)]
     pub features: FeatureArgs,
+    #[command(flatten)]
+    pub lora: crate::head_lora::LoraPhaseArgs,
     /// Print the summary as one JSON line.
     #[arg(long)]
     pub json: bool,
@@ -147,6 +152,14 @@ pub struct RewardModelConfig {
     pub training: HeadTraining,
     pub train_pairs: usize,
     pub pairs_sha256: String,
+    /// With `mode: lora`: the adapter's directory inside the model's, the
+    /// hash of its files, and how it was trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,11 +197,14 @@ pub struct Features {
     /// Behind a lock so that a reward model can serve concurrent callers;
     /// it is never held across an await.
     store: std::sync::Mutex<Store>,
-    /// The cache's namespace: backbone hash and framing.
+    /// The cache's namespace: backbone hash (with its adapter's) and
+    /// framing.
     job: String,
     pub framing: Framing,
     pub model_path: PathBuf,
     pub model_sha256: String,
+    /// The SHA-256 of the LoRA adapter's files on the backbone, if any.
+    pub adapter_sha256: Option<String>,
     /// Whether computed states are written to the cache. Training and
     /// evaluation reread the same texts, so they keep them; a verifier in
     /// search or behind a server sees texts that never recur (every sampled
@@ -201,12 +217,15 @@ pub struct Features {
 const EMBED_CHUNK: usize = 32;
 
 impl Features {
+    /// States of `model` (default: the default model), with the PEFT
+    /// adapter in `adapter` applied when one is given.
     pub async fn open(
         model: Option<&Path>,
         threads: usize,
         cache: Option<&Path>,
         framing: Option<Framing>,
         expected_sha256: Option<&str>,
+        adapter: Option<&Path>,
     ) -> Result<Self> {
         let model_path = match model {
             Some(p) => p.to_path_buf(),
@@ -241,8 +260,10 @@ impl Features {
             ))
             .into());
         }
-        let engine = Engine::load(
+        let adapter_sha256 = adapter.map(adapter_sha256).transpose()?;
+        let engine = Engine::load_with_adapter(
             &model_path,
+            adapter,
             EngineOptions {
                 threads,
                 ..EngineOptions::default()
@@ -253,7 +274,12 @@ impl Features {
         } else {
             Framing::Transcript
         });
-        let job = format!("last-hidden-state/{model_sha256}/{framing:?}");
+        // The job names of states without an adapter are those written
+        // before adapters existed, so their caches stay valid.
+        let job = match &adapter_sha256 {
+            None => format!("last-hidden-state/{model_sha256}/{framing:?}"),
+            Some(a) => format!("last-hidden-state/{model_sha256}/adapter-{a}/{framing:?}"),
+        };
         store.begin(&job, "{}")?;
         Ok(Features {
             engine,
@@ -262,8 +288,18 @@ impl Features {
             framing,
             model_path,
             model_sha256,
+            adapter_sha256,
             keep_new_states: true,
         })
+    }
+
+    /// Adds the adapter's hash to a model's fingerprint when there is an
+    /// adapter (a head-only model's fingerprint, and the keys of the jobs
+    /// it scored, stay as they were).
+    pub fn add_adapter_to(&self, fingerprint: &mut serde_json::Value) {
+        if let Some(a) = &self.adapter_sha256 {
+            fingerprint["adapter_sha256"] = json!(a);
+        }
     }
 
     /// States computed from now on are used but not written to the cache
@@ -445,6 +481,32 @@ impl Features {
     }
 }
 
+/// A model whose adapter is not the one its config names (edited or
+/// replaced since training) is refused.
+pub fn check_adapter(dir: &Path, expected: &Option<String>, features: &Features) -> Result<()> {
+    if expected != &features.adapter_sha256 {
+        return Err(UsageError(format!(
+            "{}: the adapter is not the one this model was trained with (SHA-256 {} ≠ {})",
+            dir.display(),
+            features.adapter_sha256.as_deref().unwrap_or("none"),
+            expected.as_deref().unwrap_or("none"),
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// One hash of an adapter directory's files (weights and config).
+pub fn adapter_sha256(dir: &Path) -> Result<String> {
+    let mut joined = String::new();
+    for file in qstar_engine::peft::adapter_files(dir) {
+        let hash = qstar_store::sha256_of(&file)
+            .map_err(|e| UsageError(format!("adapter {}: {e}", file.display())))?;
+        joined.push_str(&hash);
+    }
+    Ok(qstar_store::sha256_hex(joined.as_bytes()))
+}
+
 /// The pairs of a file; with `skip_invalid`, malformed lines are passed
 /// over, each named on stderr, and counted.
 fn read(
@@ -570,6 +632,7 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
         args.features.feature_cache.as_deref(),
         None,
         None,
+        None,
     )
     .await?;
     let train_states = features.pair_states(&pairs, Some(&reporter)).await?;
@@ -589,8 +652,15 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
     })
     .map_err(UsageError)?;
     bar.finish_and_clear();
-    head.save(&args.out).map_err(anyhow::Error::new)?;
-    let config = RewardModelConfig {
+    qstar_train::checkpoint::write_atomic(&args.out.join("metrics.jsonl"), log.as_bytes())?;
+    let margins = |head: &RewardHead, set: &[FeaturePair]| -> Vec<f64> {
+        set.iter()
+            .map(|p| head.reward(&p.chosen) - head.reward(&p.rejected))
+            .collect()
+    };
+    // What the head alone reached, kept beside the LoRA figures.
+    let head_eval = (!eval.is_empty()).then(|| qstar_eval::reward_metrics(&margins(&head, &eval)));
+    let mut config = RewardModelConfig {
         mode: args.mode,
         base_model: features.model_path.clone(),
         base_model_sha256: features.model_sha256.clone(),
@@ -600,37 +670,121 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
         training,
         train_pairs: train.len(),
         pairs_sha256: sha256(&args.source.pairs)?,
+        adapter: None,
+        adapter_sha256: None,
+        lora: None,
     };
-    qstar_train::checkpoint::write_atomic(
-        &args.out.join(CONFIG_FILE),
-        serde_json::to_string_pretty(&config)?.as_bytes(),
-    )?;
-    qstar_train::checkpoint::write_atomic(&args.out.join("metrics.jsonl"), log.as_bytes())?;
-    let train_curve: Vec<(f64, f64)> = records
-        .iter()
-        .map(|r| (r.epoch as f64, r.train_loss))
-        .collect();
-    let eval_curve: Vec<(f64, f64)> = records
-        .iter()
-        .filter_map(|r| r.eval_loss.map(|l| (r.epoch as f64, l)))
-        .collect();
-    reporter.before_plot();
-    qstar_eval::plot::loss_curve(
-        &args.out.join("loss.png"),
-        "reward model: pairwise loss per epoch",
-        &train_curve,
-        &eval_curve,
-    )?;
+    let (train_metrics, eval_metrics, lora_figures) = match args.mode {
+        RmMode::Head => {
+            head.save(&args.out).map_err(anyhow::Error::new)?;
+            let train_curve: Vec<(f64, f64)> = records
+                .iter()
+                .map(|r| (r.epoch as f64, r.train_loss))
+                .collect();
+            let eval_curve: Vec<(f64, f64)> = records
+                .iter()
+                .filter_map(|r| r.eval_loss.map(|l| (r.epoch as f64, l)))
+                .collect();
+            reporter.before_plot();
+            qstar_eval::plot::loss_curve(
+                &args.out.join("loss.png"),
+                "reward model: pairwise loss per epoch",
+                &train_curve,
+                &eval_curve,
+            )?;
+            let train_metrics = qstar_eval::reward_metrics(&margins(&head, &train));
+            (train_metrics, head_eval.clone(), None)
+        }
+        RmMode::Lora => {
+            let data = crate::head_lora::ScoredData::Pairs {
+                train: scored_pairs(
+                    &features,
+                    &pairs,
+                    &train,
+                    &args,
+                    &args.source.pairs,
+                    &reporter,
+                )?,
+                eval: scored_pairs(&features, &eval_pairs, &eval, &args, &eval_path, &reporter)?,
+                loss: training.loss,
+                center_coef: training.center_coef,
+            };
+            let resolved = json!({
+                "command": "train rm --mode lora",
+                "pairs_sha256": config.pairs_sha256,
+                "eval_pairs_sha256": args.source.eval_pairs.as_deref().map(sha256).transpose()?,
+                "limit": args.source.limit,
+                "holdout": args.source.holdout,
+                "skip_invalid": args.source.skip_invalid,
+                "labels": config.labels,
+                "framing": config.framing,
+                "head_training": training,
+            });
+            let model_path = features.model_path.clone();
+            drop(features);
+            let phase = crate::head_lora::train(
+                &args.lora,
+                &model_path,
+                head,
+                data,
+                args.weight_decay,
+                args.seed,
+                &args.out,
+                resolved.clone(),
+                &reporter,
+            )
+            .await?;
+            phase.head.save(&args.out).map_err(anyhow::Error::new)?;
+            crate::head_lora::plot(
+                &args.out,
+                "reward model with LoRA: pairwise loss per step",
+                &phase.records,
+            )?;
+            // The figures are the engine's, with the adapter applied, as
+            // `qstar eval rm` and search see the model.
+            config.adapter = Some(crate::head_lora::ADAPTER_DIR.into());
+            config.adapter_sha256 = Some(adapter_sha256(&phase.adapter)?);
+            config.lora = Some(json!({
+                "rank": args.lora.lora_rank,
+                "alpha": args.lora.lora_alpha.unwrap_or(2.0 * args.lora.lora_rank as f32),
+                "targets": args.lora.lora_targets,
+                "epochs": args.lora.lora_epochs,
+                "lr": args.lora.lora_lr,
+                "steps": phase.summary.steps,
+            }));
+            write_config(&args.out, &config)?;
+            let rm = RewardModel::open(
+                &args.out,
+                None,
+                args.features.threads,
+                args.features.feature_cache.as_deref(),
+            )
+            .await?;
+            let train_metrics =
+                qstar_eval::reward_metrics(&rm.margins(&pairs, Some(&reporter)).await?);
+            let eval_metrics = if eval_pairs.is_empty() {
+                None
+            } else {
+                Some(qstar_eval::reward_metrics(
+                    &rm.margins(&eval_pairs, Some(&reporter)).await?,
+                ))
+            };
+            let figures = json!({
+                "steps": phase.summary.steps,
+                "tokens": phase.summary.tokens,
+                "tok_s": phase.summary.tok_s,
+                "resumed_from": phase.summary.resumed_from,
+                "final_loss": phase.summary.final_loss,
+                "head_only_eval_accuracy": head_eval.as_ref().map(|m| m.accuracy),
+            });
+            (train_metrics, eval_metrics, Some(figures))
+        }
+    };
+    write_config(&args.out, &config)?;
 
-    let margins = |set: &[FeaturePair]| -> Vec<f64> {
-        set.iter()
-            .map(|p| head.reward(&p.chosen) - head.reward(&p.rejected))
-            .collect()
-    };
-    let train_metrics = qstar_eval::reward_metrics(&margins(&train));
-    let eval_metrics = (!eval.is_empty()).then(|| qstar_eval::reward_metrics(&margins(&eval)));
     let last = records.last();
     let figures = json!({
+        "mode": args.mode,
         "train_pairs": train.len(),
         "eval_pairs": eval.len(),
         "skipped_lines": skipped,
@@ -641,27 +795,84 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
         "eval_accuracy": eval_metrics.as_ref().map(|m| m.accuracy),
         "eval_ece": eval_metrics.as_ref().map(|m| m.ece),
         "eval_mean_margin": eval_metrics.as_ref().map(|m| m.mean_margin),
+        "lora": lora_figures,
         "out": args.out,
     });
     let fmt = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.4}"));
+    let what = match args.mode {
+        RmMode::Head => "a reward head",
+        RmMode::Lora => "a reward head and LoRA adapter",
+    };
+    let mut rows = vec![
+        ("final train loss (head)", fmt(last.map(|r| r.train_loss))),
+        ("train accuracy", fmt(Some(train_metrics.accuracy))),
+        ("eval pairs", eval.len().to_string()),
+        (
+            "eval accuracy",
+            fmt(eval_metrics.as_ref().map(|m| m.accuracy)),
+        ),
+        ("eval ECE", fmt(eval_metrics.as_ref().map(|m| m.ece))),
+    ];
+    if args.mode == RmMode::Lora {
+        rows.push((
+            "eval accuracy, head only",
+            fmt(head_eval.as_ref().map(|m| m.accuracy)),
+        ));
+    }
     let text = Text::new()
         .line(format!(
-            "trained a reward head on {} pairs ({} labels) → {}",
+            "trained {what} on {} pairs ({} labels) → {}",
             train.len(),
             config.labels,
             args.out.display()
         ))
-        .metrics(&[
-            ("final train loss", fmt(last.map(|r| r.train_loss))),
-            ("train accuracy", fmt(Some(train_metrics.accuracy))),
-            ("eval pairs", eval.len().to_string()),
-            (
-                "eval accuracy",
-                fmt(eval_metrics.as_ref().map(|m| m.accuracy)),
-            ),
-            ("eval ECE", fmt(eval_metrics.as_ref().map(|m| m.ece))),
-        ]);
+        .metrics(&rows);
     reporter.summary(&figures, &text)
+}
+
+fn write_config(out: &Path, config: &RewardModelConfig) -> Result<()> {
+    qstar_train::checkpoint::write_atomic(
+        &out.join(CONFIG_FILE),
+        serde_json::to_string_pretty(config)?.as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// Each pair's two framed replies as token sequences for the LoRA phase,
+/// with the targets the head was fitted on; a pair too long to train on
+/// is an error naming its line, or with --skip-invalid is named and left
+/// out.
+fn scored_pairs(
+    features: &Features,
+    pairs: &[PreferencePair],
+    targets: &[FeaturePair],
+    args: &TrainRmArgs,
+    path: &Path,
+    reporter: &Reporter,
+) -> Result<Vec<qstar_train::head_objectives::ScoredPair>> {
+    let engine = features.engine();
+    let context = engine.info().config.context_length;
+    let mut out = Vec::with_capacity(pairs.len());
+    for (p, t) in pairs.iter().zip(targets) {
+        let sequence = |reply: &str| -> Result<qstar_train::Sequence> {
+            let text = framed(engine, features.framing, &p.conversation, reply)?;
+            args.lora
+                .sequence(engine.tokenize(&text, true), context)
+                .map_err(|why| UsageError(format!("{}:{}: {why}", path.display(), p.line)).into())
+        };
+        match sequence(&p.chosen).and_then(|c| Ok((c, sequence(&p.rejected)?))) {
+            Ok((chosen, rejected)) => out.push(qstar_train::head_objectives::ScoredPair {
+                chosen,
+                rejected,
+                target: t.target,
+            }),
+            Err(e) if args.source.skip_invalid => {
+                reporter.note(&format!("{e:#}: skipped"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 /// A trained model's JSON configuration; a missing or broken one is the
@@ -703,14 +914,17 @@ impl RewardModel {
         let config: RewardModelConfig = read_config(&dir.join(CONFIG_FILE))?;
         let head = load_head(dir, config.width)?;
         let model = base_model.unwrap_or(&config.base_model);
+        let adapter = config.adapter.as_ref().map(|a| dir.join(a));
         let features = Features::open(
             Some(model),
             threads,
             cache,
             Some(config.framing),
             Some(&config.base_model_sha256),
+            adapter.as_deref(),
         )
         .await?;
+        check_adapter(dir, &config.adapter_sha256, &features)?;
         Ok(RewardModel {
             config,
             head,
@@ -739,12 +953,14 @@ impl RewardModel {
     /// What records scored by this model depend on: the head's and the
     /// backbone's SHA-256.
     pub fn fingerprint(&self, dir: &Path) -> Result<serde_json::Value> {
-        Ok(json!({
+        let mut f = json!({
             "dir": dir,
             "head_sha256": sha256(&dir.join(qstar_train::reward::HEAD_FILE))?,
             "base_model_sha256": self.config.base_model_sha256,
             "framing": self.config.framing,
-        }))
+        });
+        self.features.add_adapter_to(&mut f);
+        Ok(f)
     }
 
     /// r(chosen) − r(rejected) of each pair.

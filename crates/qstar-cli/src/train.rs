@@ -110,7 +110,7 @@ fn sha256(path: &Path) -> Result<String> {
     qstar_store::sha256_of(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn train_error(e: qstar_train::TrainError) -> anyhow::Error {
+pub(crate) fn train_error(e: qstar_train::TrainError) -> anyhow::Error {
     if e.is_input_error() {
         UsageError(e.to_string()).into()
     } else {
@@ -631,7 +631,7 @@ pub async fn dpo(args: DpoArgs) -> Result<()> {
     reporter.summary(&figures, &text)
 }
 
-fn read_metrics(dir: &Path) -> Result<Vec<qstar_train::StepRecord>> {
+pub(crate) fn read_metrics(dir: &Path) -> Result<Vec<qstar_train::StepRecord>> {
     let path = dir.join("metrics.jsonl");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
@@ -642,7 +642,7 @@ fn read_metrics(dir: &Path) -> Result<Vec<qstar_train::StepRecord>> {
 
 /// What PEFT's config names as the base model: the default model's hub
 /// name, or the GGUF's own name.
-fn base_model_name(model_path: &Path) -> String {
+pub(crate) fn base_model_name(model_path: &Path) -> String {
     if model_path == qstar_engine::fetch::default_model_path() {
         return "HuggingFaceTB/SmolLM2-135M-Instruct".into();
     }

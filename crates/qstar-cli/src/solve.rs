@@ -208,6 +208,8 @@ fn trained_model(kind: VerifierKind, name: &str, dir: Option<&str>) -> Result<Ve
 pub struct Setup {
     pub model: Arc<dyn LanguageModel>,
     pub reference_model: Option<Arc<dyn LanguageModel>>,
+    /// The reference engine's parameter count, for its FLOPs.
+    pub reference_parameters: Option<u64>,
     /// For FLOP estimates; `None` when a server does not say.
     pub parameters: Option<u64>,
     pub task: Task,
@@ -307,15 +309,16 @@ impl SearchArgs {
         // The dpo verifier's reference (`reference_engine` refuses a search
         // with neither --ref-model nor --adapter); another verifier loads
         // one only when --ref-model asks for it.
-        let reference_model: Option<Arc<dyn LanguageModel>> =
+        let (reference_model, reference_parameters): (Option<Arc<dyn LanguageModel>>, _) =
             if verifier == Some(VerifierKind::Dpo) || self.ref_model.is_some() {
-                Some(Arc::new(
-                    self.backend
-                        .reference_engine(self.ref_model.as_deref())
-                        .await?,
-                ))
+                let engine = self
+                    .backend
+                    .reference_engine(self.ref_model.as_deref())
+                    .await?;
+                let parameters = engine.info().parameters as u64;
+                (Some(Arc::new(engine)), Some(parameters))
             } else {
-                None
+                (None, None)
             };
         let trained = self
             .verifier
@@ -348,6 +351,7 @@ impl SearchArgs {
         Ok(Setup {
             model,
             reference_model,
+            reference_parameters,
             parameters,
             task,
             problems,
@@ -372,6 +376,7 @@ impl Setup {
         Solver {
             model: self.model.as_ref(),
             reference_model: self.reference_model.as_deref(),
+            reference_parameters: self.reference_parameters,
             parameters: self.parameters,
             task: self.task,
             config: &self.config,

@@ -537,17 +537,20 @@ pub fn solve<'py>(
     let opened = model_or_default(py, model)?;
     let parallel = parallel.max(1);
     let records = wait_with(py, move || async move {
-        let reference: Option<Arc<dyn LanguageModel>> = match &ref_model {
-            Some(path) => {
-                let engine =
-                    qstar_engine::Engine::load(path, Default::default()).map_err(qstar_error)?;
-                Some(Arc::new(engine))
-            }
-            None => None,
-        };
+        let (reference, reference_parameters): (Option<Arc<dyn LanguageModel>>, _) =
+            match &ref_model {
+                Some(path) => {
+                    let engine = qstar_engine::Engine::load(path, Default::default())
+                        .map_err(qstar_error)?;
+                    let parameters = engine.info().parameters as u64;
+                    (Some(Arc::new(engine)), Some(parameters))
+                }
+                None => (None, None),
+            };
         let solver = Solver {
             model: opened.model.as_ref(),
             reference_model: reference.as_deref(),
+            reference_parameters,
             parameters: opened.parameters,
             task,
             config: &config,

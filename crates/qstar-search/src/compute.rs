@@ -88,6 +88,11 @@ impl Meter {
         }
     }
 
+    /// The policy's parameter count the meter reckons FLOPs on.
+    pub fn parameters(&self) -> Option<u64> {
+        self.parameters
+    }
+
     pub fn record(&self, caller: Caller, calls: usize, usage: &Usage) {
         self.record_model(caller, calls, usage, self.parameters);
     }

@@ -365,14 +365,17 @@ impl<'a> Searcher<'a> {
         Ok(responses)
     }
 
-    /// Counts a batch of verifier calls and what they used.
+    /// Counts a batch of verifier calls and what they used, the FLOPs on a
+    /// model of `parameters` (`None`: unknown).
     fn record_verifier<'u>(
         &self,
         calls: usize,
         usages: impl Iterator<Item = &'u qstar_core::Usage>,
+        parameters: Option<u64>,
     ) {
         for usage in usages {
-            self.meter.record(Caller::Verifier, 0, usage);
+            self.meter
+                .record_model(Caller::Verifier, 0, usage, parameters);
         }
         self.meter
             .record(Caller::Verifier, calls, &Default::default());
@@ -389,21 +392,35 @@ impl<'a> Searcher<'a> {
         }
         let calls = requests.len();
         let responses = model.choose(requests).await?;
-        self.record_verifier(calls, responses.iter().map(|r| &r.usage));
+        let parameters = self.meter.parameters();
+        self.record_verifier(calls, responses.iter().map(|r| &r.usage), parameters);
         Ok(responses)
     }
 
+    /// Scores on the policy's model size (a verifier that is the policy).
     pub async fn score(
         &self,
         model: &dyn LanguageModel,
         requests: Vec<ScoreRequest>,
+    ) -> Result<Vec<ScoreResponse>, SearchError> {
+        let parameters = self.meter.parameters();
+        self.score_on(model, requests, parameters).await
+    }
+
+    /// Scores with another model than the policy (DPO's reference), whose
+    /// FLOPs are reckoned on its own `parameters`.
+    pub async fn score_on(
+        &self,
+        model: &dyn LanguageModel,
+        requests: Vec<ScoreRequest>,
+        parameters: Option<u64>,
     ) -> Result<Vec<ScoreResponse>, SearchError> {
         if requests.is_empty() {
             return Ok(Vec::new());
         }
         let calls = requests.len();
         let responses = model.score(requests).await?;
-        self.record_verifier(calls, responses.iter().map(|r| &r.usage));
+        self.record_verifier(calls, responses.iter().map(|r| &r.usage), parameters);
         Ok(responses)
     }
 

@@ -101,6 +101,9 @@ pub struct Solver<'a> {
     pub model: &'a dyn LanguageModel,
     /// The reference model of the dpo verifier (default: `model`).
     pub reference_model: Option<&'a dyn LanguageModel>,
+    /// The reference model's size, for its FLOPs (`None`: unknown; unused
+    /// when the reference is `model`).
+    pub reference_parameters: Option<u64>,
     /// For FLOP estimates; `None` when unknown.
     pub parameters: Option<u64>,
     pub task: Task,
@@ -131,6 +134,10 @@ impl Solver<'_> {
             VerifierKind::Dpo => Box::new(DpoVerifier {
                 policy: self.model,
                 reference: self.reference_model.unwrap_or(self.model),
+                reference_parameters: match self.reference_model {
+                    Some(_) => self.reference_parameters,
+                    None => self.parameters,
+                },
                 beta: self.beta,
             }),
             VerifierKind::Likelihood => Box::new(LikelihoodVerifier { model: self.model }),

@@ -350,6 +350,8 @@ fn step_requests(s: &Searcher<'_>, tree: &Tree, nodes: &[NodeId]) -> Vec<ScoreRe
 pub struct DpoVerifier<'m> {
     pub policy: &'m dyn LanguageModel,
     pub reference: &'m dyn LanguageModel,
+    /// The reference's size, for its FLOPs (`None`: unknown).
+    pub reference_parameters: Option<u64>,
     pub beta: f64,
 }
 
@@ -372,7 +374,9 @@ impl Verifier for DpoVerifier<'_> {
         let nodes = unscored(tree, leaves);
         let requests = step_requests(s, tree, &nodes);
         let policy = s.score(self.policy, requests.clone()).await?;
-        let reference = s.score(self.reference, requests).await?;
+        let reference = s
+            .score_on(self.reference, requests, self.reference_parameters)
+            .await?;
         let mut margins = policy
             .iter()
             .zip(&reference)

@@ -400,3 +400,117 @@ async fn a_token_budget_stops_the_search_early() {
         );
     }
 }
+
+/// The toy policy that can also score: each continuation character is a
+/// token of log-prob `logprob`, and every scored character is a computed
+/// prompt token.
+struct ScoringToy {
+    logprob: f32,
+}
+
+#[async_trait]
+impl LanguageModel for ScoringToy {
+    fn backend_name(&self) -> String {
+        "scoring toy".into()
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            score: true,
+            ..ToyModel.capabilities()
+        }
+    }
+    async fn generate(
+        &self,
+        requests: Vec<GenerateRequest>,
+    ) -> Result<Vec<GenerateResponse>, ModelError> {
+        ToyModel.generate(requests).await
+    }
+    async fn score(&self, requests: Vec<ScoreRequest>) -> Result<Vec<ScoreResponse>, ModelError> {
+        Ok(requests
+            .iter()
+            .map(|r| {
+                let tokens: Vec<TokenLogprob> = r
+                    .continuation
+                    .chars()
+                    .map(|c| TokenLogprob {
+                        id: c as u32,
+                        text: c.to_string(),
+                        logprob: Some(self.logprob),
+                        rank: None,
+                        top: Vec::new(),
+                    })
+                    .collect();
+                ScoreResponse {
+                    total_logprob: self.logprob as f64 * tokens.len() as f64,
+                    usage: Usage {
+                        prompt_tokens: r.prompt.chars().count() + tokens.len(),
+                        prompt_tokens_reused: 0,
+                        completion_tokens: 0,
+                    },
+                    tokens,
+                }
+            })
+            .collect())
+    }
+    async fn choose(&self, _: Vec<ChooseRequest>) -> Result<Vec<ChooseResponse>, ModelError> {
+        Err(ModelError::InvalidRequest("toy".into()))
+    }
+    fn render_chat(&self, _: &[Message], _: bool) -> Result<String, ModelError> {
+        Ok(PROMPT.into())
+    }
+}
+
+#[tokio::test]
+async fn the_dpo_reference_is_metered_on_its_own_size() {
+    let (p, c) = (problem(), config());
+    let policy = ScoringToy { logprob: -0.5 };
+    let reference = ScoringToy { logprob: -1.0 };
+    // The checker scores nothing: what generation alone costs.
+    let unscored = Meter::new(10);
+    let s = Searcher::new(&policy, TASK, &p, &c, &unscored).unwrap();
+    let checker = qstar_search::verifier::CheckerVerifier;
+    let scorer = Scorer {
+        verifier: &checker,
+        aggregation: qstar_search::Aggregation::Last,
+    };
+    run(Strategy::BestOfN, &s, 4, Some(scorer)).await.unwrap();
+    let generation = unscored.total();
+
+    let meter = Meter::new(10);
+    let s = Searcher::new(&policy, TASK, &p, &c, &meter).unwrap();
+    let dpo = qstar_search::verifier::DpoVerifier {
+        policy: &policy,
+        reference: &reference,
+        reference_parameters: Some(1000),
+        beta: 1.0,
+    };
+    let scorer = Scorer {
+        verifier: &dpo,
+        aggregation: qstar_search::Aggregation::Last,
+    };
+    run(Strategy::BestOfN, &s, 4, Some(scorer)).await.unwrap();
+    let spent = meter.total();
+    assert_eq!(spent.tokens_generated, generation.tokens_generated);
+    // Both models score the same texts: half the extra prompt tokens each.
+    let extra = spent.prompt_tokens_computed - generation.prompt_tokens_computed;
+    assert!(
+        extra > 0 && extra.is_multiple_of(2),
+        "{spent:?} {generation:?}"
+    );
+    let each = (extra / 2) as f64;
+    let flops = generation.flops.unwrap() + 2.0 * 10.0 * each + 2.0 * 1000.0 * each;
+    assert_eq!(spent.flops, Some(flops), "{spent:?}");
+    // A reference of unknown size makes the total unknown.
+    let meter = Meter::new(10);
+    let s = Searcher::new(&policy, TASK, &p, &c, &meter).unwrap();
+    let dpo = qstar_search::verifier::DpoVerifier {
+        reference_parameters: None,
+        ..dpo
+    };
+    let scorer = Scorer {
+        verifier: &dpo,
+        aggregation: qstar_search::Aggregation::Last,
+    };
+    run(Strategy::BestOfN, &s, 4, Some(scorer)).await.unwrap();
+    assert_eq!(meter.total().flops, None);
+}

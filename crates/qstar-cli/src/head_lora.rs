@@ -156,18 +156,52 @@ impl ScoredData {
 pub struct LoraPhase {
     pub head: RewardHead,
     pub adapter: PathBuf,
+    /// The adapter's settings (the starting adapter's, when there was one).
+    pub lora: LoraConfig,
     pub summary: Summary,
     pub records: Vec<StepRecord>,
 }
 
-/// Trains the adapters and `head` on `data` in `out/lora` (continuing a
-/// killed run there), then writes the adapter to `out/adapter` and returns
-/// the trained head. `resolved` is everything else the run depends on (the
-/// command's data, labels and head settings); the phase adds its own.
+impl LoraPhase {
+    /// How the adapter was trained, for the model's config.
+    pub fn describe(&self, args: &LoraPhaseArgs) -> serde_json::Value {
+        json!({
+            "rank": self.lora.rank,
+            "alpha": self.lora.alpha,
+            "targets": self.lora.targets,
+            "epochs": args.lora_epochs,
+            "lr": args.lora_lr,
+            "steps": self.summary.steps,
+        })
+    }
+}
+
+/// Copies the adapter a head was fitted on into the model's directory, so
+/// the model does not depend on a path outside it; returns the copy.
+pub fn keep_adapter(adapter: &Path, out: &Path) -> Result<PathBuf> {
+    let dir = out.join(ADAPTER_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for file in qstar_engine::peft::adapter_files(adapter) {
+        let name = file
+            .file_name()
+            .ok_or_else(|| anyhow::anyhow!("{}: not a file", file.display()))?;
+        let bytes =
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        qstar_train::checkpoint::write_atomic(&dir.join(name), &bytes)?;
+    }
+    Ok(dir)
+}
+
+/// Trains the adapters (fresh, or starting from `init_adapter`) and `head`
+/// on `data` in `out/lora` (continuing a killed run there), then writes the
+/// adapter to `out/adapter` and returns the trained head. `resolved` is
+/// everything else the run depends on (the command's data, labels, head
+/// settings and starting adapter); the phase adds its own.
 #[allow(clippy::too_many_arguments)]
 pub async fn train(
     args: &LoraPhaseArgs,
     model_path: &Path,
+    init_adapter: Option<&Path>,
     head: RewardHead,
     data: ScoredData,
     weight_decay: f64,
@@ -182,7 +216,18 @@ pub async fn train(
     }
     let config = args.config(&lens, weight_decay, seed);
     config.check().map_err(|e| UsageError(e.to_string()))?;
-    let lora_config = args.lora();
+    let (model_config, weights) = Weights::from_gguf(model_path)?;
+    let lora = match init_adapter {
+        Some(dir) => {
+            let engine_config = qstar_engine::llama::LlamaConfig::from_gguf(
+                &qstar_engine::gguf::GgufFile::open(model_path)?,
+            )?;
+            let adapter = qstar_engine::peft::load_peft(dir, &engine_config)?;
+            Lora::from_adapter(&model_config, &adapter, 0.0).map_err(UsageError)?
+        }
+        None => Lora::init(&model_config, args.lora(), seed).map_err(UsageError)?,
+    };
+    let lora_config = lora.config.clone();
     resolved["lora"] = json!(lora_config);
     resolved["lora_train"] = json!(config);
     resolved["max_len"] = json!(args.max_len);
@@ -194,8 +239,6 @@ pub async fn train(
     qstar_train::checkpoint::write_atomic(&run_dir.join("config.json"), text.as_bytes())?;
     let key = qstar_store::sha256_hex(text.as_bytes());
 
-    let (model_config, weights) = Weights::from_gguf(model_path)?;
-    let lora = Lora::init(&model_config, lora_config, seed).map_err(UsageError)?;
     let mut model = Model::new(model_config.clone(), weights, Some(lora))
         .map_err(UsageError)?
         .with_head(ScoreHead::from_reward_head(&head))
@@ -204,7 +247,7 @@ pub async fn train(
     let steps = config.max_steps.map_or(planned, |m| m.min(planned));
     reporter.note(&format!(
         "training a rank-{} adapter with the head: {} examples ({} tokens), {steps} steps",
-        args.lora_rank,
+        lora_config.rank,
         lens.len(),
         lens.iter().sum::<usize>()
     ));
@@ -282,6 +325,7 @@ pub async fn train(
     Ok(LoraPhase {
         head,
         adapter: adapter_dir,
+        lora: lora_config,
         summary,
         records,
     })

@@ -329,7 +329,7 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
         args.features.feature_cache.as_deref(),
         None,
         None,
-        None,
+        args.features.adapter.as_deref(),
     )
     .await?;
     let delimiter = args.step_delimiter.replace("\\n", "\n");
@@ -381,6 +381,11 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
     let (train_accuracy, eval_loss, eval_accuracy, lora_figures) = match args.mode {
         RmMode::Head => {
             head.save(&args.out).map_err(anyhow::Error::new)?;
+            if let Some(adapter) = &args.features.adapter {
+                let kept = crate::head_lora::keep_adapter(adapter, &args.out)?;
+                config.adapter = Some(crate::head_lora::ADAPTER_DIR.into());
+                config.adapter_sha256 = Some(adapter_sha256(&kept)?);
+            }
             let curve =
                 |f: &dyn Fn(&qstar_train::reward::EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
                     records
@@ -412,12 +417,14 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
                 "labels": config.labels,
                 "step_delimiter": delimiter,
                 "head_training": config.training,
+                "init_adapter_sha256": features.adapter_sha256,
             });
             let model_path = features.model_path.clone();
             drop(features);
             let phase = crate::head_lora::train(
                 &args.lora,
                 &model_path,
+                args.features.adapter.as_deref(),
                 head,
                 data,
                 args.weight_decay,
@@ -435,14 +442,7 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
             )?;
             config.adapter = Some(crate::head_lora::ADAPTER_DIR.into());
             config.adapter_sha256 = Some(adapter_sha256(&phase.adapter)?);
-            config.lora = Some(json!({
-                "rank": args.lora.lora_rank,
-                "alpha": args.lora.lora_alpha.unwrap_or(2.0 * args.lora.lora_rank as f32),
-                "targets": args.lora.lora_targets,
-                "epochs": args.lora.lora_epochs,
-                "lr": args.lora.lora_lr,
-                "steps": phase.summary.steps,
-            }));
+            config.lora = Some(phase.describe(&args.lora));
             write_config(&args.out, &config)?;
             // The figures are the engine's, with the adapter applied, as
             // search sees the model.

@@ -47,6 +47,12 @@ pub struct FeatureArgs {
     /// qstar's cache directory).
     #[arg(long)]
     pub feature_cache: Option<PathBuf>,
+    /// A LoRA adapter (PEFT's layout) on the backbone: the head reads the
+    /// adapted model's states (a policy's own, say), and with --mode lora
+    /// the adapters start from it (its rank, alpha and targets replace the
+    /// --lora-* ones). A copy is kept in the trained model's directory.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 /// The pairs a training command learns from, and the ones it is evaluated
@@ -632,7 +638,7 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
         args.features.feature_cache.as_deref(),
         None,
         None,
-        None,
+        args.features.adapter.as_deref(),
     )
     .await?;
     let train_states = features.pair_states(&pairs, Some(&reporter)).await?;
@@ -677,6 +683,11 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
     let (train_metrics, eval_metrics, lora_figures) = match args.mode {
         RmMode::Head => {
             head.save(&args.out).map_err(anyhow::Error::new)?;
+            if let Some(adapter) = &args.features.adapter {
+                let kept = crate::head_lora::keep_adapter(adapter, &args.out)?;
+                config.adapter = Some(crate::head_lora::ADAPTER_DIR.into());
+                config.adapter_sha256 = Some(adapter_sha256(&kept)?);
+            }
             let train_curve: Vec<(f64, f64)> = records
                 .iter()
                 .map(|r| (r.epoch as f64, r.train_loss))
@@ -719,12 +730,14 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
                 "labels": config.labels,
                 "framing": config.framing,
                 "head_training": training,
+                "init_adapter_sha256": features.adapter_sha256,
             });
             let model_path = features.model_path.clone();
             drop(features);
             let phase = crate::head_lora::train(
                 &args.lora,
                 &model_path,
+                args.features.adapter.as_deref(),
                 head,
                 data,
                 args.weight_decay,
@@ -744,14 +757,7 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
             // `qstar eval rm` and search see the model.
             config.adapter = Some(crate::head_lora::ADAPTER_DIR.into());
             config.adapter_sha256 = Some(adapter_sha256(&phase.adapter)?);
-            config.lora = Some(json!({
-                "rank": args.lora.lora_rank,
-                "alpha": args.lora.lora_alpha.unwrap_or(2.0 * args.lora.lora_rank as f32),
-                "targets": args.lora.lora_targets,
-                "epochs": args.lora.lora_epochs,
-                "lr": args.lora.lora_lr,
-                "steps": phase.summary.steps,
-            }));
+            config.lora = Some(phase.describe(&args.lora));
             write_config(&args.out, &config)?;
             let rm = RewardModel::open(
                 &args.out,

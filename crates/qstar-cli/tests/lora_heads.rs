@@ -157,6 +157,49 @@ fn a_lora_reward_model_trains_past_its_head_and_scores_through_the_engine() {
         before
     );
 
+    // A head on the adapted model's states (`--adapter`) keeps its own
+    // copy of the adapter; fitted with the same settings on the base
+    // model's states, the same pairs give another head.
+    let head_on = |out: &Path, adapter: Option<&Path>| {
+        let mut cmd = qstar();
+        cmd.args(["train", "rm", "--pairs", path(&pairs), "--holdout", "2"])
+            .args(["--feature-cache", path(&cache), "--json", "--out"])
+            .arg(out);
+        if let Some(a) = adapter {
+            cmd.arg("--adapter").arg(a);
+        }
+        let run = cmd.output().expect("run");
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        serde_json::from_slice::<Value>(&run.stdout).expect("summary")
+    };
+    let on_adapter = dir.path().join("on-adapter");
+    let on_base = dir.path().join("on-base");
+    let summary_on_adapter = head_on(&on_adapter, Some(&rm.join("adapter")));
+    head_on(&on_base, None);
+    let kept: Value = serde_json::from_str(
+        &std::fs::read_to_string(on_adapter.join("reward_model.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(kept["mode"], "head");
+    assert_eq!(kept["adapter_sha256"], config["adapter_sha256"]);
+    assert_eq!(
+        std::fs::read(on_adapter.join("adapter/adapter_model.safetensors")).unwrap(),
+        std::fs::read(rm.join("adapter/adapter_model.safetensors")).unwrap()
+    );
+    assert_ne!(
+        std::fs::read(on_adapter.join("reward_head.safetensors")).unwrap(),
+        std::fs::read(on_base.join("reward_head.safetensors")).unwrap(),
+        "the adapter did not change the states"
+    );
+    assert_eq!(
+        eval(&on_adapter)["accuracy"],
+        summary_on_adapter["eval_accuracy"]
+    );
+
     // Another adapter in the directory is refused, naming the reason.
     let config_file = rm.join("adapter/adapter_config.json");
     let mut text = std::fs::read_to_string(&config_file).expect("config");

@@ -1,11 +1,14 @@
 //! The LoRA mode of `qstar train rm` and `qstar train prm`: after the head
 //! is fitted on cached states, it learns together with LoRA adapters on the
-//! backbone, through the trainer's forward and backward passes. Starting
-//! from the fitted head means the run begins where head-only training
-//! ended, so the adapters can only add to it. The run is resumable like
-//! every training run (its checkpoints hold the adapters, the head and the
-//! optimizer), and its result is the head and a PEFT adapter, which the
-//! engine applies when the model scores.
+//! backbone, through the trainer's forward and backward passes. The run
+//! starts from the fitted head (not from zero), with the same loss. Its
+//! states are the trainer's f32 ones, while the engine that scores later
+//! rounds activations to 8 bits on quantized weights; the two agree closely
+//! (`qstar-train`'s hidden-state test) but not exactly, so nothing
+//! guarantees the adapters improve on the head: the summary reports both.
+//! The run is resumable like every training run (its checkpoints hold the
+//! adapters, the head and the optimizer), and its result is the head and a
+//! PEFT adapter, which the engine applies when the model scores.
 
 use std::path::{Path, PathBuf};
 
@@ -196,7 +199,8 @@ pub fn keep_adapter(adapter: &Path, out: &Path) -> Result<PathBuf> {
 /// on `data` in `out/lora` (continuing a killed run there), then writes the
 /// adapter to `out/adapter` and returns the trained head. `resolved` is
 /// everything else the run depends on (the command's data, labels, head
-/// settings and starting adapter); the phase adds its own.
+/// settings, starting adapter and the model's SHA-256); the phase adds its
+/// own.
 #[allow(clippy::too_many_arguments)]
 pub async fn train(
     args: &LoraPhaseArgs,
@@ -213,6 +217,16 @@ pub async fn train(
     let lens = data.lens();
     if lens.is_empty() {
         return Err(UsageError("nothing to train the adapters on".into()).into());
+    }
+    if let Some(dir) = init_adapter {
+        let inside = |p: &Path| p.canonicalize().ok();
+        if inside(dir).is_some() && inside(dir) == inside(&out.join(ADAPTER_DIR)) {
+            return Err(UsageError(format!(
+                "--adapter {} is where this run writes its own adapter; copy it elsewhere first",
+                dir.display()
+            ))
+            .into());
+        }
     }
     let config = args.config(&lens, weight_decay, seed);
     config.check().map_err(|e| UsageError(e.to_string()))?;
@@ -231,13 +245,13 @@ pub async fn train(
     resolved["lora"] = json!(lora_config);
     resolved["lora_train"] = json!(config);
     resolved["max_len"] = json!(args.max_len);
-    resolved["model_sha256"] = json!(crate::reward::sha256(model_path)?);
     let run_dir = out.join(RUN_DIR);
     let text = serde_json::to_string_pretty(&resolved)?;
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create {}", run_dir.display()))?;
-    qstar_train::checkpoint::write_atomic(&run_dir.join("config.json"), text.as_bytes())?;
     let key = qstar_store::sha256_hex(text.as_bytes());
+    // The directory is checked (or claimed) before its config.json is
+    // written, so a refused run leaves the other run's description alone.
+    qstar_train::run::open_run(&run_dir, &key).map_err(train_error)?;
+    qstar_train::checkpoint::write_atomic(&run_dir.join("config.json"), text.as_bytes())?;
 
     let mut model = Model::new(model_config.clone(), weights, Some(lora))
         .map_err(UsageError)?

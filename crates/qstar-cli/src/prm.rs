@@ -19,7 +19,8 @@ use serde_json::{json, Value};
 
 use crate::report::{Reporter, Text};
 use crate::reward::{
-    adapter_sha256, check_adapter, load_head, read_config, sha256, FeatureArgs, Features, RmMode,
+    adapter_sha256, check_adapter, load_checked_head, read_config, remove_config, save_head,
+    sha256, FeatureArgs, Features, RmMode,
 };
 use crate::{non_empty, UsageError};
 
@@ -231,8 +232,11 @@ pub struct PrmConfig {
     pub steps_sha256: String,
     #[serde(default = "head_mode")]
     pub mode: RmMode,
-    /// With `mode: lora`: the adapter's directory inside the model's, the
-    /// hash of its files, and how it was trained.
+    /// The head file's SHA-256 (see `RewardModelConfig::head_sha256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_sha256: Option<String>,
+    /// With an adapter (`--mode lora` or `--adapter`): its directory inside
+    /// the model's, the hash of its files, and how it was trained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -341,6 +345,7 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
 
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
+    remove_config(&args.out, PRM_CONFIG_FILE)?;
     let mut log = String::new();
     let bar = reporter.progress(args.epochs, 0, "train prm", "epochs");
     let (head, records) = train_step_head(&train, &eval, &training, |r| {
@@ -368,6 +373,7 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
         eval_steps: eval.len(),
         steps_sha256: sha256(&args.steps)?,
         mode: args.mode,
+        head_sha256: None,
         adapter: None,
         adapter_sha256: None,
         lora: None,
@@ -380,7 +386,7 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
     );
     let (train_accuracy, eval_loss, eval_accuracy, lora_figures) = match args.mode {
         RmMode::Head => {
-            head.save(&args.out).map_err(anyhow::Error::new)?;
+            config.head_sha256 = Some(save_head(&head, &args.out)?);
             if let Some(adapter) = &args.features.adapter {
                 let kept = crate::head_lora::keep_adapter(adapter, &args.out)?;
                 config.adapter = Some(crate::head_lora::ADAPTER_DIR.into());
@@ -418,6 +424,7 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
                 "step_delimiter": delimiter,
                 "head_training": config.training,
                 "init_adapter_sha256": features.adapter_sha256,
+                "model_sha256": features.model_sha256,
             });
             let model_path = features.model_path.clone();
             drop(features);
@@ -434,7 +441,7 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
                 &reporter,
             )
             .await?;
-            phase.head.save(&args.out).map_err(anyhow::Error::new)?;
+            config.head_sha256 = Some(save_head(&phase.head, &args.out)?);
             crate::head_lora::plot(
                 &args.out,
                 "process reward model with LoRA: step cross-entropy per step",
@@ -508,7 +515,13 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
     });
     let fmt = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.4}"));
     let mut lines = vec![
-        ("final train loss (head)", fmt(last.map(|r| r.train_loss))),
+        (
+            match args.mode {
+                RmMode::Head => "final train loss",
+                RmMode::Lora => "final train loss (head phase)",
+            },
+            fmt(last.map(|r| r.train_loss)),
+        ),
         ("train step accuracy", fmt(train_accuracy)),
         ("eval steps", eval.len().to_string()),
         ("eval loss", fmt(eval_loss)),
@@ -611,7 +624,7 @@ pub struct ProcessRewardModel {
 impl ProcessRewardModel {
     pub async fn open(dir: &Path, threads: usize) -> Result<Self> {
         let config: PrmConfig = read_config(&dir.join(PRM_CONFIG_FILE))?;
-        let head = load_head(dir, config.width)?;
+        let head = load_checked_head(dir, config.width, &config.head_sha256)?;
         let adapter = config.adapter.as_ref().map(|a| dir.join(a));
         let mut features = Features::open(
             Some(&config.base_model),

@@ -158,8 +158,13 @@ pub struct RewardModelConfig {
     pub training: HeadTraining,
     pub train_pairs: usize,
     pub pairs_sha256: String,
-    /// With `mode: lora`: the adapter's directory inside the model's, the
-    /// hash of its files, and how it was trained.
+    /// The head file's SHA-256, so that a head written by another run into
+    /// the same directory is never read with this config (models written
+    /// before it was recorded have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_sha256: Option<String>,
+    /// With an adapter (`--mode lora` or `--adapter`): its directory inside
+    /// the model's, the hash of its files, and how it was trained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -487,6 +492,46 @@ impl Features {
     }
 }
 
+/// Saves a trained head into a model's directory; returns its SHA-256.
+pub fn save_head(head: &RewardHead, out: &Path) -> Result<String> {
+    head.save(out).map_err(anyhow::Error::new)?;
+    sha256(&out.join(qstar_train::reward::HEAD_FILE))
+}
+
+/// Removes a model's config file if there is one (a run about to write a
+/// model there), so a run that fails half-way leaves no model that pairs
+/// its files with another run's.
+pub fn remove_config(out: &Path, name: &str) -> Result<()> {
+    let path = out.join(name);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(anyhow::Error::new(e).context(format!("cannot replace {}", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The head in `dir`, checked to read `width` features and, when the
+/// config records it, to be the head the config was written with.
+pub fn load_checked_head(
+    dir: &Path,
+    width: usize,
+    expected_sha256: &Option<String>,
+) -> Result<RewardHead> {
+    if let Some(expected) = expected_sha256 {
+        let found = sha256(&dir.join(qstar_train::reward::HEAD_FILE))
+            .map_err(|e| UsageError(format!("{e:#}")))?;
+        if &found != expected {
+            return Err(UsageError(format!(
+                "{}: the head is not the one this model's config was written with (SHA-256 {found} ≠ {expected})",
+                dir.display()
+            ))
+            .into());
+        }
+    }
+    load_head(dir, width)
+}
+
 /// A model whose adapter is not the one its config names (edited or
 /// replaced since training) is refused.
 pub fn check_adapter(dir: &Path, expected: &Option<String>, features: &Features) -> Result<()> {
@@ -649,6 +694,9 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
 
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
+    // A model already in the directory stops being one until this run has
+    // written all of its own files.
+    remove_config(&args.out, CONFIG_FILE)?;
     let mut log = String::new();
     let bar = reporter.progress(args.epochs, 0, "train rm", "epochs");
     let (head, records) = train_head(&train, &eval, &training, |r| {
@@ -676,13 +724,14 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
         training,
         train_pairs: train.len(),
         pairs_sha256: sha256(&args.source.pairs)?,
+        head_sha256: None,
         adapter: None,
         adapter_sha256: None,
         lora: None,
     };
     let (train_metrics, eval_metrics, lora_figures) = match args.mode {
         RmMode::Head => {
-            head.save(&args.out).map_err(anyhow::Error::new)?;
+            config.head_sha256 = Some(save_head(&head, &args.out)?);
             if let Some(adapter) = &args.features.adapter {
                 let kept = crate::head_lora::keep_adapter(adapter, &args.out)?;
                 config.adapter = Some(crate::head_lora::ADAPTER_DIR.into());
@@ -731,6 +780,7 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
                 "framing": config.framing,
                 "head_training": training,
                 "init_adapter_sha256": features.adapter_sha256,
+                "model_sha256": features.model_sha256,
             });
             let model_path = features.model_path.clone();
             drop(features);
@@ -747,7 +797,7 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
                 &reporter,
             )
             .await?;
-            phase.head.save(&args.out).map_err(anyhow::Error::new)?;
+            config.head_sha256 = Some(save_head(&phase.head, &args.out)?);
             crate::head_lora::plot(
                 &args.out,
                 "reward model with LoRA: pairwise loss per step",
@@ -810,7 +860,13 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
         RmMode::Lora => "a reward head and LoRA adapter",
     };
     let mut rows = vec![
-        ("final train loss (head)", fmt(last.map(|r| r.train_loss))),
+        (
+            match args.mode {
+                RmMode::Head => "final train loss",
+                RmMode::Lora => "final train loss (head phase)",
+            },
+            fmt(last.map(|r| r.train_loss)),
+        ),
         ("train accuracy", fmt(Some(train_metrics.accuracy))),
         ("eval pairs", eval.len().to_string()),
         (
@@ -918,7 +974,7 @@ impl RewardModel {
         cache: Option<&Path>,
     ) -> Result<Self> {
         let config: RewardModelConfig = read_config(&dir.join(CONFIG_FILE))?;
-        let head = load_head(dir, config.width)?;
+        let head = load_checked_head(dir, config.width, &config.head_sha256)?;
         let model = base_model.unwrap_or(&config.base_model);
         let adapter = config.adapter.as_ref().map(|a| dir.join(a));
         let features = Features::open(

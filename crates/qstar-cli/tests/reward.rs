@@ -219,26 +219,71 @@ fn orm_model_verifier(rm: &Path, dir: &Path, cache: &str) {
     assert!(generated.status.success());
     let solved = dir.join("orm.jsonl");
     let verifier = format!("orm-model:{}", rm.display());
-    let summary = ok(&[
-        "solve",
-        "--task",
-        "arithmetic",
-        "--strategy",
-        "best-of-n",
-        "--budget",
-        "3",
-        "--temperature",
-        "1.0",
-        "--max-tokens",
-        "40",
-        "--verifier",
-        &verifier,
-        "--input",
-        input.to_str().expect("path"),
-        "--out",
-        solved.to_str().expect("path"),
-        "--json",
-    ]);
+    // A qstar home of its own: the default feature cache there starts
+    // empty, so the verifier's states are computed here (the model is
+    // named, so nothing is fetched into it).
+    let home = dir.join("home");
+    let info = ok(&["model", "info", "--json"]);
+    let model = info["path"].as_str().expect("model path").to_string();
+    let best_of_3 = |verifier: &str, out: &Path| {
+        let run = qstar()
+            .env("QSTAR_HOME", &home)
+            .args([
+                "solve",
+                "--model",
+                &model,
+                "--task",
+                "arithmetic",
+                "--strategy",
+                "best-of-n",
+                "--budget",
+                "3",
+                "--temperature",
+                "1.0",
+                "--max-tokens",
+                "40",
+                "--verifier",
+                verifier,
+                "--input",
+                input.to_str().expect("path"),
+                "--out",
+                out.to_str().expect("path"),
+                "--json",
+            ])
+            .output()
+            .expect("run");
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        serde_json::from_slice::<Value>(&run.stdout).expect("a JSON summary")
+    };
+    let summary = best_of_3(&verifier, &solved);
+    // The reward model's forward passes are metered: the checker (free)
+    // ranks the same seeded samples, so the difference is the reward
+    // model's, its FLOPs on its layers' parameters (a state never runs the
+    // output projection).
+    let checked = dir.join("checked.jsonl");
+    best_of_3("checker", &checked);
+    assert!(
+        !home.join("models").exists(),
+        "the test fetched a model into its home"
+    );
+    let config = &info["config"];
+    let dim = |k: &str| config[k].as_f64().expect(k);
+    let (d, kv) = (dim("n_embd"), dim("n_head_kv") * dim("head_dim"));
+    let layer_parameters = dim("n_layer") * (2.0 * d * d + 2.0 * d * kv + 3.0 * d * dim("n_ff"));
+    for (with_rm, with_checker) in rows(&solved).iter().zip(rows(&checked).iter()) {
+        let (r, c) = (&with_rm["compute"], &with_checker["compute"]);
+        let n = |v: &Value, k: &str| v[k].as_f64().expect(k);
+        assert_eq!(r["tokens_generated"], c["tokens_generated"], "{r} {c}");
+        let computed = n(r, "prompt_tokens_computed") - n(c, "prompt_tokens_computed");
+        assert!(computed > 0.0, "{r} {c}");
+        assert!(n(r, "verifier_calls") >= 1.0, "{r}");
+        let flops = n(c, "flops") + 2.0 * layer_parameters * computed;
+        assert!((n(r, "flops") - flops).abs() <= 1e-9 * flops, "{r} {c}");
+    }
     assert_eq!(summary["questions"], 2);
     assert!(summary["verifier_calls"].as_u64().expect("calls") > 0);
     let logit = |p: f64| (p / (1.0 - p)).ln();

@@ -5,7 +5,8 @@
 //!
 //! The losses are the head-only trainers' ([`crate::reward::pair_loss`],
 //! [`crate::process_reward::step_loss`]), so a head fitted on cached
-//! states and then trained with LoRA optimizes one objective throughout.
+//! states and then trained with LoRA keeps the same loss (on the trainer's
+//! states, which differ slightly from the engine's on quantized weights).
 //! Sequences here predict no token: only their states enter the loss.
 
 use crate::error::TrainError;

@@ -278,8 +278,8 @@ fn run_config(epochs: usize) -> TrainConfig {
     }
 }
 
-/// A rank-8 adapter and a zero head (standardized to unit spread), as a
-/// run on the real model starts when it has no head fitted beforehand.
+/// A rank-8 adapter and a zero head (standardized to unit spread): the
+/// objectives must learn the head too, not only refine a fitted one.
 fn lora_model() -> Model<f32> {
     let c = tiny(12);
     let lora = Lora::init(
@@ -476,4 +476,72 @@ fn scored_sequences_that_predict_tokens_or_a_model_without_a_head_are_errors() {
         .err()
         .expect("width");
     assert!(e.contains("3 features"), "{e}");
+}
+
+/// The loss of a step is the mean over all its pairs (or steps), however
+/// the run splits the step into forward/backward passes: one pass or
+/// several give the same loss and gradient.
+#[test]
+fn a_step_split_into_passes_has_the_gradient_of_the_whole_step() {
+    // A head that reads the states, so the adapters get gradients too.
+    let mut model = lora_model();
+    model.head = Some(random_head(model.config.n_embd, 11));
+    let pair_data = pairs(5, 12, 9, 0.8);
+    let step_data = steps(5, 12, 10);
+    let pairwise = PairwiseReward {
+        data: &pair_data,
+        eval: &[],
+        loss: PairLoss::Soft,
+        center_coef: 0.02,
+    };
+    let per_step = ProcessReward {
+        data: &step_data,
+        eval: &[],
+    };
+    let objectives: [&dyn qstar_train::run::Objective; 2] = [&pairwise, &per_step];
+    for objective in objectives {
+        let gradient = |passes: &[Vec<usize>]| {
+            let mut grads = model.grads(Trainable::Lora);
+            let (loss, _) = objective
+                .step(&model, &mut grads, passes, &|_| 7)
+                .expect("step");
+            let flat: Vec<f32> = grads
+                .tensors()
+                .into_iter()
+                .flat_map(|(_, _, t)| t.to_vec())
+                .collect();
+            (loss, flat)
+        };
+        let (whole_loss, whole) = gradient(&[vec![0, 1, 2, 3, 4]]);
+        let (split_loss, split) = gradient(&[vec![0], vec![1, 2], vec![3, 4]]);
+        assert!(
+            (whole_loss - split_loss).abs() < 1e-6 * whole_loss,
+            "{whole_loss} vs {split_loss}"
+        );
+        let norm = whole
+            .iter()
+            .map(|g| (*g as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(norm > 1e-6, "a zero gradient proves nothing");
+        let diff = whole
+            .iter()
+            .zip(&split)
+            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            diff <= 1e-5 * norm,
+            "split passes change the gradient: {diff} of {norm}"
+        );
+        // Half the pairs in one pass is not the whole step: the check bites.
+        let (_, half) = gradient(&[vec![0, 1]]);
+        let off = whole
+            .iter()
+            .zip(&half)
+            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(off > 1e-3 * norm);
+    }
 }

@@ -151,3 +151,128 @@ async fn engine_hidden_states_equal_the_trainer_on_dense_weights() {
     eprintln!("dense weights: relative L2 error of the hidden state {err:.2e}");
     assert!(err < 1e-4, "relative error {err}");
 }
+
+/// What a LoRA reward model trains on and what it is scored with: the
+/// trainer's state at a text's last token (`Tape::final_state`, no token
+/// predicted) with an adapter, against the engine's with the same adapter
+/// saved in PEFT's layout and loaded from it. On a dense F32 copy of the
+/// weights they agree to float rounding; on the Q4_1 file as closely as
+/// without an adapter, and what the adapter changes (the state with it
+/// minus the state without) is the same change in both, up to the 8-bit
+/// rounding of the engine's activations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_states_with_an_adapter_match_the_trainer_with_it() {
+    use qstar_train::rng::SplitMix;
+    use qstar_train::{Lora, LoraConfig};
+    let path = model_path();
+    let (config, weights) = Weights::from_gguf(&path).expect("weights");
+    let mut lora = Lora::init(
+        &config,
+        LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+                .map(String::from)
+                .to_vec(),
+        },
+        3,
+    )
+    .expect("adapter");
+    // A trained adapter's B is not zero: give it values that move the state.
+    let mut rng = SplitMix::new(5);
+    for (name, _, t) in lora.tensors_mut() {
+        if name.ends_with("lora_b") {
+            t.iter_mut().for_each(|v| *v = (rng.normal() * 0.05) as f32);
+        }
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let adapter_dir = dir.path().join("adapter");
+    qstar_engine::peft::save_peft(
+        &lora.to_adapter(&config, "test"),
+        &adapter_dir,
+        config.n_head,
+        config.n_head_kv,
+        config.head_dim(),
+    )
+    .expect("save");
+    let adapted = Engine::load_with_adapter(&path, Some(&adapter_dir), EngineOptions::default())
+        .expect("engine with adapter");
+    let base = Engine::load(&path, EngineOptions::default()).expect("engine");
+    let text = base
+        .render_chat(
+            &[
+                Message::user("Is it safe to leave a candle burning overnight?"),
+                Message::assistant("No: blow it out before you sleep or leave the room."),
+            ],
+            false,
+        )
+        .expect("chat")
+        .trim_end()
+        .to_string();
+    let ids = base.tokenize(&text, true);
+    let with = adapted.embed(vec![text.clone()]).await.expect("embed")[0]
+        .hidden
+        .clone();
+    let text_again = text.clone();
+    let without = base.embed(vec![text]).await.expect("embed")[0]
+        .hidden
+        .clone();
+
+    let state = |model: &Model<f32>| {
+        let (_, tape) = model
+            .forward_eval(&[Sequence {
+                predict: vec![false; ids.len()],
+                tokens: ids.clone(),
+            }])
+            .expect("forward");
+        tape.final_state(0, ids.len() - 1).expect("state").to_vec()
+    };
+    let mut trainer = Model::new(config, weights, Some(lora)).expect("model");
+    // On dense F32 weights the engine does no rounding: with the adapter,
+    // too, the two compute the same function.
+    let dense = dir.path().join("dense.gguf");
+    qstar_train::export::write_weights_gguf(
+        &path,
+        &trainer.base,
+        &dense,
+        candle_core::quantized::GgmlDType::F32,
+    )
+    .expect("export");
+    let dense_adapted =
+        Engine::load_with_adapter(&dense, Some(&adapter_dir), EngineOptions::default())
+            .expect("dense engine with adapter");
+    let exact = dense_adapted
+        .embed(vec![text_again.clone()])
+        .await
+        .expect("embed")[0]
+        .hidden
+        .clone();
+    drop(dense_adapted);
+    let reference = state(&trainer);
+    let dense_err = relative_error(&exact, &reference);
+    eprintln!("dense weights with the adapter: relative L2 error {dense_err:.2e}");
+    assert!(dense_err < 1e-4, "relative error {dense_err}");
+    trainer.lora = None;
+    let reference_without = state(&trainer);
+    let (cos, err) = (cosine(&with, &reference), relative_error(&with, &reference));
+    eprintln!("adapted state vs trainer: cosine {cos:.6}, relative L2 error {err:.4}");
+    assert!(cos > 0.995, "cosine {cos}");
+    let delta = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<f32>>();
+    let (engine_delta, trainer_delta) = (
+        delta(&with, &without),
+        delta(&reference, &reference_without),
+    );
+    let (dcos, derr) = (
+        cosine(&engine_delta, &trainer_delta),
+        relative_error(&engine_delta, &trainer_delta),
+    );
+    // (Measured: cosine 0.91, relative error 0.50 — the rounding noise of
+    // two states, with and without, against a change of 13 % of the state;
+    // the exact agreement is the dense check above.)
+    eprintln!("the adapter's change: cosine {dcos:.4}, relative error {derr:.4}");
+    assert!(
+        dcos > 0.85 && derr < 0.6,
+        "cosine {dcos}, relative error {derr}"
+    );
+}

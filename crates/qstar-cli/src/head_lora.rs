@@ -17,7 +17,7 @@ use clap::Args;
 use qstar_train::head_objectives::{PairwiseReward, ProcessReward, ScoredPair, ScoredSteps};
 use qstar_train::optim::{AdamWConfig, Decay};
 use qstar_train::reward::{PairLoss, RewardHead};
-use qstar_train::run::{train_objective, StepRecord, Summary, TrainConfig};
+use qstar_train::run::{train_objective, Objective, StepRecord, Summary, TrainConfig};
 use qstar_train::score_head::ScoreHead;
 use qstar_train::{Lora, LoraConfig, Model, Sequence, Trainable, Weights};
 use serde_json::json;
@@ -142,15 +142,21 @@ pub enum ScoredData {
 }
 
 impl ScoredData {
-    fn lens(&self) -> Vec<usize> {
+    /// Runs `f` on the run objective over this data.
+    fn with_objective<R>(&self, f: impl FnOnce(&dyn Objective) -> R) -> R {
         match self {
-            ScoredData::Pairs { train, .. } => train
-                .iter()
-                .map(|p| p.chosen.tokens.len() + p.rejected.tokens.len())
-                .collect(),
-            ScoredData::Steps { train, .. } => {
-                train.iter().map(|s| s.sequence.tokens.len()).collect()
-            }
+            ScoredData::Pairs {
+                train,
+                eval,
+                loss,
+                center_coef,
+            } => f(&PairwiseReward {
+                data: train,
+                eval,
+                loss: *loss,
+                center_coef: *center_coef,
+            }),
+            ScoredData::Steps { train, eval } => f(&ProcessReward { data: train, eval }),
         }
     }
 }
@@ -214,7 +220,7 @@ pub async fn train(
     mut resolved: serde_json::Value,
     reporter: &Reporter,
 ) -> Result<LoraPhase> {
-    let lens = data.lens();
+    let lens = data.with_objective(|o| o.lens());
     if lens.is_empty() {
         return Err(UsageError("nothing to train the adapters on".into()).into());
     }
@@ -275,42 +281,17 @@ pub async fn train(
             bar.set_position(done as u64);
             bar.set_message(format!("loss {:.4}  {:.0} tok/s", r.loss, r.tok_s));
         };
-        let summary = match &data {
-            ScoredData::Pairs {
-                train,
-                eval,
-                loss,
-                center_coef,
-            } => {
-                let objective = PairwiseReward {
-                    data: train,
-                    eval,
-                    loss: *loss,
-                    center_coef: *center_coef,
-                };
-                train_objective(
-                    &mut model,
-                    Trainable::Lora,
-                    &objective,
-                    &config,
-                    &dir,
-                    &key,
-                    &mut on_step,
-                )
-            }
-            ScoredData::Steps { train, eval } => {
-                let objective = ProcessReward { data: train, eval };
-                train_objective(
-                    &mut model,
-                    Trainable::Lora,
-                    &objective,
-                    &config,
-                    &dir,
-                    &key,
-                    &mut on_step,
-                )
-            }
-        };
+        let summary = data.with_objective(|objective| {
+            train_objective(
+                &mut model,
+                Trainable::Lora,
+                objective,
+                &config,
+                &dir,
+                &key,
+                &mut on_step,
+            )
+        });
         bar.finish_and_clear();
         summary.map(|s| (s, model))
     })

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use crate::report::{Reporter, Text};
 use crate::reward::{
     adapter_sha256, check_adapter, load_checked_head, read_config, remove_config, save_head,
-    sha256, FeatureArgs, Features, RmMode,
+    sha256, write_config, FeatureArgs, Features, RmMode,
 };
 use crate::{non_empty, UsageError};
 
@@ -450,7 +450,7 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
             config.adapter = Some(crate::head_lora::ADAPTER_DIR.into());
             config.adapter_sha256 = Some(adapter_sha256(&phase.adapter)?);
             config.lora = Some(phase.describe(&args.lora));
-            write_config(&args.out, &config)?;
+            write_config(&args.out, PRM_CONFIG_FILE, &config)?;
             // The figures are the engine's, with the adapter applied, as
             // search sees the model.
             let prm = ProcessRewardModel::open(&args.out, args.features.threads).await?;
@@ -497,7 +497,7 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
             )
         }
     };
-    write_config(&args.out, &config)?;
+    write_config(&args.out, PRM_CONFIG_FILE, &config)?;
     let figures = json!({
         "mode": args.mode,
         "train_solutions": rows.len(),
@@ -545,14 +545,6 @@ pub async fn train_prm(args: TrainPrmArgs) -> Result<()> {
         ))
         .metrics(&lines);
     reporter.summary(&figures, &text)
-}
-
-fn write_config(out: &Path, config: &PrmConfig) -> Result<()> {
-    qstar_train::checkpoint::write_atomic(
-        &out.join(PRM_CONFIG_FILE),
-        serde_json::to_string_pretty(config)?.as_bytes(),
-    )?;
-    Ok(())
 }
 
 /// Each row's solution as one token sequence for the LoRA phase, scored at

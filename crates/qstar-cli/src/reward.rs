@@ -808,7 +808,7 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
             config.adapter = Some(crate::head_lora::ADAPTER_DIR.into());
             config.adapter_sha256 = Some(adapter_sha256(&phase.adapter)?);
             config.lora = Some(phase.describe(&args.lora));
-            write_config(&args.out, &config)?;
+            write_config(&args.out, CONFIG_FILE, &config)?;
             let rm = RewardModel::open(
                 &args.out,
                 None,
@@ -836,7 +836,7 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
             (train_metrics, eval_metrics, Some(figures))
         }
     };
-    write_config(&args.out, &config)?;
+    write_config(&args.out, CONFIG_FILE, &config)?;
 
     let last = records.last();
     let figures = json!({
@@ -892,9 +892,11 @@ pub async fn train_rm(args: TrainRmArgs) -> Result<()> {
     reporter.summary(&figures, &text)
 }
 
-fn write_config(out: &Path, config: &RewardModelConfig) -> Result<()> {
+/// Writes a trained model's JSON configuration (`name` in `out`)
+/// atomically: [`read_config`]'s counterpart.
+pub fn write_config<T: Serialize>(out: &Path, name: &str, config: &T) -> Result<()> {
     qstar_train::checkpoint::write_atomic(
-        &out.join(CONFIG_FILE),
+        &out.join(name),
         serde_json::to_string_pretty(config)?.as_bytes(),
     )?;
     Ok(())

@@ -233,6 +233,13 @@ pub struct PairwiseReward<'a> {
     pub center_coef: f64,
 }
 
+/// Tokens each pair runs through the model: both replies.
+fn pair_lens(set: &[ScoredPair]) -> Vec<usize> {
+    set.iter()
+        .map(|p| p.chosen.tokens.len() + p.rejected.tokens.len())
+        .collect()
+}
+
 impl PairwiseReward<'_> {
     fn outcomes(
         &self,
@@ -240,10 +247,7 @@ impl PairwiseReward<'_> {
         set: &[ScoredPair],
         micro_tokens: usize,
     ) -> Result<(Vec<PairOutcome>, Vec<usize>), TrainError> {
-        let lens: Vec<usize> = set
-            .iter()
-            .map(|p| p.chosen.tokens.len() + p.rejected.tokens.len())
-            .collect();
+        let lens = pair_lens(set);
         let all: Vec<usize> = (0..set.len()).collect();
         let mut outcomes = Vec::with_capacity(set.len());
         let mut order = Vec::with_capacity(set.len());
@@ -260,10 +264,7 @@ impl PairwiseReward<'_> {
 
 impl Objective for PairwiseReward<'_> {
     fn lens(&self) -> Vec<usize> {
-        self.data
-            .iter()
-            .map(|p| p.chosen.tokens.len() + p.rejected.tokens.len())
-            .collect()
+        pair_lens(self.data)
     }
 
     /// The pairs (each one term of the loss).

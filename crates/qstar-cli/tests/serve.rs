@@ -22,7 +22,27 @@ fn model() -> PathBuf {
 struct Server {
     child: Child,
     url: String,
-    _log: tempfile::NamedTempFile,
+    log: tempfile::NamedTempFile,
+}
+
+impl Server {
+    /// The structured request lines the server wrote to stderr so far.
+    fn request_log(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.log.path()).expect("read the log");
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("path").is_some() && v.get("status").is_some())
+            .collect()
+    }
+
+    /// The request line of the last request to `path`.
+    fn logged(&self, path: &str) -> Value {
+        self.request_log()
+            .into_iter()
+            .rev()
+            .find(|v| v["path"] == path)
+            .unwrap_or_else(|| panic!("no request to {path} in the log"))
+    }
 }
 
 impl Drop for Server {
@@ -53,7 +73,7 @@ fn start(extra: &[&str], env: &[(&str, &str)]) -> Server {
     let server = Server {
         child,
         url: format!("http://127.0.0.1:{port}"),
-        _log: log,
+        log,
     };
     let client = reqwest::blocking_client();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -304,6 +324,16 @@ fn greedy_completions_equal_qstar_generate_and_report_usage() {
     let choice = &v["choices"][0];
     assert_eq!(choice["message"]["content"], cli["completions"][0]["text"]);
     assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(v["usage"]["completion_tokens"], 8, "{v}");
+    let prompt_tokens = v["usage"]["prompt_tokens"].as_u64().expect("prompt tokens");
+    assert!(prompt_tokens > 0);
+    // The request's line in the structured log on stderr says the same.
+    let line = server.logged("/v1/chat/completions");
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["generated_tokens"], 8, "{line}");
+    assert_eq!(line["prompt_tokens"], prompt_tokens, "{line}");
+    assert!(line["ms"].as_f64().is_some_and(|ms| ms > 0.0), "{line}");
     let content = choice["logprobs"]["content"].as_array().expect("content");
     assert_eq!(content.len(), 8);
     for t in content {
@@ -451,6 +481,10 @@ fn choose_and_reward_endpoints() {
         total += pg;
     }
     assert!((total - 1.0).abs() < 1e-9);
+    assert!(
+        v["usage"]["prompt_tokens"].as_u64().is_some_and(|n| n > 0),
+        "{v}"
+    );
     let bad = post(
         &server,
         "/v1/choose",
@@ -474,6 +508,12 @@ fn choose_and_reward_endpoints() {
     let rewards = v["rewards"].as_array().expect("rewards");
     let scores = v["scores"].as_array().expect("scores");
     assert_eq!((rewards.len(), scores.len()), (2, 2));
+    // d-RLAIF's questions count their tokens, as the completions' do.
+    let reward_line = server.logged("/get_reward");
+    assert!(
+        reward_line["prompt_tokens"].as_u64().is_some_and(|n| n > 0),
+        "{reward_line}"
+    );
     for (i, (r, s)) in rewards.iter().zip(scores).enumerate() {
         let (r, s) = (r.as_f64().expect("reward"), s.as_f64().expect("score"));
         assert!((0.0..=1.0).contains(&s), "{s}");
@@ -486,6 +526,10 @@ fn choose_and_reward_endpoints() {
             "/v1/rate",
             json!({"prompt": prompts[i], "response": replies[i]}),
         );
+        // Its ten options were scored after the prompt: counted, and logged.
+        let rate_tokens = rated["usage"]["prompt_tokens"].as_u64().expect("usage");
+        assert!(rate_tokens > 0, "{rated}");
+        assert_eq!(server.logged("/v1/rate")["prompt_tokens"], rate_tokens);
         let e = rated["expected_score"].as_f64().expect("expected");
         assert!((rated["reward"].as_f64().expect("reward") - r).abs() < 1e-6);
         assert!((v["extra_logs"]["expected_rating"][i].as_f64().expect("e") - e).abs() < 1e-6);
@@ -732,7 +776,10 @@ fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
     let request = std::thread::spawn(move || {
         reqwest::blocking_client()
             .post(format!("{url}/v1/completions"))
-            .json(&json!({"prompt": LONG_RUNNER, "max_tokens": 120, "temperature": 0}))
+            .json(
+                &json!({"prompt": LONG_RUNNER, "max_tokens": 120, "temperature": 0,
+                          "ignore_eos": true}),
+            )
             .send()
     });
     // Wait until the request holds its queue slot, then signal.
@@ -755,6 +802,19 @@ fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
         .status()
         .expect("kill");
     assert!(killed.success());
+    // While the request in flight is finishing, a new connection is refused.
+    std::thread::sleep(Duration::from_millis(300));
+    let during = reqwest::blocking_client()
+        .get(format!("{}/health", server.url))
+        .send();
+    assert!(
+        !request.is_finished(),
+        "the request in flight ended before the check; make it longer"
+    );
+    assert!(
+        during.as_ref().map_or(true, |a| a.status != 200),
+        "a new request was served while draining"
+    );
     let answer = request
         .join()
         .expect("thread")
@@ -1242,6 +1302,10 @@ fn judge_equals_qstar_label_and_is_symmetric() {
     assert!((mean - p_a).abs() < 1e-9);
     assert!(judgements.iter().any(|j| j["a_first"] == true));
     assert!(judgements.iter().any(|j| j["a_first"] == false));
+    // Four questions were asked: their prompt tokens are counted and logged.
+    let judged_tokens = v["usage"]["prompt_tokens"].as_u64().expect("usage");
+    assert!(judged_tokens > 0, "{v}");
+    assert_eq!(server.logged("/v1/judge")["prompt_tokens"], judged_tokens);
     let swapped = ask(bad, good)["p_a"].as_f64().expect("p_a");
     assert!(
         (swapped - (1.0 - p_a)).abs() < 1e-6,

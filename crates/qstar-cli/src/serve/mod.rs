@@ -6,6 +6,7 @@ mod limits;
 mod metrics;
 mod routes;
 mod stream;
+mod tally;
 mod wire;
 
 use std::net::SocketAddr;

@@ -19,6 +19,7 @@ use serde_json::{json, Map, Value};
 use super::limits::QueueSlot;
 use super::metrics::Tokens;
 use super::stream::{live, Head};
+use super::tally::Tally;
 use super::wire::{
     message_text, usage_json, ApiError, ApiJson, ChatMessage, ChatRequest, ChooseBody,
     CompletionRequest, JudgeBody, RateBody, RewardBody, Sampling,
@@ -664,7 +665,8 @@ pub async fn judge(
         format: prompt_format(body.format.as_deref())?,
         ..CaiConfig::default()
     };
-    let model: &dyn LanguageModel = &state.engine;
+    let tally = Tally::new(&state.engine);
+    let model: &dyn LanguageModel = &tally;
     let labeler = CaiLabeler::new(model, &state.constitution, config)?;
     // Reply A plays the source's "chosen" reply, so P(chosen) is P(A).
     // Line 1, as the first pair of a file: the principles drawn for a seed
@@ -700,8 +702,9 @@ pub async fn judge(
         "p_a": label.p_human_chosen,
         "p_b": 1.0 - label.p_human_chosen,
         "judgements": judgements,
+        "usage": usage_json(&tally.usage()),
     });
-    Ok(answer(body, &Usage::default()))
+    Ok(answer(body, &tally.usage()))
 }
 
 pub async fn rate(
@@ -710,15 +713,17 @@ pub async fn rate(
 ) -> Result<Response, ApiError> {
     let conversation = conversation_of(&body.prompt, &body.messages)?;
     let format = prompt_format(body.format.as_deref())?;
-    let model: &dyn LanguageModel = &state.engine;
+    let tally = Tally::new(&state.engine);
+    let model: &dyn LanguageModel = &tally;
     let rater = Rater::new(model, format)?;
     let rating = rater
         .rate(&[(conversation.as_slice(), body.response.as_str())])
         .await?
         .pop()
         .ok_or_else(|| ApiError::from(super::no_answer()))?;
-    let body = serde_json::to_value(&rating).map_err(server_error)?;
-    Ok(answer(body, &Usage::default()))
+    let mut body = serde_json::to_value(&rating).map_err(server_error)?;
+    body["usage"] = usage_json(&tally.usage());
+    Ok(answer(body, &tally.usage()))
 }
 
 /// OpenRLHF's remote reward model. Each query is a prompt and its
@@ -793,7 +798,8 @@ pub async fn get_reward(
         });
         return Ok(answer(body, &usage));
     }
-    let model: &dyn LanguageModel = &state.engine;
+    let tally = Tally::new(&state.engine);
+    let model: &dyn LanguageModel = &tally;
     let rater = Rater::new(model, PromptFormat::Chat)?;
     let ratings = if items.is_empty() {
         Vec::new()
@@ -811,5 +817,5 @@ pub async fn get_reward(
         "scores": scores,
         "extra_logs": {"expected_rating": expected},
     });
-    Ok(answer(body, &Usage::default()))
+    Ok(answer(body, &tally.usage()))
 }

@@ -133,7 +133,13 @@ fn prompt_of(engine: &Engine, n: usize, seed: usize) -> String {
 }
 
 pub(crate) fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    peak_rss_mb_of("self")
+}
+
+/// The peak resident memory (Linux's VmHWM) of process `pid` ("self" for
+/// this one), in MB; `None` where /proc does not tell.
+pub(crate) fn peak_rss_mb_of(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)

@@ -95,6 +95,13 @@ struct Started {
     url: String,
 }
 
+impl Started {
+    /// The server's peak resident memory so far, in MB.
+    fn peak_rss_mb(&self) -> Option<f64> {
+        crate::bench::peak_rss_mb_of(&self.child.id().to_string())
+    }
+}
+
 impl Drop for Started {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -354,15 +361,14 @@ pub async fn run(args: BenchServeArgs) -> Result<()> {
         .timeout(Duration::from_secs(600))
         .build()
         .context("the HTTP client")?;
-    let _own;
-    let url = match &args.base_url {
-        Some(u) => u.trim_end_matches('/').to_string(),
-        None => {
-            let s = start_qstar(&client, &args, &model).await?;
-            let url = s.url.clone();
-            _own = s;
-            url
-        }
+    let own = match &args.base_url {
+        Some(_) => None,
+        None => Some(start_qstar(&client, &args, &model).await?),
+    };
+    let url = match (&args.base_url, &own) {
+        (Some(u), _) => u.trim_end_matches('/').to_string(),
+        (None, Some(s)) => s.url.clone(),
+        (None, None) => unreachable!("started above"),
     };
     let peer = peer_bin(&args);
     if peer.is_none() && !args.no_peer {
@@ -376,6 +382,9 @@ pub async fn run(args: BenchServeArgs) -> Result<()> {
         .collect();
     let mut ours: Vec<Vec<LoadRun>> = vec![Vec::new(); levels.len()];
     let mut theirs: Vec<Vec<LoadRun>> = vec![Vec::new(); levels.len()];
+    // llama-server's peak memory per level (the largest of its rounds; it
+    // is started afresh for each).
+    let mut their_rss: Vec<Option<f64>> = vec![None; levels.len()];
     let bar = reporter.progress(
         args.runs * levels.len() * if peer.is_some() { 2 } else { 1 },
         0,
@@ -390,6 +399,9 @@ pub async fn run(args: BenchServeArgs) -> Result<()> {
                 // One slot per client, as llama-server serves concurrency.
                 let server = start_llama_server(&client, bin, &args, &model, c).await?;
                 theirs[i].push(load(&client, &server.url, set, c, &args, round).await);
+                if let Some(mb) = server.peak_rss_mb() {
+                    their_rss[i] = Some(their_rss[i].map_or(mb, |m: f64| m.max(mb)));
+                }
                 drop(server);
                 bar.inc(1);
             }
@@ -401,7 +413,11 @@ pub async fn run(args: BenchServeArgs) -> Result<()> {
         .enumerate()
         .map(|(i, &(set, c))| {
             let q = summarize(&ours[i]);
-            let p = (!theirs[i].is_empty()).then(|| summarize(&theirs[i]));
+            let p = (!theirs[i].is_empty()).then(|| {
+                let mut p = summarize(&theirs[i]);
+                p["peak_rss_mb"] = json!(their_rss[i]);
+                p
+            });
             let ratio = p.as_ref().and_then(|p| {
                 let them = p["generated_tok_s"].as_f64()?;
                 (them > 0.0).then(|| q["generated_tok_s"].as_f64().unwrap_or(0.0) / them)
@@ -423,6 +439,9 @@ pub async fn run(args: BenchServeArgs) -> Result<()> {
         "threads": args.threads,
         "peer": peer.as_ref().map(|p| p.display().to_string()),
         "peer_build": peer.as_deref().and_then(crate::bench::build_info),
+        // One `qstar serve` serves every level: its peak over the whole run
+        // (null when the bench was pointed at a server by URL).
+        "qstar_peak_rss_mb": own.as_ref().and_then(Started::peak_rss_mb),
         "levels": rows,
     });
     reporter.summary(&figures, &table(&figures))
@@ -456,10 +475,22 @@ fn table(figures: &Value) -> Text {
         ]);
     }
     use Align::{Left, Right};
+    let peak = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.0} MB"));
+    let their_peak = figures["levels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["llama_server"]["peak_rss_mb"].as_f64())
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
     Text::new()
         .line(format!(
             "{} tokens per request, {} requests per client, median of {} rounds",
             figures["max_tokens"], figures["requests_per_client"], figures["runs"]
+        ))
+        .line(format!(
+            "peak RSS: qstar serve {} over the run, llama-server {} (largest level)",
+            peak(&figures["qstar_peak_rss_mb"]),
+            peak(&json!(their_peak))
         ))
         .table(
             &[

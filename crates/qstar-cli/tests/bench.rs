@@ -171,6 +171,12 @@ fn bench_serve_counts_answers_tokens_and_refusals() {
     let levels = v["levels"].as_array().expect("levels");
     assert_eq!(levels.len(), 4, "{v}");
     let peer = v["peer"].is_string();
+    // The server's peak memory: at least the model's weights (the file is
+    // about 90 MB), far below what an unbounded queue would take.
+    let rss = v["qstar_peak_rss_mb"]
+        .as_f64()
+        .expect("qstar serve's peak RSS");
+    assert!((80.0..4000.0).contains(&rss), "{rss} MB");
     for l in levels {
         let clients = l["concurrency"].as_u64().expect("clients");
         let mut sides = vec![&l["qstar"]];
@@ -180,6 +186,10 @@ fn bench_serve_counts_answers_tokens_and_refusals() {
                 l["ratio_generated_tok_s"].as_f64().is_some_and(|r| r > 0.0),
                 "{l}"
             );
+        }
+        if peer {
+            let theirs = l["llama_server"]["peak_rss_mb"].as_f64().expect("peak RSS");
+            assert!(theirs > 50.0, "{l}");
         }
         for side in sides {
             assert_eq!(side["ok"].as_u64(), Some(clients * 2), "{l}");

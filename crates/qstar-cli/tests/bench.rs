@@ -171,12 +171,14 @@ fn bench_serve_counts_answers_tokens_and_refusals() {
     let levels = v["levels"].as_array().expect("levels");
     assert_eq!(levels.len(), 4, "{v}");
     let peer = v["peer"].is_string();
-    // The server's peak memory: at least the model's weights (the file is
-    // about 90 MB), far below what an unbounded queue would take.
-    let rss = v["qstar_peak_rss_mb"]
-        .as_f64()
-        .expect("qstar serve's peak RSS");
-    assert!((80.0..4000.0).contains(&rss), "{rss} MB");
+    // The server's peak memory is reported (from Linux's /proc): at least
+    // the model's weights (the file is about 98 MB).
+    if cfg!(target_os = "linux") {
+        let rss = v["qstar_peak_rss_mb"]
+            .as_f64()
+            .expect("qstar serve's peak RSS");
+        assert!((80.0..4000.0).contains(&rss), "{rss} MB");
+    }
     for l in levels {
         let clients = l["concurrency"].as_u64().expect("clients");
         let mut sides = vec![&l["qstar"]];
@@ -187,7 +189,7 @@ fn bench_serve_counts_answers_tokens_and_refusals() {
                 "{l}"
             );
         }
-        if peer {
+        if peer && cfg!(target_os = "linux") {
             let theirs = l["llama_server"]["peak_rss_mb"].as_f64().expect("peak RSS");
             assert!(theirs > 50.0, "{l}");
         }

@@ -1,8 +1,10 @@
 //! Decode speed of the real default model with one sequence and with eight
 //! decoded together (128 tokens after a short prompt, end token ignored):
 //! `cargo run --release -p qstar-engine --example decode_speed [1|8] [rounds]`.
-//! A development tool for profiling a workload of `qstar bench` on its own
-//! (`perf record` on one batch size); the benchmark itself is `qstar bench`.
+//! The first argument, 1 or 8, runs only that batch size (anything else runs
+//! both). A development tool for profiling a workload of `qstar bench` on
+//! its own (`perf record` on one batch size), with a thread per core (bench
+//! uses 2); the benchmark itself is `qstar bench`.
 
 use std::time::Instant;
 

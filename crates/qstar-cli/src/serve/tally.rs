@@ -4,7 +4,7 @@
 //! request log, the metrics and the answer's `usage`, as the completions'
 //! do, instead of being reported as none.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
 use qstar_core::{
@@ -27,14 +27,14 @@ impl<'a> Tally<'a> {
 
     /// Everything counted so far.
     pub fn usage(&self) -> Usage {
-        self.usage.lock().map(|u| *u).unwrap_or_default()
+        *self.usage.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn add<'u>(&self, usages: impl Iterator<Item = &'u Usage>) {
-        if let Ok(mut total) = self.usage.lock() {
-            for u in usages {
-                total.add(u);
-            }
+        // A panic elsewhere while holding the lock leaves whole counts.
+        let mut total = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        for u in usages {
+            total.add(u);
         }
     }
 }

@@ -361,14 +361,14 @@ pub async fn run(args: BenchServeArgs) -> Result<()> {
         .timeout(Duration::from_secs(600))
         .build()
         .context("the HTTP client")?;
-    let own = match &args.base_url {
-        Some(_) => None,
-        None => Some(start_qstar(&client, &args, &model).await?),
-    };
-    let url = match (&args.base_url, &own) {
-        (Some(u), _) => u.trim_end_matches('/').to_string(),
-        (None, Some(s)) => s.url.clone(),
-        (None, None) => unreachable!("started above"),
+    // The server under load: the one given by URL, or one started here.
+    let (own, url) = match &args.base_url {
+        Some(u) => (None, u.trim_end_matches('/').to_string()),
+        None => {
+            let started = start_qstar(&client, &args, &model).await?;
+            let url = started.url.clone();
+            (Some(started), url)
+        }
     };
     let peer = peer_bin(&args);
     if peer.is_none() && !args.no_peer {

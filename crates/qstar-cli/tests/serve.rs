@@ -777,7 +777,7 @@ fn sigterm_finishes_the_request_in_flight_and_exits_zero() {
         reqwest::blocking_client()
             .post(format!("{url}/v1/completions"))
             .json(
-                &json!({"prompt": LONG_RUNNER, "max_tokens": 120, "temperature": 0,
+                &json!({"prompt": LONG_RUNNER, "max_tokens": 400, "temperature": 0,
                           "ignore_eos": true}),
             )
             .send()

@@ -683,6 +683,7 @@ pub async fn judge(
         .await?
         .pop()
         .ok_or_else(|| ApiError::from(super::no_answer()))?;
+    let usage = tally.usage();
     let judgements: Vec<Value> = label
         .judgements
         .iter()
@@ -702,9 +703,9 @@ pub async fn judge(
         "p_a": label.p_human_chosen,
         "p_b": 1.0 - label.p_human_chosen,
         "judgements": judgements,
-        "usage": usage_json(&tally.usage()),
+        "usage": usage_json(&usage),
     });
-    Ok(answer(body, &tally.usage()))
+    Ok(answer(body, &usage))
 }
 
 pub async fn rate(
@@ -721,9 +722,10 @@ pub async fn rate(
         .await?
         .pop()
         .ok_or_else(|| ApiError::from(super::no_answer()))?;
+    let usage = tally.usage();
     let mut body = serde_json::to_value(&rating).map_err(server_error)?;
-    body["usage"] = usage_json(&tally.usage());
-    Ok(answer(body, &tally.usage()))
+    body["usage"] = usage_json(&usage);
+    Ok(answer(body, &usage))
 }
 
 /// OpenRLHF's remote reward model. Each query is a prompt and its
